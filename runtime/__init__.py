@@ -1,0 +1,1 @@
+"""Execution side of pipegraph: hand-derived autograd Functions, stages, schedules, transports, training."""
