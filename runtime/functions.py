@@ -1,0 +1,160 @@
+"""The chapter's operators as torch.autograd.Functions whose backward passes are derived by hand.
+
+Notation follows the chapter, batched (exercise 1): rows of ``x`` are examples, so a layer computes
+z = x W^T (+ b) with W of shape (out, in). With g = dJ/dz of shape (n, out):
+
+    dJ/dx = g W            (the input gradient, "B")
+    dJ/dW = g^T x          (the weight gradient, "W"; the l2 term adds lambda W separately)
+    dJ/db = sum_rows g
+
+Activations save their output h = phi(z) (which is the next layer's input, so it costs no extra memory)
+and use phi'(z) written in terms of h. Every backward is built from differentiable torch operations on
+saved inputs/outputs, so backward passes are themselves differentiable (exercise 4: gradgradcheck).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.autograd import Function
+
+from runtime.wgrad import WeightGradStore
+
+
+class LinearFn(Function):
+    """z = x W^T + b. With a ``store`` the backward returns dJ/dx only and defers dJ/dW, dJ/db."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, store):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, weight)
+        ctx.store = store
+        ctx.has_bias = bias is not None
+        ctx.bias_param = bias if store is not None else None
+        z = x.matmul(weight.t())
+        if bias is not None:
+            z = z + bias
+        return z
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        grad_x = g.matmul(weight) if ctx.needs_input_grad[0] else None
+        store: WeightGradStore | None = ctx.store
+        if store is not None and not torch.is_grad_enabled():
+            store.defer(weight, ctx.bias_param, g, x)
+            return grad_x, None, None, None
+        grad_w = g.t().matmul(x) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, store: WeightGradStore | None = None
+) -> torch.Tensor:
+    """Apply :class:`LinearFn`; with ``store`` the weight gradient is deferred into it."""
+    return LinearFn.apply(x, weight, bias, store)
+
+
+class ReLUFn(Function):
+    """h = max(z, 0); dJ/dz = dJ/dh * [h > 0]."""
+
+    @staticmethod
+    def forward(ctx, z):  # noqa: ANN001, ANN205
+        h = z.clamp_min(0)
+        ctx.save_for_backward(h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (h,) = ctx.saved_tensors
+        return g * (h > 0).to(g.dtype)
+
+
+class TanhFn(Function):
+    """h = tanh(z); dJ/dz = dJ/dh * (1 - h^2)."""
+
+    @staticmethod
+    def forward(ctx, z):  # noqa: ANN001, ANN205
+        h = torch.tanh(z)
+        ctx.save_for_backward(h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (h,) = ctx.saved_tensors
+        return g * (1 - h * h)
+
+
+class SigmoidFn(Function):
+    """h = 1 / (1 + exp(-z)); dJ/dz = dJ/dh * h (1 - h)."""
+
+    @staticmethod
+    def forward(ctx, z):  # noqa: ANN001, ANN205
+        h = torch.sigmoid(z)
+        ctx.save_for_backward(h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (h,) = ctx.saved_tensors
+        return g * (h * (1 - h))
+
+
+class CrossEntropyFn(Function):
+    """L = (1/denom) sum_i [logsumexp(o_i) - o_i[y_i]]; dJ/do = (softmax(o) - onehot(y)) / denom."""
+
+    @staticmethod
+    def forward(ctx, o, y, denom):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(o, y)
+        ctx.denom = denom
+        picked = o.gather(1, y.unsqueeze(1)).squeeze(1)
+        return (torch.logsumexp(o, dim=1) - picked).sum() / denom
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        o, y = ctx.saved_tensors
+        p = torch.softmax(o, dim=1)
+        onehot = torch.zeros_like(o).scatter_(1, y.unsqueeze(1), 1.0)
+        return (p - onehot) * (g / ctx.denom), None, None
+
+
+class SquaredErrorFn(Function):
+    """L = (1/denom) sum_i 0.5 ||o_i - y_i||^2; dJ/do = (o - y) / denom, dJ/dy = -(o - y) / denom."""
+
+    @staticmethod
+    def forward(ctx, o, y, denom):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(o, y)
+        ctx.denom = denom
+        diff = o - y
+        return 0.5 * (diff * diff).sum() / denom
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        o, y = ctx.saved_tensors
+        grad_o = (o - y) * (g / ctx.denom)
+        grad_y = -grad_o if ctx.needs_input_grad[1] else None
+        return grad_o, grad_y, None
+
+
+class L2Fn(Function):
+    """s = lambda/2 sum_l ||W(l)||_F^2; ds/dW(l) = lambda W(l) (the chapter's regularisation term)."""
+
+    @staticmethod
+    def forward(ctx, lam, *weights):  # noqa: ANN001, ANN205
+        ctx.lam = lam
+        ctx.save_for_backward(*weights)
+        total = weights[0].new_zeros(())
+        for w in weights:
+            total = total + (w * w).sum()
+        return total * (lam / 2)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        weights = ctx.saved_tensors
+        return (None, *[w * (g * ctx.lam) if need else None for w, need in zip(weights, ctx.needs_input_grad[1:])])
+
+
+def l2_term(lam: float, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The regularisation term s for ``weights`` (a 0-dim tensor; zero when lambda is 0)."""
+    return L2Fn.apply(lam, *weights)
