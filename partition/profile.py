@@ -1,0 +1,149 @@
+"""Profiler: measured F, B and W seconds per layer on a device (warm-up, CUDA events on GPU, medians), as JSON.
+
+Each layer is timed with the same tensor operations as the runtime's Functions, on random data:
+
+* F: z = x W^T (+ b), then h = phi(z) when an activation follows;
+* B: g = dJ/dh * phi'(h) when an activation follows, then dJ/dx = g W (not on layer 0, whose input
+  is data and needs no gradient);
+* W: dJ/dW = g^T x (+ dJ/db = sum_rows g).
+
+These are the pieces ``partition.cost`` counts FLOPs for, so a profile can replace FLOP-based times.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+
+from partition.cost import as_dtype
+from partition.spec import Activation, MLPSpec
+from partition.timing import StageCost
+
+PHI = MappingProxyType({Activation.RELU: torch.relu, Activation.TANH: torch.tanh, Activation.SIGMOID: torch.sigmoid})
+PHI_GRAD = MappingProxyType({  # dJ/dz from dJ/dh and h, as the runtime's Functions compute it
+    Activation.RELU: lambda g, h: g * (h > 0).to(g.dtype),
+    Activation.TANH: lambda g, h: g * (1 - h * h),
+    Activation.SIGMOID: lambda g, h: g * (h * (1 - h)),
+})
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measured per-layer seconds for one microbatch of ``microbatch`` samples of a model of ``widths``."""
+
+    device: str
+    dtype: str
+    microbatch: int
+    layers: tuple[StageCost, ...]
+    widths: tuple[int, ...] = ()
+    device_name: str = ""
+
+    def save(self, path: str | Path) -> None:
+        """Write this profile as JSON."""
+        data = {"device": self.device, "device_name": self.device_name, "dtype": self.dtype,
+                "microbatch": self.microbatch, "widths": list(self.widths),
+                "layers": [{"f": c.f, "b": c.b, "w": c.w} for c in self.layers]}
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        """Read a profile written by :meth:`save`; ValueError names what is missing or malformed."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(device=str(data["device"]), dtype=str(data["dtype"]), microbatch=int(data["microbatch"]),
+                       layers=tuple(StageCost(float(c["f"]), float(c["b"]), float(c["w"])) for c in data["layers"]),
+                       widths=tuple(int(w) for w in data.get("widths", ())),
+                       device_name=str(data.get("device_name", "")))
+        except OSError as err:
+            raise ValueError(f"profile: cannot read {path}: {err.strerror}") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"profile: {path} is not a profile written by Profile.save ({err!r})") from None
+
+    def check(self, spec: MLPSpec, microbatch: int) -> None:
+        """ValueError unless this profile was measured for ``spec``'s widths at ``microbatch`` samples."""
+        if self.widths and tuple(self.widths) != tuple(spec.widths):
+            raise ValueError(f"profile: measured for widths {list(self.widths)}, not {list(spec.widths)}")
+        if len(self.layers) != spec.num_layers:
+            raise ValueError(f"profile: has {len(self.layers)} layers, the model {spec.num_layers}")
+        if self.microbatch != microbatch:
+            raise ValueError(f"profile: measured at microbatch {self.microbatch}, not {microbatch}; profile again")
+
+
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn`` (CUDA events on a GPU, perf_counter on the CPU) after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            samples.append(start.elapsed_time(stop) / 1000.0)
+    else:
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - begin)
+    return statistics.median(samples)
+
+
+def profile_layers(
+    spec: MLPSpec,
+    microbatch: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    repeats: int = 10,
+    warmup: int = 3,
+    seed: int = 0,
+) -> Profile:
+    """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring)."""
+    if microbatch < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"microbatch/repeats/warmup: expected >= 1, >= 1, >= 0, got {microbatch}, {repeats}, {warmup}")
+    name = as_dtype(dtype).value
+    torch_dtype = getattr(torch, name)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but CUDA is not available here")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=dev, dtype=torch_dtype)
+
+    phi, phi_grad = PHI[spec.activation], PHI_GRAD[spec.activation]
+    layers = []
+    with torch.no_grad():
+        for layer in range(spec.num_layers):
+            out_f, in_f = spec.layer_shape(layer)
+            x, w, g_h = rand(microbatch, in_f), rand(out_f, in_f), rand(microbatch, out_f)
+            b = rand(out_f) if spec.bias else None
+            act = spec.has_activation(layer)
+            h = phi(x.matmul(w.t())) if act else None
+
+            def forward(x=x, w=w, b=b, act=act) -> torch.Tensor:
+                z = x.matmul(w.t())
+                z = z + b if b is not None else z
+                return phi(z) if act else z
+
+            def backward_input(g_h=g_h, h=h, w=w, first=layer == 0) -> torch.Tensor | None:
+                g = phi_grad(g_h, h) if h is not None else g_h
+                return g if first else g.matmul(w)
+
+            def backward_weight(g=g_h, x=x, bias=spec.bias) -> tuple[torch.Tensor, torch.Tensor | None]:
+                return g.t().matmul(x), g.sum(0) if bias else None
+
+            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup)
+                                      for fn in (forward, backward_input, backward_weight))))
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return Profile(device=str(dev), dtype=name, microbatch=microbatch, layers=tuple(layers),
+                   widths=tuple(spec.widths), device_name=device_name)

@@ -1,0 +1,41 @@
+"""Shared command-line plumbing for the scripts: repo-root import path and one-line fatal errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The repository root goes first, always: scripts/partition.py must not shadow the `partition` package.
+if str(ROOT) in sys.path:
+    sys.path.remove(str(ROOT))
+sys.path.insert(0, str(ROOT))
+
+
+def run_main(main: Callable[[], int | None], prog: str) -> None:
+    """Run ``main``; bad input and runtime failures end with one line on stderr and exit status 1 or 2.
+
+    Under torchrun the line names this rank, and a failing rank leaves at once (os._exit) so that a
+    half-torn process group cannot hang it; its peers then see the lost connection and fail too.
+    """
+    rank = os.environ.get("RANK")
+    if rank is not None:
+        prog = f"{prog} [rank {rank}]"
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = 130
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = 2
+    except (RuntimeError, OSError) as exc:
+        print(f"{prog}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        code = 1
+    if rank is not None and code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code or 0)

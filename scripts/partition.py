@@ -1,0 +1,196 @@
+"""Partition the chapter's MLP over pipeline stages and compare partitioners; or print exercise 3's memory report.
+
+    python scripts/partition.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --schedule 1f1b
+    python scripts/partition.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --memory-cap 2GiB
+    python scripts/partition.py --stages 4 --memory-caps 1GiB,1GiB,2GiB,2GiB --device-speeds 1,1,2,2 --optimizer adam
+    python scripts/partition.py --stages 4 --bandwidth 25e9 --latency 5e-6 --method time-blocks --json plan.json
+    python scripts/partition.py --stages 4 --dot plan.dot && dot -Tsvg plan.dot -o plan.svg
+    python scripts/partition.py --stages 4 --ranges 0-1,2,3,4            # also evaluate a hand-made split
+    python scripts/partition.py --microbatch 64 --save-profile prof.json --device cuda   # measure, save, use
+    python scripts/partition.py --stages 4 --microbatch 64 --profile prof.json          # reuse measured times
+    python scripts/partition.py --memory-report --widths 784,256,10 --batch 128 --dtype float32 --optimizer adam
+
+Times come from FLOP counts at --tflops unless a profile is given. Peak memory per stage is parameters +
+gradients + optimizer state + (peak in-flight microbatches under the schedule) x saved bytes + deferred
+weight-gradient buffers + communication buffers; the in-flight counts and step times come from runtime.simulate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ahead of scripts/, where this file shadows `partition`
+
+from _cli import run_main
+
+from partition.cost import DType, Optimizer
+from partition.dot import to_dot
+from partition.graph import build_graph
+from partition.memory import format_bytes, inference_memory, parse_bytes, training_memory
+from partition.partitioner import Method, Plan, Problem, parse_ranges, partition, plan_for, problem_for
+from partition.profile import Profile, profile_layers
+from partition.spec import Activation, Loss, MLPSpec, parse_widths
+from partition.timing import LinkModel, StageCost
+from runtime.schedule import Schedule, ScheduleKind
+from runtime.schedule_gen import generate
+from runtime.simulate import simulate
+
+ONE_STAGE_PER_RANK = (ScheduleKind.GPIPE, ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --help explains every flag."""
+    p = argparse.ArgumentParser(prog="partition.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--widths", default="784,4096,4096,1024,1024,10", help="layer widths, inputs first (default %(default)s)")
+    g.add_argument("--activation", default="relu", choices=[a.value for a in Activation])
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias in every layer")
+    g.add_argument("--loss", default="cross-entropy", choices=[lo.value for lo in Loss])
+    g.add_argument("--dtype", default="float32", choices=[d.value for d in DType])
+    g.add_argument("--optimizer", default="sgd", choices=[o.value for o in Optimizer], help="state: 0, 1 or 2 x params")
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--stages", type=int, default=4, help="pipeline stages, one per device (default %(default)s)")
+    g.add_argument("--microbatch", type=int, default=64, help="samples per microbatch (default %(default)s)")
+    g.add_argument("--microbatches", type=int, help="microbatches per step (default: 2 x stages)")
+    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ONE_STAGE_PER_RANK])
+    g.add_argument("--method", default="optimal", choices=[m.value for m in Method], help="plan shown in detail")
+    g.add_argument("--ranges", help="also evaluate these inclusive layer ranges, e.g. 0-1,2,3-4")
+    g = p.add_argument_group("devices and links")
+    caps = g.add_mutually_exclusive_group()
+    caps.add_argument("--memory-cap", help="one memory cap for every device, e.g. 2GiB")
+    caps.add_argument("--memory-caps", help="one cap per stage, e.g. 1GiB,1GiB,2GiB,2GiB")
+    g.add_argument("--device-speeds", help="relative speed per stage, e.g. 1,1,2,2 (default all 1)")
+    g.add_argument("--tflops", type=float, default=100.0, help="FLOP rate for FLOP-based times (default %(default)s)")
+    g.add_argument("--bandwidth", type=float, default=float("inf"), help="link bytes/second (default: free)")
+    g.add_argument("--latency", type=float, default=0.0, help="link latency in seconds per message (default 0)")
+    g = p.add_argument_group("profiles")
+    g.add_argument("--profile", help="use per-layer times measured earlier (JSON from --save-profile)")
+    g.add_argument("--save-profile", help="measure per-layer times on --device, save them as JSON, and use them")
+    g.add_argument("--device", default="cpu", help="device for --save-profile: cpu or cuda (default cpu)")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", help="write every method's plan and the predictions as JSON")
+    g.add_argument("--dot", help="write the computational graph with each stage as a coloured cluster (DOT)")
+    g.add_argument("--memory-report", action="store_true", help="print training vs inference memory (exercise 3)")
+    g.add_argument("--batch", type=int, help="minibatch for --memory-report (default: microbatch x microbatches)")
+    return p.parse_args(argv)
+
+
+def _floats(text: str | None, field: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise ValueError(f"{field}: cannot read {text!r} ({err})") from None
+
+
+def schedule_counts(kind: ScheduleKind, num_stages: int, microbatches: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per stage: peak microbatches in flight and peak deferred W, as the simulator counts them."""
+    result = simulate(generate(kind, num_stages, microbatches), [StageCost(1.0, 1.0, 1.0)] * num_stages)
+    return result.peak_inflight, result.peak_deferred_w
+
+
+def step_time(plan: Plan, schedule: Schedule, link: LinkModel) -> tuple[float, float]:
+    """(step seconds, bubble fraction) the simulator predicts for ``plan`` under ``schedule`` and ``link``."""
+    result = simulate(schedule, plan.stage_costs, link=link, activation_bytes=plan.boundary_bytes or None)
+    return result.makespan, result.bubble_fraction
+
+
+def _si(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale or unit == "ns":
+            return f"{seconds / scale:.3g} {unit}"
+    raise AssertionError("unreachable")
+
+
+def print_plan(plan: Plan, inflight: tuple[int, ...]) -> None:
+    """The per-stage table of one plan."""
+    head = f"{'stage':>5}  {'layers':<8}{'params':>12}{'F':>11}{'B':>11}{'W':>11}{'comm':>11}{'cut bytes':>12}" \
+           f"{'in-flight':>10}{'peak memory':>13}{'cap':>11}"
+    print(head)
+    for s, (a, b) in enumerate(plan.ranges):
+        c, cap = plan.stage_costs[s], plan.memory_caps[s] if plan.memory_caps else None
+        cut = format_bytes(plan.boundary_bytes[s]) if s < len(plan.boundary_bytes) else "-"
+        print(f"{s:>5}  {f'{a}-{b - 1}' if b - a > 1 else str(a):<8}{plan.parameters[s]:>12,}{_si(c.f):>11}"
+              f"{_si(c.b):>11}{_si(c.w):>11}{_si(plan.comm_times[s]):>11}{cut:>12}{inflight[s]:>10}"
+              f"{format_bytes(plan.memory[s]):>13}{format_bytes(cap) if cap else '-':>11}")
+
+
+def memory_report(spec: MLPSpec, batch: int, dtype: str, optimizer: str) -> None:
+    """Exercise 3: training vs inference footprint, term by term."""
+    train, infer = training_memory(spec, batch, dtype, optimizer), inference_memory(spec, batch, dtype)
+    print(f"memory of MLP {'-'.join(map(str, spec.widths))} at batch {batch}, {dtype}, optimizer {optimizer}")
+    print(f"{'term':<26}{'training':>14}{'inference':>14}")
+    for (name, t), (_, i) in zip(train.rows(), infer.rows()):
+        if t or i:
+            print(f"{name:<26}{format_bytes(t):>14}{format_bytes(i):>14}")
+    print(f"{'total':<26}{format_bytes(train.total):>14}{format_bytes(infer.total):>14}")
+    print(f"training needs {train.total / infer.total:.2f}x the memory of inference")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, plan with every method, print the chosen plan and the comparison, write JSON/DOT."""
+    a = parse_args(argv)
+    spec = MLPSpec(parse_widths(a.widths), a.activation, a.bias, 0.0, a.loss)
+    m = a.microbatches or 2 * a.stages
+    if a.memory_report:
+        memory_report(spec, a.batch or a.microbatch * m, a.dtype, a.optimizer)
+        return 0
+    kind = ScheduleKind(a.schedule)
+    if not 1 <= a.stages <= spec.num_layers:
+        raise ValueError(f"stages: cannot place {spec.num_layers} layers on {a.stages} stages; "
+                         f"use between 1 and {spec.num_layers} stages")
+    schedule = generate(kind, a.stages, m)
+    inflight, deferred = schedule_counts(kind, a.stages, m)
+    link = LinkModel(a.latency, a.bandwidth)
+    layer_times, source = None, f"FLOPs at {a.tflops:g} TFLOP/s"
+    if a.save_profile:
+        profile = profile_layers(spec, a.microbatch, device=a.device, dtype=a.dtype)
+        profile.save(a.save_profile)
+        print(f"saved the profile measured on {profile.device_name} to {a.save_profile}")
+    else:
+        profile = Profile.load(a.profile) if a.profile else None
+    if profile is not None:
+        profile.check(spec, a.microbatch)
+        layer_times, source = profile.layers, f"measured on {profile.device_name or profile.device} ({profile.dtype})"
+    caps = [parse_bytes(c) for c in a.memory_caps.split(",")] if a.memory_caps else None
+    options = dict(layer_times=layer_times, flops_per_second=a.tflops * 1e12, dtype=a.dtype, optimizer=a.optimizer,
+                   link=link, inflight=lambda k: schedule_counts(kind, k, m)[0],
+                   deferred_w=lambda k: schedule_counts(kind, k, m)[1],
+                   memory_caps=parse_bytes(a.memory_cap) if a.memory_cap else caps,
+                   device_speeds=_floats(a.device_speeds, "device-speeds"))
+    problem: Problem = problem_for(spec, a.stages, a.microbatch, **options)
+    plans = {Method.OPTIMAL: plan_for(spec, a.stages, a.microbatch, Method.OPTIMAL, **options)}
+    plans.update({method: partition(problem, method) for method in Method if method is not Method.OPTIMAL})
+    if a.ranges:
+        plans[None] = problem.evaluate(parse_ranges(a.ranges, spec.num_layers))
+    chosen = plans[Method(a.method)]
+    print(f"MLP {'-'.join(map(str, spec.widths))} ({spec.activation.value}, {'bias' if spec.bias else 'no bias'}, "
+          f"{spec.loss.value}), {a.dtype}, {a.optimizer}; {a.stages} stages, {m} microbatches of {a.microbatch}, "
+          f"{kind.value}; times: {source}; link: {'free' if link.is_free else f'{a.latency:g} s + bytes / {a.bandwidth:g}'}")
+    print(f"\nplan by {chosen.method.value}: layers {chosen.describe()}")
+    print_plan(chosen, inflight)
+    rows = []
+    print(f"\n{'method':<13}{'layers':<24}{'bottleneck':>12}{'step time':>12}{'bubble':>8}{'max memory':>12}  fits")
+    for method, plan in plans.items():
+        step, bubble = step_time(plan, schedule, link)
+        name = method.value if method else "given"
+        rows.append({**plan.to_dict(), "method": name, "step_time": step, "bubble_fraction": bubble})
+        print(f"{name:<13}{plan.describe():<24}{_si(plan.bottleneck):>12}{_si(step):>12}{bubble:>8.1%}"
+              f"{format_bytes(max(plan.memory)):>12}  {'yes' if plan.fits else 'NO'}")
+    print("(bottleneck: slowest stage per microbatch incl. its links; step time and bubble: runtime.simulate)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"widths": list(spec.widths), "schedule": kind.value, "microbatches": m,
+                                            "microbatch": a.microbatch, "inflight": inflight, "deferred_w": deferred,
+                                            "plans": rows}, indent=1) + "\n")
+    if a.dot:
+        title = f"MLP {'-'.join(map(str, spec.widths))} over {a.stages} stages: layers {chosen.describe()}"
+        Path(a.dot).write_text(to_dot(build_graph(spec), stages=chosen.ranges, title=title))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, "partition.py")

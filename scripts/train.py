@@ -1,0 +1,98 @@
+"""Train the chapter's MLP, on one device or as a pipeline of stages (emulated in one process, or torchrun).
+
+    python scripts/train.py                                    # digits, 4 emulated stages, 1F1B, CPU
+    python scripts/train.py --stages 1 --microbatches 1        # plain single-device training
+    python scripts/train.py --stages 1 --microbatches 4        # gradient accumulation: the reference
+    python scripts/train.py --widths 64,256,256,10 --activation tanh --no-bias --l2 1e-4 --loss squared-error
+    python scripts/train.py --dataset synthetic --widths 32,64,64,8 --stages 3 --schedule zb-h1 --microbatches 6
+    python scripts/train.py --dataset idx:/data/fashion --widths 784,256,256,10 --device cuda --dtype bfloat16
+    python scripts/train.py --stages 4 --schedule interleaved-1f1b --virtual 2 --widths 64,32,32,32,32,32,32,32,10
+    python scripts/train.py --checkpoint-dir ckpt --epochs 10; python scripts/train.py --checkpoint-dir ckpt --resume
+    torchrun --nproc_per_node=4 scripts/train.py --stages 4 --microbatches 8     # one stage per process (gloo / NCCL)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from _cli import run_main
+
+from partition.spec import MLPSpec, parse_widths
+from runtime.config import DTYPES, OptimizerKind, TrainConfig
+from runtime.schedule import ScheduleKind, format_table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --help explains every flag."""
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model (the chapter's MLP)")
+    g.add_argument("--widths", default="64,128,128,128,10", help="layer widths, inputs first (default %(default)s)")
+    g.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid"])
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias in every layer")
+    g.add_argument("--l2", type=float, default=0.0, help="lambda of the l2 term s = lambda/2 sum ||W||^2")
+    g.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-error"])
+    g = p.add_argument_group("data and optimisation")
+    g.add_argument("--dataset", default="digits", help="digits (shipped), synthetic, or idx:DIR (MNIST-style files)")
+    g.add_argument("--samples", type=int, default=4096, help="examples of the synthetic dataset")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind])
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--stages", type=int, default=4, help="pipeline stages (1 = one device)")
+    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ScheduleKind])
+    g.add_argument("--microbatches", type=int, default=4, help="microbatches per step (must divide the batch)")
+    g.add_argument("--virtual", type=int, default=1, help="stages per rank for interleaved-1f1b")
+    g.add_argument("--partition", default="optimal",
+                   help="optimal, uniform, parameters, time-blocks, or explicit inclusive ranges like 0-1,2-3")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (stages spread over GPUs, or emulated on one)")
+    g.add_argument("--devices", default=None, help="one device per stage, e.g. cuda:0,cuda:0,cuda:1,cuda:1")
+    g.add_argument("--no-fuse-w", dest="fuse_w", action="store_false", help="run deferred weight gradients one by one")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", default=None, help="write results (config, per-epoch loss/accuracy, timings) here")
+    g.add_argument("--trace", default=None, help="Chrome trace of the last step, measured and predicted")
+    g.add_argument("--checkpoint-dir", default=None, help="save every stage after each epoch (atomic)")
+    g.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """Turn parsed flags into a checked TrainConfig (ValueError names the bad flag)."""
+    spec = MLPSpec(parse_widths(a.widths), a.activation, a.bias, a.l2, a.loss)
+    return TrainConfig(
+        spec=spec, dataset=a.dataset, samples=a.samples, batch_size=a.batch_size, lr=a.lr,
+        optimizer=OptimizerKind(a.optimizer), momentum=a.momentum, epochs=a.epochs, seed=a.seed, dtype=a.dtype,
+        device=a.device, stages=a.stages, schedule=ScheduleKind(a.schedule), microbatches=a.microbatches,
+        virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, checkpoint_dir=a.checkpoint_dir,
+        resume=a.resume, json=a.json, progress=a.progress and sys.stderr.isatty(), timeout=a.timeout, fuse_w=a.fuse_w,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, train, print the schedule, the measured vs predicted step time and the accuracy."""
+    from runtime.trainer import train
+
+    cfg = config_from_args(parse_args(argv))
+    results = train(cfg, log=print)
+    if results.get("reporter", True) and results["epochs"]:
+        print(results["schedule_table"])
+        print(f"plan (layers per stage): {results['plan']}  devices: {results['devices']}  mode: {results['mode']}")
+        meas = results["measured_step_time"]["median"]
+        pred = results["predicted_emulated_step_time"] or results["predicted_step_time"]
+        print(f"step time: measured {meas * 1e3:.2f} ms (median), predicted {pred * 1e3:.2f} ms here; "
+              f"on {results['num_ranks']} devices the simulator predicts {results['predicted_step_time'] * 1e3:.2f} ms "
+              f"(bubble {results['predicted_bubble_fraction']:.1%})")
+        last = results["epochs"][-1]
+        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy {last['test_accuracy']:.2%}, "
+              f"{results['samples_per_second']:.0f} samples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, "train.py")

@@ -1,0 +1,267 @@
+"""Partitioner: exact against brute force, never worse than the baselines, caps, links, speeds, errors, speed."""
+
+import itertools
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from partition import minmax
+from partition.baselines import by_parameters, time_blocks, uniform
+from partition.memory import LayerMemory, layer_memory, plan_memory
+from partition.partitioner import (
+    Method,
+    Problem,
+    parse_ranges,
+    partition,
+    plan_for,
+    plan_ranges,
+    problem_for,
+    smallest_cap,
+)
+from partition.spec import MLPSpec
+from partition.timing import LinkModel, StageCost
+
+
+def _all_ranges(num_layers, num_stages):
+    for cuts in itertools.combinations(range(1, num_layers), num_stages - 1):
+        bounds = (0, *cuts, num_layers)
+        yield tuple(zip(bounds[:-1], bounds[1:]))
+
+
+def _brute_force(problem):
+    """(best bottleneck among plans within the caps, smallest max stage memory over all plans)."""
+    best, need = math.inf, math.inf
+    for ranges in _all_ranges(problem.num_layers, problem.num_stages):
+        plan = problem.evaluate(ranges)
+        need = min(need, max(plan.memory))
+        if plan.fits:
+            best = min(best, plan.bottleneck)
+    return best, need
+
+
+def _random_problem(rng):
+    layers = rng.randint(1, 9)
+    stages = rng.randint(1, layers)
+    spec = MLPSpec(tuple(rng.randint(1, 300) for _ in range(layers + 1)), bias=rng.random() < 0.5,
+                   loss=rng.choice(["cross-entropy", "squared-error"]))
+    times = [StageCost(rng.random(), rng.random(), rng.random() * rng.choice([0, 1])) for _ in range(layers)]
+    link = LinkModel(rng.choice([0.0, rng.random() * 0.2]), rng.choice([math.inf, 1e4, 1e5]))
+    free = problem_for(
+        spec, stages, rng.randint(1, 16), layer_times=times, link=link, optimizer=rng.choice(["sgd", "adam"]),
+        dtype=rng.choice(["float32", "bfloat16"]), device_speeds=[rng.choice([0.5, 1.0, 3.0]) for _ in range(stages)],
+        inflight=[rng.randint(0, 6) for _ in range(stages)], deferred_w=[rng.randint(0, 3) for _ in range(stages)])
+    need, _ = smallest_cap(free)
+    caps = tuple(need * rng.uniform(0.85, 1.6) for _ in range(stages)) if rng.random() < 0.8 else ()
+    return Problem(free.layer_times, stages, free.boundary_bytes, link, free.device_speeds, free.memory, caps,
+                   free.inflight, free.deferred_w, free.parameters)
+
+
+@pytest.mark.parametrize("chunks", [(1, 2), (minmax.FIRST_CHUNK, minmax.MAX_CHUNK)])
+def test_optimal_equals_brute_force_and_beats_every_baseline_on_200_random_instances(chunks, monkeypatch):
+    # tiny scan chunks make the pruning by lower bounds decide which starts are looked at
+    monkeypatch.setattr(minmax, "FIRST_CHUNK", chunks[0])
+    monkeypatch.setattr(minmax, "MAX_CHUNK", chunks[1])
+    rng = random.Random(2024)
+    infeasible = 0
+    for _ in range(200):
+        problem = _random_problem(rng)
+        best, need = _brute_force(problem)
+        assert smallest_cap(problem)[0] == need
+        if math.isinf(best):
+            infeasible += 1
+            with pytest.raises(ValueError, match="smallest cap that fits"):
+                partition(problem)
+            continue
+        plan = partition(problem)
+        assert plan.fits and plan.method is Method.OPTIMAL
+        assert plan.bottleneck == pytest.approx(best, rel=1e-12)
+        for method in (Method.UNIFORM, Method.PARAMETERS, Method.TIME_BLOCKS):
+            other = partition(problem, method)
+            if other.fits:
+                assert plan.bottleneck <= other.bottleneck * (1 + 1e-12)
+    assert 10 <= infeasible <= 120  # the random caps exercise both outcomes
+
+
+def test_stage_time_counts_device_speed_and_both_cuts():
+    spec = MLPSpec((4, 8, 2, 8, 4))
+    problem = problem_for(spec, 3, 10, layer_times=[StageCost(1, 2, 3)] * 4, device_speeds=[1, 2, 1],
+                          link=LinkModel(latency=0.5, bandwidth=80.0), dtype="float32")
+    plan = problem.evaluate(((0, 1), (1, 3), (3, 4)))
+    # the middle stage: 2 layers x 6 s at speed 2; cut after layer 0 carries 10*8*4 = 320 bytes, after layer 2 also
+    assert plan.stage_costs == (StageCost(1, 2, 3), StageCost(1.0, 2.0, 3.0), StageCost(1, 2, 3))
+    assert plan.boundary_bytes == (320, 320)
+    assert plan.comm_times == (2 * 4.5, 4 * 4.5, 2 * 4.5)
+    assert plan.stage_times == (15.0, 24.0, 15.0) and plan.bottleneck == 24.0
+
+
+def test_expensive_links_move_the_cut_to_a_narrow_layer():
+    spec = MLPSpec((8, 4096, 4096, 1, 4096, 8))  # cutting after layer 2 crosses one value per sample
+    times = [StageCost(1, 1, 1)] * 5
+    assert partition(problem_for(spec, 2, 8, layer_times=times)).ranges in (((0, 2), (2, 5)), ((0, 3), (3, 5)))
+    slow = partition(problem_for(spec, 2, 8, layer_times=times, link=LinkModel(bandwidth=1e5)))
+    assert slow.ranges == ((0, 3), (3, 5)) and slow.boundary_bytes == (8 * 1 * 4,)
+
+
+def test_faster_device_gets_more_layers_and_caps_push_layers_away():
+    spec = MLPSpec((16,) * 13)
+    times = [StageCost(1, 1, 1)] * 12
+    assert partition(problem_for(spec, 2, 4, layer_times=times, device_speeds=[3, 1])).ranges == ((0, 9), (9, 12))
+    free = problem_for(spec, 2, 4, layer_times=times)
+    assert partition(free).ranges == ((0, 6), (6, 12))
+    # stage 0 holds 2 microbatches (1F1B), so its memory grows faster; a tight cap on it shifts the cut
+    cap0 = free.evaluate(((0, 4), (4, 12))).memory[0]
+    capped = partition(problem_for(spec, 2, 4, layer_times=times, memory_caps=[cap0, 10**9]))
+    assert capped.ranges == ((0, 4), (4, 12)) and capped.fits
+
+
+def test_deferred_weight_gradients_cost_memory():
+    spec = MLPSpec((64,) * 9)
+    plain = plan_for(spec, 2, 32, inflight=[2, 1])
+    split = plan_for(spec, 2, 32, inflight=[2, 1], deferred_w=[2, 1])
+    extra = [s.total - p.total for s, p in zip(split.memory_terms, plain.memory_terms)]
+    assert extra == [2 * 32 * 64 * 4 * 4, 1 * 32 * 64 * 4 * 4]  # 4 layers each, g = 32 x 64 float32 per layer
+
+
+def test_plan_memory_matches_the_memory_model():
+    spec = MLPSpec((10, 30, 20, 40, 5))
+    plan = plan_for(spec, 3, 7, optimizer="adam", inflight=[3, 2, 1], deferred_w=[1, 1, 0])
+    assert plan.memory_terms == plan_memory(spec, plan.ranges, 7, optimizer="adam", inflight=(3, 2, 1),
+                                            deferred_w=(1, 1, 0))
+    assert plan.parameters == tuple(sum(spec.num_parameters(i) for i in range(a, b)) for a, b in plan.ranges)
+
+
+def test_baselines_by_hand():
+    assert uniform(7, 3) == ((0, 3), (3, 5), (5, 7))
+    assert by_parameters([10, 1, 1, 10], 2) == ((0, 2), (2, 4))
+    assert by_parameters([5, 1, 1, 1, 1, 5], 3) == ((0, 1), (1, 5), (5, 6))
+    # normalized to [1, 0, 0, 0, 0, 1]: equal-count blocks already satisfy max <= min + 1 (times 6, 2, 6)
+    assert time_blocks([5, 1, 1, 1, 1, 5], 3) == ((0, 2), (2, 4), (4, 6))
+    # [0, .2, .4, .6, .8, 1]: blocks 0.6 | 2.4 -> move layer 3 left -> 1.2 | 1.8, balanced within 1
+    assert time_blocks([1, 2, 3, 4, 5, 6], 2) == ((0, 4), (4, 6))
+    problem = Problem(tuple(StageCost(t, 0, 0) for t in (5, 1, 1, 1, 1, 5)), 3)
+    assert partition(problem).bottleneck == 5 < partition(problem, "time-blocks").bottleneck == 6
+
+
+def test_parse_ranges():
+    assert parse_ranges("0-2,3-5", 6) == ((0, 3), (3, 6))
+    assert parse_ranges("0, 1-3 ,4", 5) == ((0, 1), (1, 4), (4, 5))
+    for text, message in [("0-2,4-5", "expected a range starting at layer 3"), ("0-2", "covers layers 0..2"),
+                          ("1-5", "starting at layer 0"), ("0-a", "inclusive layer ranges"), ("3-1,", "ends before")]:
+        with pytest.raises(ValueError, match=message):
+            parse_ranges(text, 6)
+
+
+def test_infeasible_requests_say_how_to_fix_them():
+    spec = MLPSpec((32,) * 5)
+    with pytest.raises(ValueError, match="use at most 4 stages"):
+        plan_for(spec, 5, 8)
+    free = problem_for(spec, 2, 8)
+    need, ranges = smallest_cap(free)
+    assert need == min(max(free.evaluate(r).memory) for r in _all_ranges(4, 2))
+    with pytest.raises(ValueError, match=f"smallest cap that fits is .* \\({int(need)} bytes\\)"):
+        plan_for(spec, 2, 8, memory_caps=need - 1)
+    assert plan_for(spec, 2, 8, memory_caps=need).fits
+    # one cap for every device: more stages (each holding fewer layers) fit where 2 do not
+    four = smallest_cap(problem_for(spec, 4, 8, inflight=lambda k: [1] * k))[0]
+    three = smallest_cap(problem_for(spec, 3, 8, inflight=lambda k: [1] * k))[0]
+    assert four < three
+    with pytest.raises(ValueError, match="or use at least 4 stages"):
+        plan_for(spec, 2, 8, memory_caps=four, inflight=lambda k: [1] * k)
+    with pytest.raises(ValueError, match="more stages would not help"):
+        plan_for(spec, 2, 8, memory_caps=four - 1, inflight=lambda k: [1] * k)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="memory_caps"):
+        Problem((StageCost(1, 1, 1),) * 3, 2, memory_caps=(1e9, 1e9))
+    lm = layer_memory(MLPSpec((4, 4, 4, 4)), 2)
+    with pytest.raises(ValueError, match="expected 2 caps"):
+        Problem((StageCost(1, 1, 1),) * 3, 2, memory=lm, memory_caps=(1e9,))
+    with pytest.raises(ValueError, match="device_speeds"):
+        Problem((StageCost(1, 1, 1),) * 3, 2, device_speeds=(1.0, 0.0))
+    with pytest.raises(ValueError, match="inflight: expected 2"):
+        Problem((StageCost(1, 1, 1),) * 3, 2, inflight=(1,))
+    with pytest.raises(ValueError):
+        partition(Problem((StageCost(1, 1, 1),) * 3, 2), "fastest")
+    assert isinstance(lm, LayerMemory)
+    assert plan_ranges(MLPSpec((4, 4, 4, 4)), 3, "uniform", 2) == ((0, 1), (1, 2), (2, 3))
+
+
+def test_thousand_layers_over_64_stages_with_caps_under_a_second():
+    rng = random.Random(7)
+    spec = MLPSpec(tuple(rng.randint(64, 4096) for _ in range(1001)))
+    base = dict(layer_times=None, link=LinkModel(1e-5, 25e9), device_speeds=[rng.choice([1.0, 2.0]) for _ in range(64)],
+                optimizer="adam", dtype="bfloat16")
+    need, _ = smallest_cap(problem_for(spec, 64, 32, **base))
+    problem = problem_for(spec, 64, 32, memory_caps=[need * rng.uniform(1.0, 1.3) for _ in range(64)], **base)
+    elapsed = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        plan = partition(problem)
+        elapsed = min(elapsed, time.perf_counter() - start)
+    assert plan.fits and len(plan.ranges) == 64
+    assert plan.bottleneck <= partition(problem, "uniform").bottleneck
+    assert elapsed < 1.0, f"partitioning took {elapsed:.3f} s"
+    # adversarial for the pruning: one slow layer first, 999 cheap ones after it
+    skewed = Problem((StageCost(10, 10, 10),) + (StageCost(1e-3, 1e-3, 1e-3),) * 999, 64)
+    start = time.perf_counter()
+    assert partition(skewed).bottleneck == 30
+    assert time.perf_counter() - start < 1.0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "scripts" / "partition.py")]
+
+
+def _cli(*args):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_plans_compares_and_writes_json_and_dot(tmp_path):
+    out, dot = tmp_path / "plan.json", tmp_path / "plan.dot"
+    proc = _cli("--widths", "784,4096,4096,1024,1024,10", "--stages", "4", "--microbatch", "64", "--schedule", "zb-h1",
+                "--memory-cap", "300MiB", "--optimizer", "adam", "--bandwidth", "25e9", "--ranges", "0-1,2,3,4",
+                "--json", str(out), "--dot", str(dot))
+    assert proc.returncode == 0, proc.stderr
+    for word in ("peak memory", "bottleneck", "step time", "optimal", "uniform", "parameters", "time-blocks", "given"):
+        assert word in proc.stdout
+    res = json.loads(out.read_text())
+    # zb-h1 (p = 4): activations are held until W; B-to-W waits grow towards the last stage
+    assert res["inflight"] == [4, 4, 4, 4] and res["deferred_w"] == [1, 2, 3, 4]
+    plans = {p["method"]: p for p in res["plans"]}
+    assert plans["optimal"]["fits"] and not plans["given"]["fits"]  # 0-1 on one device exceeds 300 MiB with Adam
+    assert all(plans["optimal"]["bottleneck"] <= p["bottleneck"] for p in plans.values() if p["fits"])
+    assert plans["optimal"]["stages"][0]["memory"]["deferred_w"] > 0
+    text = dot.read_text()
+    assert text.startswith("digraph") and all(f"cluster_stage{s}" in text for s in range(4))
+
+
+def test_cli_profile_round_trip_and_memory_report(tmp_path):
+    prof = tmp_path / "prof.json"
+    base = ["--widths", "32,64,64,10", "--stages", "2", "--microbatch", "8", "--schedule", "gpipe"]
+    proc = _cli(*base, "--save-profile", str(prof), "--json", str(tmp_path / "a.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["inflight"] == [4, 4]  # gpipe: all m = 2 x stages
+    proc = _cli(*base, "--profile", str(prof))
+    assert proc.returncode == 0 and "measured on cpu" in proc.stdout, proc.stderr
+    proc = _cli("--memory-report", "--widths", "784,256,10", "--batch", "128", "--optimizer", "adam")
+    assert proc.returncode == 0, proc.stderr
+    assert "saved activations" in proc.stdout and "live activations" in proc.stdout and "optimizer" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stages", "9"], "use between 1 and 5 stages"),
+    (["--memory-cap", "10MiB"], "smallest cap that fits is"),
+    (["--memory-cap", "lots"], "memory size"),
+    (["--ranges", "0-1,3,4"], "contiguous"),
+])
+def test_cli_bad_input_is_one_line(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
