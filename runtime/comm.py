@@ -107,9 +107,19 @@ class DistTransport:
         try:
             ok = work.wait(self.timeout)
         except Exception as exc:  # gloo raises on a closed connection or a timeout
-            raise PeerLost(f"rank {self.rank}: lost rank {msg.peer} while {what} {msg.key}: {str(exc).splitlines()[0]}") from exc
+            cause = "timed out" if "imeout" in str(exc) else "connection lost"
+            raise PeerLost(f"lost rank {msg.peer} (it failed, was killed or hangs: {cause}) while {what} "
+                           f"{describe(msg.key)}") from exc
         if ok is False:
-            raise PeerLost(f"rank {self.rank}: rank {msg.peer} did not answer within {self.timeout} while {what} {msg.key}")
+            raise PeerLost(f"rank {msg.peer} did not answer within {self.timeout} while {what} {describe(msg.key)}")
+
+
+def describe(key: Hashable) -> str:
+    """``(Op.F, 2, 5)`` as 'the activation for stage 2, microbatch 5' (other keys as they print)."""
+    if isinstance(key, tuple) and len(key) == 3 and isinstance(key[0], Enum):
+        what = "activation" if key[0].name == "F" else "gradient"
+        return f"the {what} for stage {key[1]}, microbatch {key[2]}"
+    return str(key)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class TrainConfig:
     progress: bool = True
     timeout: float = 60.0
     fuse_w: bool = True
+    defer_w: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -9,8 +9,9 @@ import torch
 
 from partition.spec import MLPSpec
 from runtime.executor import ActionRecord, Executor
-from runtime.model import init_parameters
+from runtime.model import forward_layers, init_parameters
 from runtime.schedule import Schedule, ScheduleKind
+from runtime.schedule_defer import defer_all_w
 from runtime.schedule_gen import generate
 from runtime.stage import Stage
 
@@ -39,6 +40,7 @@ class PipelineConfig:
     seed: int = 0
     virtual: int = 1
     fuse_w: bool = True
+    defer_w: bool = False
 
     @property
     def num_stages(self) -> int:
@@ -67,7 +69,7 @@ class PipelineConfig:
         sched = generate(self.schedule, self.num_ranks, self.microbatches, self.virtual)
         if sched.num_stages != self.num_stages:
             raise ValueError(f"stages: {self.schedule.value} on {self.num_ranks} ranks has {sched.num_stages} stages, plan has {self.num_stages}")
-        return sched
+        return defer_all_w(sched) if self.defer_w else sched
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,6 @@ class Pipeline:
         """Outputs o for ``x`` through every stage (single-process only: needs all stages)."""
         if len(self.stages) != self.cfg.num_stages:
             raise RuntimeError("predict: needs every stage in this process")
-        from runtime.model import forward_layers
-
         h = x
         for s in range(self.cfg.num_stages):
             st = self.stages[s]

@@ -80,10 +80,11 @@ def _interleaved(p: int, m: int, v: int, r: int) -> list[Action]:
     Rank r runs ``(v-1)*p + 2*(p-1-r)`` warm-up forwards (Megatron's count; ``p-1-r`` when v = 1, which is 1f1b),
     then alternates one forward and one backward, then drains the backwards.
 
-    Unit-cost closed form (F = 1, BW = b + w = c): every rank is busy ``v*m*(1+c)``; the first rank's first backward
-    waits for one microbatch to cross all ``v*p`` stages and come back, and the last rank's drain waits for the last
-    backward to cross back over the first ``p - 1`` ranks, which leaves ``(p-1)*(1+c)`` idle per rank, so
-    bubble = ``(p-1) / (v*m + p-1)`` (tests/test_simulate.py checks it exactly for c = 2 over a grid of p, m, v).
+    Closed form, for costs equal on every stage (F = f, BW = c, as tests/test_simulate.py checks exactly over
+    p, m, v): each rank is busy ``v*m*(f+c)``. The last rank starts after its first input has crossed p-1 ranks,
+    a fill of ``(p-1)*f``; rank 0 ends after the last gradient has crossed back p-1 ranks, a drain of ``(p-1)*c``;
+    in between, the warm-up above leaves no rank waiting. So the makespan is ``(v*m + p-1)*(f+c)`` and the bubble
+    ``(p-1) / (v*m + p-1)``: 1F1B's with m replaced by v*m (Megatron's "bubble shrinks by a factor of v").
     """
     total = v * m
     warm = min(total, (v - 1) * p + 2 * (p - 1 - r) if v > 1 else p - 1 - r)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from runtime.schedule import Action
@@ -29,23 +29,35 @@ class TraceEvent:
 
 
 def op_of(name: str) -> str:
-    """The op of an action name ("1BW3" -> "BW"), or "" for other names."""
+    """The op of an action name ("1BW3" -> "BW"; a fused-count suffix as in "0W3x4" is ignored), else ""."""
     try:
-        return Action.parse(name).op.value
+        return Action.parse(name.split("x")[0]).op.value
     except ValueError:
         return ""
 
 
-def write_chrome_trace(path: str | os.PathLike, events: Iterable[TraceEvent], process_name: str = "pipegraph") -> None:
-    """Write ``chrome://tracing`` / Perfetto JSON: one thread row per rank, times in microseconds."""
-    events = list(events)
-    trace: list[dict] = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": process_name}}]
-    for rank in sorted({e.rank for e in events}):
-        trace.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
-        trace.append({"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": rank, "args": {"sort_index": rank}})
-    for e in events:
-        trace.append({"name": e.name, "cat": op_of(e.name) or "other", "ph": "X", "pid": 0, "tid": e.rank,
-                      "ts": e.start * 1e6, "dur": (e.end - e.start) * 1e6})
+def write_chrome_trace(
+    path: str | os.PathLike,
+    events: Iterable[TraceEvent] | Mapping[str, Iterable[TraceEvent]],
+    process_name: str = "pipegraph",
+) -> None:
+    """Write ``chrome://tracing`` / Perfetto JSON: one thread row per rank, times in microseconds.
+
+    ``events`` is one timeline (shown as ``process_name``) or a mapping of names to timelines, each shown as its
+    own process (e.g. {"measured": ..., "predicted": ...}) so that they line up one above the other.
+    """
+    timelines = dict(events) if isinstance(events, Mapping) else {process_name: events}
+    trace: list[dict] = []
+    for pid, (name, timeline) in enumerate(timelines.items()):
+        timeline = list(timeline)
+        trace.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}})
+        trace.append({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
+        for rank in sorted({e.rank for e in timeline}):
+            trace.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": rank, "args": {"name": f"rank {rank}"}})
+            trace.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": rank, "args": {"sort_index": rank}})
+        for e in timeline:
+            trace.append({"name": e.name, "cat": op_of(e.name) or "other", "ph": "X", "pid": pid, "tid": e.rank,
+                          "ts": e.start * 1e6, "dur": (e.end - e.start) * 1e6})
     with open(path, "w") as f:
         json.dump({"traceEvents": trace, "displayTimeUnit": "ms"}, f)
 
@@ -77,8 +89,9 @@ def write_gantt_png(path: str | os.PathLike, events: Iterable[TraceEvent], title
     ax.set_yticks(ranks, [f"rank {r}" for r in ranks])
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
-    ax.set_title(title)
-    ax.legend(handles=[Patch(color=c, label=op) for op, c in _COLOURS], loc="upper right", fontsize=7, ncols=4)
+    ax.set_title(title, loc="left")
+    ax.legend(handles=[Patch(color=c, label=op) for op, c in _COLOURS], loc="lower right", bbox_to_anchor=(1.0, 1.0),
+              fontsize=7, ncols=4, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -37,12 +37,12 @@ def build_pipeline(cfg: TrainConfig) -> tuple[Pipeline, bool]:
     if not distributed:
         devices = resolve_devices(cfg.device, cfg.devices, cfg.stages)
         pcfg = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, devices, cfg.torch_dtype, cfg.seed,
-                              cfg.virtual, cfg.fuse_w)
+                              cfg.virtual, cfg.fuse_w, cfg.defer_w)
         pcfg.build_schedule()
         return Pipeline(pcfg, optimizer_factory(cfg), LocalTransport()), False
     backend = Backend.NCCL if cfg.device.startswith("cuda") else Backend.GLOO
     probe = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, ("cpu",) * cfg.stages, cfg.torch_dtype,
-                           cfg.seed, cfg.virtual, cfg.fuse_w)
+                           cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w)
     probe.build_schedule()
     world = init_world(backend, cfg.timeout)
     if world.world_size != probe.num_ranks:
@@ -113,6 +113,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     steps_per_epoch = n // cfg.batch_size
     bar = ProgressBar((cfg.epochs - start_epoch) * steps_per_epoch, "train", cfg.progress and reporter)
     step_times: list[float] = []
+    step_losses: list[float] = []
     records = []
     step = start_epoch * steps_per_epoch
     fault = planned_fault(pipe.ranks)
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             step += 1
             if reporter:
                 losses.append(out.loss)
+                step_losses.append(out.loss)
                 correct += out.correct
             bar.update(1, f"epoch {epoch + 1} loss {losses[-1]:.4f}" if losses else "")
         elapsed = time.perf_counter() - t_epoch
@@ -156,6 +158,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "devices": list(pipe.cfg.devices),
         "epochs": history,
         "train_loss": [h["train_loss"] for h in history],
+        "step_losses": step_losses,
+        "optimizer_steps": step,
         "test_accuracy": [h["test_accuracy"] for h in history],
         "samples_per_second": statistics.median(h["samples_per_second"] for h in history) if history else None,
         "peak_memory_bytes": _peak_memory(pipe),

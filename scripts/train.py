@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--device", default="cpu", help="cpu or cuda (stages spread over GPUs, or emulated on one)")
     g.add_argument("--devices", default=None, help="one device per stage, e.g. cuda:0,cuda:0,cuda:1,cuda:1")
     g.add_argument("--no-fuse-w", dest="fuse_w", action="store_false", help="run deferred weight gradients one by one")
+    g.add_argument("--defer-w", action="store_true",
+                   help="run every weight gradient at the end of the step, one fused GEMM per layer (more memory)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write results (config, per-epoch loss/accuracy, timings) here")
@@ -71,6 +73,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         device=a.device, stages=a.stages, schedule=ScheduleKind(a.schedule), microbatches=a.microbatches,
         virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, checkpoint_dir=a.checkpoint_dir,
         resume=a.resume, json=a.json, progress=a.progress and sys.stderr.isatty(), timeout=a.timeout, fuse_w=a.fuse_w,
+        defer_w=a.defer_w,
     )
 
 

@@ -1,0 +1,118 @@
+"""Print a pipeline schedule's step-by-rank table and what the simulator predicts for it.
+
+    python scripts/simulate.py --schedule 1f1b --stages 4 --microbatches 8
+    python scripts/simulate.py --schedule gpipe --stages 4 --microbatches 8 --cost-f 1 --cost-b 2 --cost-w 0
+    python scripts/simulate.py --schedule interleaved-1f1b --stages 4 --microbatches 8 --virtual 2
+    python scripts/simulate.py --schedule zb-h1 --stages 4 --microbatches 8 --cost-f 1 --cost-b 1 --cost-w 1
+    python scripts/simulate.py --schedule zb-v --stages 4 --microbatches 8 --comms
+    python scripts/simulate.py --schedule 1f1b --stages 8 --microbatches 32 --latency 5e-6 --bandwidth 25e9 \\
+        --activation-bytes 4e6 --trace out.json --png out.png --json out.json
+
+--stages is the pipeline depth p, the number of ranks. gpipe, 1f1b and zb-h1 place one stage per rank;
+interleaved-1f1b places --virtual (v) stages per rank, p*v stages in all (stage s on rank s % p); zb-v always
+places two stages per rank in a V (2p stages). Costs are seconds per microbatch per stage (F, input-gradient B,
+weight-gradient W; a fused backward BW costs B + W); every stage gets the same costs. The trace opens in
+chrome://tracing or https://ui.perfetto.dev; --png needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from _cli import run_main
+
+from partition.timing import LinkModel, StageCost
+from runtime.schedule import ScheduleKind, format_table
+from runtime.schedule_comms import insert_comms
+from runtime.schedule_gen import generate
+from runtime.simulate import SimResult, simulate
+from runtime.trace import write_chrome_trace, write_gantt_png
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --help explains every flag."""
+    p = _Parser(prog="simulate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ScheduleKind], help="(default %(default)s)")
+    g.add_argument("--stages", type=int, default=4, help="pipeline depth p = number of ranks (default %(default)s)")
+    g.add_argument("--microbatches", type=int, default=8, help="microbatches per step m (default %(default)s)")
+    g.add_argument("--virtual", type=int, default=1, help="stages per rank v for interleaved-1f1b (default 1)")
+    g.add_argument("--comms", action="store_true", help="insert the send/recv actions and show them in the table")
+    g = p.add_argument_group("costs (seconds per microbatch per stage)")
+    g.add_argument("--cost-f", type=float, default=1.0, help="forward F (default %(default)s)")
+    g.add_argument("--cost-b", type=float, default=1.0, help="input-gradient backward B (default %(default)s)")
+    g.add_argument("--cost-w", type=float, default=1.0, help="weight-gradient backward W (default %(default)s)")
+    g = p.add_argument_group("link between ranks")
+    g.add_argument("--latency", type=float, default=0.0, help="seconds per message (default 0)")
+    g.add_argument("--bandwidth", type=float, default=float("inf"), help="bytes/second (default: infinite)")
+    g.add_argument("--activation-bytes", type=float, default=0.0, help="bytes of one microbatch's activation (default 0)")
+    g = p.add_argument_group("output")
+    g.add_argument("--table", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the step-by-rank table (default: when it has at most 64 steps)")
+    g.add_argument("--trace", help="write a Chrome/Perfetto trace JSON of the predicted timeline")
+    g.add_argument("--png", help="write a Gantt chart PNG of the predicted timeline (needs matplotlib)")
+    g.add_argument("--json", help="write the predicted figures as JSON")
+    return p.parse_args(argv)
+
+
+def report(result: SimResult, placement: tuple[int, ...]) -> str:
+    """The predicted figures as text: totals, then per rank, then per stage."""
+    lines = [f"makespan          {result.makespan:.6g} s",
+             f"bubble fraction   {result.bubble_fraction:.4f} ({result.bubble_fraction:.2%})",
+             "", "rank  stages        busy        idle"]
+    for r, (busy, idle) in enumerate(zip(result.busy, result.idle)):
+        stages = ",".join(str(s) for s, q in enumerate(placement) if q == r)
+        lines.append(f"{r:>4}  {stages:<8}{busy:>10.6g}  {idle:>10.6g}")
+    lines += ["", "stage  peak in-flight  peak deferred W"]
+    for s, (held, deferred) in enumerate(zip(result.peak_inflight, result.peak_deferred_w)):
+        lines.append(f"{s:>5}  {held:>14}  {deferred:>15}")
+    path = [str(a) for a in result.critical_path]
+    shown = " ".join(path if len(path) <= 16 else path[:8] + ["..."] + path[-8:])
+    lines += ["", f"critical path ({len(path)} actions): {shown}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    kind = ScheduleKind(a.schedule)
+    schedule = generate(kind, a.stages, a.microbatches, a.virtual)
+    if a.comms:
+        schedule = insert_comms(schedule)
+    costs = [StageCost(a.cost_f, a.cost_b, a.cost_w)] * schedule.num_stages
+    link = LinkModel(a.latency, a.bandwidth)
+    result = simulate(schedule, costs, link, [a.activation_bytes] * schedule.num_stages)
+    steps = max(len(acts) for acts in schedule.actions.values())
+    print(f"{kind.value}: {schedule.num_ranks} ranks, {schedule.num_stages} stages, {schedule.num_microbatches} microbatches; "
+          f"per stage F {a.cost_f:g} s, B {a.cost_b:g} s, W {a.cost_w:g} s")
+    if a.table or (a.table is None and steps <= 64):
+        print(format_table(schedule))
+    elif a.table is None:
+        print(f"(table of {steps} steps not shown; --table prints it)")
+    print(report(result, schedule.placement))
+    title = f"{kind.value}, p={schedule.num_ranks}, m={schedule.num_microbatches}: predicted"
+    if a.trace:
+        write_chrome_trace(a.trace, result.trace_events(), process_name=title)
+    if a.png:
+        write_gantt_png(a.png, result.trace_events(), title)
+    if a.json:
+        figures = {"schedule": kind.value, "num_ranks": schedule.num_ranks, "num_stages": schedule.num_stages,
+                   "num_microbatches": schedule.num_microbatches, "placement": list(schedule.placement),
+                   "costs": {"f": a.cost_f, "b": a.cost_b, "w": a.cost_w},
+                   "link": {"latency": a.latency, "bandwidth": None if math.isinf(a.bandwidth) else a.bandwidth,
+                            "activation_bytes": a.activation_bytes},
+                   **result.to_json()}
+        Path(a.json).write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]), "simulate.py")
