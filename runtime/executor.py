@@ -106,7 +106,8 @@ class Executor:
                 raise RuntimeError(f"executor: no rank can progress, waiting at {stuck}\n{format_table(self.schedule)}")
         self.transport.flush()
         if self._inbox or self._outbox:
-            raise RuntimeError(f"executor: tensors left over after the step: {sorted(map(str, {**self._inbox, **self._outbox}))[:4]}")
+            left = sorted(map(str, {**self._inbox, **self._outbox}))[:4]
+            raise RuntimeError(f"executor: tensors left over after the step: {left}")
         return result
 
     def _execute(self, rank: int, acts: Sequence[Action], i: int, result: StepResult) -> int:

@@ -68,7 +68,8 @@ class PipelineConfig:
             raise ValueError(f"stages: {self.schedule.value} puts {per} stages on each rank; {self.num_stages} is not a multiple")
         sched = generate(self.schedule, self.num_ranks, self.microbatches, self.virtual)
         if sched.num_stages != self.num_stages:
-            raise ValueError(f"stages: {self.schedule.value} on {self.num_ranks} ranks has {sched.num_stages} stages, plan has {self.num_stages}")
+            raise ValueError(f"stages: {self.schedule.value} on {self.num_ranks} ranks has {sched.num_stages} stages, "
+                             f"the plan has {self.num_stages}")
         return defer_all_w(sched) if self.defer_w else sched
 
 

@@ -44,6 +44,10 @@ class Action:
     op: Op
     microbatch: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, Op):
+            raise TypeError(f"Action.op: expected an Op, got {self.op!r}")
+
     def __str__(self) -> str:
         return f"{self.stage}{self.op.value}{self.microbatch}"
 
@@ -134,14 +138,15 @@ def format_table(schedule: Schedule, mark: Action | None = None, context: int | 
     action are printed (the others collapse into ``...``), which keeps error messages short for big schedules.
     """
     ranks = range(schedule.num_ranks)
-    columns = [[f">{a}<" if a == mark else str(a) for a in schedule.actions[r]] for r in ranks]
-    steps = max((len(c) for c in columns), default=0)
+    lists = [schedule.actions[r] for r in ranks]
+    steps = max((len(acts) for acts in lists), default=0)
     shown = range(steps)
     if context is not None and mark is not None:
         rank = schedule.placement[mark.stage] if 0 <= mark.stage < schedule.num_stages else -1
         where = [i for i, a in enumerate(schedule.actions.get(rank, ())) if a == mark]
         if where:
             shown = range(max(0, where[0] - context), min(steps, where[0] + context + 1))
+    columns = [[f">{a}<" if a == mark else str(a) for a in acts[shown.start:shown.stop]] for acts in lists]
     headers = [f"rank {r}" for r in ranks]
     widths = [max([len(h)] + [len(c) for c in col]) for h, col in zip(headers, columns)]
     step_w = max(4, len(str(max(steps - 1, 0))))
@@ -149,8 +154,8 @@ def format_table(schedule: Schedule, mark: Action | None = None, context: int | 
     lines.append("-+-".join(["-" * step_w] + ["-" * w for w in widths]))
     if shown.start > 0:
         lines.append(f"{'...':>{step_w}}")
-    for i in shown:
-        cells = [f"{(col[i] if i < len(col) else ''):<{w}}" for col, w in zip(columns, widths)]
+    for j, i in enumerate(shown):
+        cells = [f"{(col[j] if j < len(col) else ''):<{w}}" for col, w in zip(columns, widths)]
         lines.append(" | ".join([f"{i:>{step_w}}"] + cells).rstrip())
     if shown.stop < steps:
         lines.append(f"{'...':>{step_w}}")

@@ -20,19 +20,22 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from runtime.replay import replay
+from runtime.replay import paused_gc, replay
 from runtime.schedule import Action, Op, Schedule
 from runtime.schedule_check import BW, F, W, encode
 from runtime.validate import validate
 
 
+@paused_gc()
 def insert_comms(schedule: Schedule) -> Schedule:
     """The schedule with SEND/RECV actions between stages on different ranks (existing ones are replaced).
 
     Raises ScheduleError (with a step-by-rank table) when the compute lists themselves cannot run.
     """
-    schedule = schedule.compute_only() if schedule.has_comms else schedule
     enc = encode(schedule)
+    if enc.has_comms:
+        schedule = schedule.compute_only()
+        enc = encode(schedule)
     S, M, place, cross = enc.num_stages, enc.num_microbatches, enc.placement, enc.cross
     SM, p, rows = S * M, schedule.num_ranks, enc.codes
     ones = [1.0] * S

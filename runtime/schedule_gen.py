@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from runtime.replay import paused_gc
 from runtime.schedule import Action, Op, Schedule, ScheduleKind
 from runtime.schedule_zb import zb_h1_lists, zb_v_lists
 
 
+@paused_gc()
 def generate(kind: ScheduleKind | str, num_ranks: int, num_microbatches: int, virtual: int = 1) -> Schedule:
     """The ``kind`` schedule for ``num_ranks`` ranks (pipeline depth p) and ``num_microbatches`` microbatches (m).
 

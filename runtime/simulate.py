@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from partition.timing import LinkModel, StageCost
-from runtime.replay import TimedAction, replay
+from runtime.replay import TimedAction, paused_gc, replay
 from runtime.schedule import Action, Schedule, ScheduleError
 from runtime.schedule_check import encode
 from runtime.trace import TraceEvent
@@ -34,7 +34,7 @@ class SimResult:
     peak_inflight: tuple[int, ...]  # per stage: most microbatches whose activations are held at once
     peak_deferred_w: tuple[int, ...]  # per stage: most microbatches with B done and W pending
     timeline: tuple[TimedAction, ...]
-    transfers: tuple[TimedAction, ...] = ()  # cross-rank messages that take time
+    transfers: tuple[TimedAction, ...] = ()  # cross-rank messages that take time, by departure
 
     def to_json(self, timeline: bool = False) -> dict:
         """A JSON-ready dict of the figures (the timeline too when asked: it can be large)."""
@@ -56,6 +56,7 @@ class SimResult:
         return [TraceEvent(t.rank, str(t.action), t.start, t.end) for t in self.timeline]
 
 
+@paused_gc()
 def simulate(
     schedule: Schedule,
     costs: Sequence[StageCost],
@@ -104,4 +105,5 @@ def _result(enc, run) -> SimResult:
     bubble = sum(idle) / (p * makespan) if makespan > 0 else 0.0
     flat = tuple(t for row in run.timeline for t in row)
     return SimResult(makespan, tuple(run.busy), idle, bubble, tuple(reversed(path)), tuple(run.peak_inflight),
-                     tuple(run.peak_deferred_w), flat, tuple(run.transfers))
+                     tuple(run.peak_deferred_w), flat,
+                     tuple(sorted(run.transfers, key=lambda t: (t.start, t.rank, t.action))))

@@ -127,10 +127,10 @@ class Stage:
 
     def add_regularizer(self) -> torch.Tensor:
         """Add ds/dW = lambda W for this stage's weights to their gradients; returns this stage's share of s."""
-        weights = [w for w, _ in self.params]
-        s = l2_term(self.spec.l2, weights)
-        if self.spec.l2 != 0.0:
-            s.backward()
+        if self.spec.l2 == 0.0:
+            return torch.zeros((), dtype=self.params[0][0].dtype, device=self.device)
+        s = l2_term(self.spec.l2, [w for w, _ in self.params])
+        s.backward()
         return s.detach()
 
     def zero_grad(self) -> None:

@@ -12,7 +12,16 @@ from dataclasses import asdict, replace
 import torch
 
 from runtime import checkpoint as ckpt
-from runtime.comm import Backend, DistTransport, LocalTransport, all_reduce_sum, barrier, init_world, launched_by_torchrun
+from runtime.comm import (
+    Backend,
+    DistTransport,
+    LocalTransport,
+    all_reduce_sum,
+    barrier,
+    init_world,
+    launched_by_torchrun,
+    shutdown,
+)
 from runtime.config import OptimizerKind, TrainConfig
 from runtime.datasets import Dataset, load_dataset
 from runtime.measure import step_figures
@@ -167,6 +176,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     }
     if reporter and cfg.json:
         ckpt.write_json(cfg.json, results)
+    if distributed:  # leave the group together: tearing gloo down at interpreter exit can abort the process
+        barrier()
+        shutdown()
     return results
 
 

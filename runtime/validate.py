@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from runtime.replay import Replay, replay
+from runtime.replay import Replay, paused_gc, replay
 from runtime.schedule import Action, Op, Schedule, ScheduleError
 from runtime.schedule_check import RECV_B, RECV_F, SEND_B, SEND_F, Encoded, F, W, encode
 
 
+@paused_gc()
 def validate(schedule: Schedule) -> None:
     """Raise ScheduleError (a ValueError whose message ends with a step-by-rank table) unless the schedule is sound.
 

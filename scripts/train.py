@@ -20,7 +20,7 @@ from _cli import run_main
 
 from partition.spec import MLPSpec, parse_widths
 from runtime.config import DTYPES, OptimizerKind, TrainConfig
-from runtime.schedule import ScheduleKind, format_table
+from runtime.schedule import ScheduleKind
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

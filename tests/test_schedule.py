@@ -31,6 +31,8 @@ def test_action_prints_and_parses():
         a = Action(12, op, 34)
         assert Action.parse(str(a)) == a
     assert Action.parse(" 1BW2 ") == Action(1, Op.BW, 2)
+    with pytest.raises(TypeError, match="expected an Op"):
+        Action(0, "F", 0)
 
 
 @pytest.mark.parametrize("junk", ["", "F0", "1X2", "-1F0", "1F", "1f0", "1F0x", "1 F0", "1SEND0", None, 3])

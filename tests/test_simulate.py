@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from runtime.schedule_comms import insert_comms
 from runtime.schedule_gen import generate
 from runtime.simulate import simulate
 from runtime.trace import TraceEvent, op_of, write_chrome_trace, write_gantt_png
-from runtime.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = StageCost(1.0, 1.0, 1.0)
@@ -56,7 +54,7 @@ def test_zb_h1_cuts_the_1f1b_bubble_to_a_third():
             zb, base = run(ScheduleKind.ZB_H1, p, m), run(ScheduleKind.ONE_F_ONE_B, p, m)
             assert zb.makespan == 3 * m + p - 1  # (p-1)(F + B - W) idle per rank instead of (p-1)(F + B + W)
             assert 3 * sum(zb.idle) == sum(base.idle)
-            assert zb.bubble_fraction < base.bubble_fraction / 2.5
+            assert math.isclose(zb.bubble_fraction, (p - 1) / (3 * m + p - 1), abs_tol=1e-12)
             assert zb.peak_inflight == (p,) * p  # rank 0's 1F1B peak on every rank: same memory as 1F1B
             assert zb.peak_deferred_w == tuple(r + 1 for r in range(p))
 
@@ -64,12 +62,17 @@ def test_zb_h1_cuts_the_1f1b_bubble_to_a_third():
 def test_zb_v_bubble_is_near_zero_from_2p_microbatches():
     for p in range(2, 9):
         for m in (2 * p, 3 * p, 4 * p):
-            r = run(ScheduleKind.ZB_V, p, m)
+            schedule = generate(ScheduleKind.ZB_V, p, m)
+            r = simulate(schedule, [UNIT] * 2 * p)
             # rank p-1 cannot start before its first input crossed p-1 chunks: 6m + p - 1 is a lower bound
             assert 6 * m + p - 1 <= r.makespan <= 6 * m + p + 1, (p, m)
             assert r.bubble_fraction < 0.1
             assert r.bubble_fraction < run(ScheduleKind.ZB_H1, p, m).bubble_fraction
-            assert max(r.peak_inflight[s] + r.peak_inflight[2 * p - 1 - s] for s in range(p)) <= 2 * p
+            for acts in schedule.actions.values():  # a rank holds at most 2p stage activations, 1F1B's p microbatches
+                held = [0]
+                for a in acts:
+                    held.append(held[-1] + (a.op is Op.F) - (a.op is Op.W))
+                assert max(held) <= 2 * p
 
 
 def test_peak_inflight_matches_gpipe_and_1f1b():
@@ -165,17 +168,6 @@ def test_chrome_trace_and_gantt(tmp_path):
     assert [op_of(n) for n in ("2F0", "1BW3", "0W3x4", "0SEND_F1", "idle")] == ["F", "BW", "W", "SEND_F", ""]
     with pytest.raises(ValueError):
         TraceEvent(0, "x", 2.0, 1.0)
-
-
-def test_p64_m512_generate_validate_simulate_under_a_second():
-    best = math.inf
-    for _ in range(2):
-        t = time.perf_counter()
-        schedule = generate(ScheduleKind.ONE_F_ONE_B, 64, 512)
-        validate(schedule)
-        simulate(schedule, [UNIT] * 64)
-        best = min(best, time.perf_counter() - t)
-    assert best < 1.0
 
 
 def _cli(*args, cwd=ROOT):

@@ -1,0 +1,140 @@
+"""Benchmarks at tiny sizes: the JSON has its fields, ratios are finite and positive, and every contender
+(torch.distributed.pipelining included) computes the same loss on the same weights as our pipeline."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.bench_functions import FunctionsConfig, run_functions
+from runtime.bench_pipeline import PipelineBenchConfig, run_pipeline_bench
+from runtime.bench_sim import SimBenchConfig, run_sim_bench
+from runtime.bench_timing import Spread, Variant, measure, paired_ratio
+from runtime.bench_verdict import verdicts
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = [sys.executable, str(ROOT / "scripts" / "bench.py")]
+SPREAD_KEYS = {"median", "p25", "p75", "min", "max", "n"}
+
+
+def load_peers():
+    spec = importlib.util.spec_from_file_location("_peers", ROOT / "scripts" / "_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive_ratio(d):
+    assert d is not None and set(d) == SPREAD_KEYS
+    assert all(math.isfinite(d[k]) and d[k] > 0 for k in ("median", "p25", "p75", "min", "max"))
+    assert d["p25"] <= d["median"] <= d["p75"]
+
+
+def test_spread_and_paired_ratio_on_known_samples():
+    s = Spread.of([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (s.median, s.p25, s.p75, s.min, s.max, s.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+    ticks = iter(range(100))
+    out = measure([Variant("a", lambda: next(ticks)), Variant("b", lambda: 1.0)], torch.device("cpu"), 1, 4)
+    assert out["a"].rounds == [1, 2, 3, 4] and out["a"].losses == [1.0, 2.0, 3.0, 4.0] and out["b"].losses == [1.0] * 4
+    positive_ratio(paired_ratio(out["a"], out["b"]).to_json())
+    broken = measure([Variant("x", lambda: 1 / 0)], torch.device("cpu"), 0, 2)["x"]
+    assert broken.error.startswith("ZeroDivisionError") and broken.times == []
+
+
+def test_functions_bench_fields_and_equal_losses():
+    res = run_functions(FunctionsConfig(widths=(16,), layers=3, batch=32, warmup=1, repeats=3, compile=False), log=lambda s: None)
+    assert res["benchmark"] == "functions" and res["machine"]["date"] and "table" in res
+    rows = res["results"]
+    assert {(r["dtype"], r["variant"]) for r in rows} == {
+        (d, v) for d in ("float32", "bfloat16") for v in ("autograd", "custom", "custom-split")}
+    for r in rows:
+        assert r["error"] is None and r["flops"] > 0 and r["flops_per_second"] > 0 and r["mfu"] is None
+        if r["variant"] != "autograd":
+            positive_ratio(r["speedup_vs_autograd"])
+    for dtype, tol in (("float32", 1e-6), ("bfloat16", 2e-2)):
+        losses = [r["loss"] for r in rows if r["dtype"] == dtype]
+        assert max(losses) - min(losses) <= tol * abs(losses[0])
+    assert isinstance(verdicts(res), list)
+
+
+def test_pipeline_bench_peers_compute_our_loss():
+    peers = load_peers()
+    cfg = PipelineBenchConfig(width=16, layers=4, stages=4, microbatches=4, batch=16, warmup=1, repeats=3, overhead_width=4)
+    with peers.local_world(torch.device("cpu")):
+        res = run_pipeline_bench(cfg, peers.one_rank_builders(), log=lambda s: None)
+    rows = {r["variant"]: r for r in res["results"]}
+    expected = {"ours:gpipe", "ours:1f1b", "ours:interleaved-1f1b", "ours:zb-h1", "ours:zb-v", "ours:1f1b+defer-w",
+                "accumulation", "peer:looped-bfs", "peer:interleaved-1f1b", "peer:interleaved-zb"}
+    assert set(rows) == expected
+    for name, r in rows.items():
+        assert r["error"] is None, (name, r["error"])
+        assert r["flops_per_second"] > 0 and r["fixed_cost_seconds"] > 0
+        assert r["loss_agrees"], (name, r["loss"], rows["accumulation"]["loss"])
+        if r["group"] == "ours":
+            for key in ("speedup_vs_accumulation", "speedup_vs_paired_peer", "speedup_vs_best_peer"):
+                positive_ratio(r[key])
+    ours = rows["ours:1f1b"]["loss"]
+    for peer in ("peer:looped-bfs", "peer:interleaved-1f1b", "peer:interleaved-zb"):
+        assert rows[peer]["loss"] == pytest.approx(ours, rel=1e-5)
+    summary = res["summary"]["float32"]
+    assert summary["all_losses_agree"] and summary["best_ours"].startswith("ours:")
+    assert len(verdicts(res)) == 3
+
+
+def test_simulator_bench_one_process():
+    cfg = SimBenchConfig(width=16, layers=4, ranks=2, microbatches=4, batch=16, warmup=1, repeats=3, profile_repeats=2)
+    res = run_sim_bench(cfg, log=lambda s: None)
+    assert res["mode"] == "one process" and len(res["profile"]) == 4
+    assert {r["schedule"] for r in res["results"]} == {"gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", "1f1b+defer-w"}
+    for r in res["results"]:
+        assert r["error"] is None and r["predicted_step_time"] > 0 and 0 <= r["predicted_bubble_fraction"] < 1
+        assert math.isfinite(r["error_fraction"]) and r["measured_step_time"]["median"] > 0
+
+
+def test_cli_writes_json_and_rejects_bad_flags(tmp_path):
+    out = tmp_path / "p.json"
+    run = subprocess.run(BENCH + ["pipeline", "--quick", "--schedules", "1f1b", "--peers", "interleaved-1f1b",
+                                  "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(out.read_text())
+    assert [r["variant"] for r in data["results"]] == ["ours:1f1b", "accumulation", "peer:interleaved-1f1b"]
+    assert data["verdicts"] and "speedup vs accum" in run.stdout
+    bad = subprocess.run(BENCH + ["pipeline", "--quick", "--schedules", "2f2b"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "schedules: unknown '2f2b'" in bad.stderr
+
+
+@pytest.mark.dist
+def test_dist_bench_two_gloo_ranks(tmp_path):
+    out = tmp_path / "d.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "scripts" / "bench.py"),
+                          "dist", "--quick", "--schedules", "gpipe,1f1b", "--json", str(out)],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"ours:gpipe", "ours:1f1b", "peer:gpipe", "peer:1f1b"}
+    for r in rows.values():
+        assert r["error"] is None and r["samples_per_second"] > 0
+        assert r["loss"] == pytest.approx(rows["peer:1f1b"]["loss"], rel=1e-5)
+    positive_ratio(rows["ours:1f1b"]["speedup_vs_paired_peer"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pipeline_bench_on_cuda_with_nccl_world_of_one():
+    """The device check's pipeline part in small: NCCL world of size 1, every contender runs and agrees."""
+    peers = load_peers()
+    cfg = PipelineBenchConfig(width=512, layers=4, stages=4, microbatches=4, batch=256, dtypes=(torch.bfloat16,),
+                              device="cuda", warmup=1, repeats=2, overhead_width=0)
+    with peers.local_world(torch.device("cuda")):
+        res = run_pipeline_bench(cfg, peers.one_rank_builders(), log=lambda s: None)
+    for r in res["results"]:
+        assert r["error"] is None, (r["variant"], r["error"])
+        assert r["loss_agrees"], (r["variant"], r["loss"])
+    assert res["peaks"]["bfloat16"] is None or "TFLOP/s" in res["peaks"]["bfloat16"]
