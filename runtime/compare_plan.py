@@ -104,7 +104,7 @@ def _single_device(s: Setting) -> list[Candidate]:
             out.append(_single(s, 1, "single-fit", "one device, the largest minibatch that fits"))
             out[-1] = replace(out[-1], reason=why)
         elif b_fit < B:
-            note = f"; the model allows b <= {b_max}" if b_max != b_fit else ""
+            note = f" (the memory model allows up to {b_max})" if b_max != b_fit else ""
             also = " = B/K" if b_fit * K == B else ""
             label = f"one device, largest divisor of B that fits: b={b_fit}{also}{note}"
             out.append(_single(s, b_fit, f"single-b{b_fit}", label))

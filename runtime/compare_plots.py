@@ -75,19 +75,26 @@ def _memory(r: dict, path: Path) -> None:
     rows = [e for e in r["candidates"] if e["predicted_memory"]]
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows) + 2), 5))
     mib = 2.0**20
+    pred_x, pred_h, pred_c, pred_w, meas_x, meas_h, meas_w = [], [], [], [], [], [], []
     for i, e in enumerate(rows):
         predicted = [d["total"] / mib for d in e["predicted_memory"]]
         measured = [v / mib for v in e["measured"]["memory_per_device"]] if e["measured"] else []
         width = 0.8 / (2 * len(predicted))
         for d, value in enumerate(predicted):
             x = i - 0.4 + width * (2 * d + 0.5)
-            ax.bar(x, value, width, color="#9ecae1" if e["feasible"] else "#f4a582", edgecolor="#3182bd", hatch="//")
+            pred_x.append(x)
+            pred_h.append(value)
+            pred_c.append("#9ecae1" if e["feasible"] else "#f4a582")
+            pred_w.append(width)
             if d < len(measured):
-                ax.bar(x + width, measured[d], width, color="#3182bd")
+                meas_x.append(x + width)
+                meas_h.append(measured[d])
+                meas_w.append(width)
+    ax.bar(pred_x, pred_h, pred_w, color=pred_c, edgecolor="#3182bd", hatch="//",
+           label="predicted (hatched; orange: over the cap)")
+    ax.bar(meas_x, meas_h, meas_w, color="#3182bd", label="measured")
     if r["setup"]["memory_cap"] is not None:
         ax.axhline(r["setup"]["memory_cap"] / mib, color="#b2182b", linewidth=1, label="cap per device")
-    ax.bar(0, 0, color="#9ecae1", hatch="//", edgecolor="#3182bd", label="predicted (hatched; orange: over the cap)")
-    ax.bar(0, 0, color="#3182bd", label="measured")
     ax.set_xticks(range(len(rows)), [e["id"] for e in rows], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("peak MiB per device (one bar pair per device)")
     ax.set_title("Peak memory per device", loc="left", fontsize=10)

@@ -34,10 +34,11 @@ def _seconds(value: float) -> str:
 
 def _describe(entry: dict, target: float) -> str:
     tr = entry["training"]
+    name = f"`{entry['id']}` ({entry['label']})"
     if tr["time_to_target"] is None:
-        return (f"{entry['label']} did not reach loss {target:.4g} (last epoch {tr['final_loss']:.4g}); "
+        return (f"{name} did not reach loss {target:.4g} (last epoch {tr['final_loss']:.4g}); "
                 f"{entry['measured']['samples_per_second']:.0f} samples/s")
-    return (f"{entry['label']} reaches loss {target:.4g} in {tr['time_to_target']:.3g} s of training "
+    return (f"{name} reaches loss {target:.4g} in {tr['time_to_target']:.3g} s of training "
             f"({tr['samples_to_target']} samples, {entry['measured']['samples_per_second']:.0f} samples/s)")
 
 

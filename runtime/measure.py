@@ -12,6 +12,7 @@ from runtime.comm import all_reduce_sum
 from runtime.executor import ActionRecord
 from runtime.schedule import Op
 from runtime.simulate import simulate
+from runtime.timeline import format_timeline
 from runtime.trace import TraceEvent, write_chrome_trace
 
 
@@ -48,7 +49,9 @@ def step_figures(pipe: object, records: Sequence[ActionRecord], step_times: Sequ
     m = pipe.cfg.microbatches
     serial = sum(m * c.total for c in costs)
     measured = spread(list(step_times[1:]) or list(step_times))
+    unit = simulate(pipe.schedule, [StageCost(1.0, 1.0, 1.0)] * n)
     figures = {
+        "timeline_chart": format_timeline(unit.timeline, pipe.schedule.num_ranks),
         "stage_costs": [{"f": c.f, "b": c.b, "w": c.w} for c in costs],
         "measured_step_time": measured,
         "predicted_step_time": sim.makespan,

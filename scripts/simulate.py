@@ -30,6 +30,7 @@ from runtime.schedule import ScheduleKind, format_table
 from runtime.schedule_comms import insert_comms
 from runtime.schedule_gen import generate
 from runtime.simulate import SimResult, simulate
+from runtime.timeline import format_timeline
 from runtime.trace import write_chrome_trace, write_gantt_png
 
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
           f"per stage F {a.cost_f:g} s, B {a.cost_b:g} s, W {a.cost_w:g} s")
     if a.table or (a.table is None and steps <= 64):
         print(format_table(schedule))
+        print(format_timeline(result.timeline, schedule.num_ranks))
     elif a.table is None:
         print(f"(table of {steps} steps not shown; --table prints it)")
     print(report(result, schedule.placement))

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     results = train(cfg, log=print)
     if results.get("reporter", True) and results["epochs"]:
         print(results["schedule_table"])
+        print("the schedule in time (unit costs F = B = W = 1):")
+        print(results["timeline_chart"])
         print(f"plan (layers per stage): {results['plan']}  devices: {results['devices']}  mode: {results['mode']}")
         meas = results["measured_step_time"]["median"]
         pred = results["predicted_emulated_step_time"] or results["predicted_step_time"]

@@ -11,6 +11,8 @@ import torch
 from partition.spec import MLPSpec
 from runtime.config import TrainConfig
 from runtime.datasets import load_idx
+from runtime.pipeline import NonFiniteLoss
+from runtime.schedule import ScheduleKind
 from runtime.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +86,29 @@ def test_idx_folder_is_read(tmp_path):
     assert data.x_train.shape == (64, 12) and data.num_classes == 3
     assert torch.equal(data.y_test, torch.from_numpy(labels.astype(np.int64)))
     assert data.x_test.max() <= 1.0
+
+
+def test_trace_holds_measured_and_predicted_rows(tmp_path):
+    trace = tmp_path / "t.json"
+    res = train(TrainConfig(spec=MLPSpec((64, 16, 16, 10)), epochs=1, stages=3, microbatches=3, batch_size=48,
+                            progress=False, partition="uniform", trace=str(trace), schedule=ScheduleKind.ZB_H1))
+    events = json.loads(trace.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {0, 1}
+    measured = [e for e in spans if e["pid"] == 0]
+    names = {e["name"] for e in measured}
+    assert {"0F0", "2B2"} <= names and any(n.startswith("0W") for n in names)
+    assert all(e["dur"] >= 0 for e in spans)
+    assert len(res["stage_costs"]) == 3 and all(c["f"] > 0 and c["w"] > 0 for c in res["stage_costs"])
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    base = dict(spec=MLPSpec((64, 32, 10)), stages=2, microbatches=2, progress=False, partition="uniform",
+                checkpoint_dir=str(tmp_path))
+    train(TrainConfig(**base, epochs=1))
+    saved = torch.load(tmp_path / "stage0-epoch1.pt", weights_only=True)["params"]
+    with pytest.raises(NonFiniteLoss, match=r"step \d+, first seen on stage \d"):
+        train(TrainConfig(**base, epochs=3, lr=1e30, resume=True))
+    assert json.loads((tmp_path / "meta.json").read_text())["epoch"] == 1
+    again = torch.load(tmp_path / "stage0-epoch1.pt", weights_only=True)["params"]
+    assert all(torch.equal(a, b) for a, b in zip(saved, again))

@@ -1,0 +1,35 @@
+"""The time-aligned chart: unit-cost GPipe and 1F1B drawn as in the papers' figures, written out by hand."""
+
+from partition.timing import StageCost
+from runtime.schedule import ScheduleKind
+from runtime.schedule_gen import generate
+from runtime.simulate import simulate
+from runtime.timeline import format_timeline
+
+
+def chart(kind, p, m):
+    result = simulate(generate(kind, p, m), [StageCost(1, 1, 1)] * p)
+    return format_timeline(result.timeline, p).splitlines()[1:]
+
+
+def test_gpipe_p2_m3_by_hand():
+    # forward wave, then the fused backward (2 units each) from the last microbatch down
+    assert chart(ScheduleKind.GPIPE, 2, 3) == [
+        "rank  0 |F0 F1 F2 .  .  .  X2 X2 X1 X1 X0 X0",
+        "rank  1 |.  F0 F1 F2 X2 X2 X1 X1 X0 X0 .  .",
+    ]
+
+
+def test_1f1b_p2_m3_by_hand():
+    assert chart(ScheduleKind.ONE_F_ONE_B, 2, 3) == [
+        "rank  0 |F0 F1 .  .  X0 X0 F2 X1 X1 .  X2 X2",
+        "rank  1 |.  F0 X0 X0 F1 X1 X1 F2 X2 X2 .  .",
+    ]
+
+
+def test_slot_defaults_to_shortest_action_and_marks_idle():
+    result = simulate(generate(ScheduleKind.GPIPE, 2, 1), [StageCost(2, 0.5, 0.5)] * 2)
+    lines = format_timeline(result.timeline, 2).splitlines()
+    assert lines[0].startswith("time slot = 1 s")  # BW = 0.5 + 0.5 is the shortest action
+    assert lines[1] == "rank  0 |F0 F0 .  .  .  X0"
+    assert lines[2] == "rank  1 |.  .  F0 F0 X0 ."
