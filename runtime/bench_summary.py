@@ -37,6 +37,9 @@ def _rows(result: dict) -> list[list[str]]:
         elif bench == "dist":
             rows.append([bench, result["config"]["dtype"], r["variant"], _ms(r["step_time"]), describe_rate(r),
                          _x(r.get("speedup_vs_best_peer")), "vs best peer"])
+        elif bench == "gemms":
+            rate = "-" if r["flops_per_second"] is None else describe_rate(r)
+            rows.append([bench, r["dtype"], r["case"], f"{r['seconds'] * 1e3:.3f} ms", rate, "-", "one layer"])
         elif bench == "simulator":
             err = r["error_fraction"]
             rows.append([bench, result["config"]["dtype"], r["schedule"], _ms(r["measured_step_time"]),

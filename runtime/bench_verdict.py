@@ -73,4 +73,4 @@ def _simulator(result: dict) -> list[str]:
 def verdicts(result: dict) -> list[str]:
     """One line per target of the issue that ``result`` (any subcommand's) speaks to."""
     check = {"functions": _functions, "pipeline": _pipeline, "dist": _dist, "simulator": _simulator}
-    return check[result["benchmark"]](result)
+    return check[result["benchmark"]](result) if result["benchmark"] in check else []

@@ -89,11 +89,24 @@ def evaluate(pipe: Pipeline, data: Dataset, distributed: bool) -> float:
     return float((o.argmax(1) == data.y_test).double().mean())
 
 
+def fingerprint(cfg: TrainConfig, pipe: Pipeline) -> dict:
+    """What must not change between a run and its resumption (else the continuation would not be exact)."""
+    return {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias,
+            "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "optimizer": cfg.optimizer.value, "momentum": cfg.momentum, "seed": cfg.seed,
+            "dtype": cfg.dtype, "plan": [list(r) for r in pipe.cfg.ranges]}
+
+
 def _restore(cfg: TrainConfig, pipe: Pipeline) -> tuple[int, list[dict]]:
     """Load the last complete checkpoint when resuming: (epochs done, history so far)."""
     meta = ckpt.read_meta(cfg.checkpoint_dir) if cfg.resume else None
     if meta is None:
         return 0, []
+    saved, now = meta.get("fingerprint", {}), fingerprint(cfg, pipe)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError("resume: the checkpoint was written with other settings: "
+                         + ", ".join(f"{k} {saved[k]} (now {now[k]})" for k in changed))
     for s, st in pipe.stages.items():
         ckpt.restore(st.parameters(), pipe.optimizers[s], ckpt.load_stage(cfg.checkpoint_dir, s, meta["epoch"]))
     return int(meta["epoch"]), list(meta.get("history", []))
@@ -105,7 +118,8 @@ def _save(cfg: TrainConfig, pipe: Pipeline, epoch: int, history: list[dict], dis
         ckpt.save_stage(cfg.checkpoint_dir, s, epoch, st.parameters(), pipe.optimizers[s].state_dict())
     barrier()
     if pipe.last is not None:
-        ckpt.write_meta(cfg.checkpoint_dir, {"epoch": epoch, "history": history, "stages": cfg.stages})
+        ckpt.write_meta(cfg.checkpoint_dir, {"epoch": epoch, "history": history, "stages": cfg.stages,
+                                             "fingerprint": fingerprint(cfg, pipe)})
     barrier()
 
 

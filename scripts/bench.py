@@ -8,6 +8,7 @@
     python scripts/bench.py simulator                          # predicted vs measured, one process
     torchrun --nproc_per_node=2 scripts/bench.py simulator     # predicted vs measured step time and bubble, 2 ranks
     python scripts/bench.py pipeline --quick --json /tmp/p.json  # tiny sizes (the smoke test)
+    python scripts/bench.py gemms --device cuda --width 8192 --batch 8192 --dtypes bfloat16   # where the time goes
     python scripts/bench.py summary out/*.json                 # short table + target verdicts of saved results
 
 Every subcommand prints a table and, with --json, writes the figures (medians, quartiles, paired ratios,
@@ -34,18 +35,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("functions", "one step of the custom-Function MLP vs nn.Sequential under autograd / torch.compile"),
         ("pipeline", "single-process pipeline per schedule vs accumulation vs torch.distributed.pipelining"),
         ("dist", "under torchrun: our 1F1B/GPipe vs torch's Schedule1F1B/ScheduleGPipe"),
-        ("simulator", "predicted vs measured step time and bubble per schedule"))}
+        ("simulator", "predicted vs measured step time and bubble per schedule"),
+        ("gemms", "diagnosis: one layer's GEMMs at microbatch vs full-batch shapes, and the fused W's copy"))}
     sub.add_parser("summary", help="short table and target verdicts of saved JSON results").add_argument("files", nargs="+")
     for name, q in parsers.items():
         q.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
         q.add_argument("--layers", type=int, default=4 if name == "functions" else 8, help="Linear layers (%(default)s)")
-        q.add_argument("--batch", type=int, default=512 if name != "pipeline" else 1024, help="rows per step (%(default)s)")
+        q.add_argument("--batch", type=int, default=1024 if name in ("pipeline", "gemms") else 512,
+                       help="rows per step (%(default)s)")
         q.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first (%(default)s)")
         q.add_argument("--repeats", type=int, default=10 if name != "simulator" else 8, help="timed steps (%(default)s)")
         q.add_argument("--tf32", action="store_true", help="float32 GEMMs on TF32 tensor cores (MFU vs the TF32 peak)")
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
         q.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (smoke test)")
         q.add_argument("--json", default=None, help="write the figures here")
+        if name == "gemms":
+            q.add_argument("--width", type=int, default=1024, help="(%(default)s)")
+            q.add_argument("--microbatches", type=int, default=8, help="(%(default)s)")
+            q.add_argument("--dtypes", default="float32", help="(%(default)s)")
+            continue
         if name == "functions":
             q.add_argument("--widths", default="1024,2048", help="model widths to try (%(default)s)")
             q.add_argument("--dtypes", default="float32,bfloat16", help="(%(default)s)")
@@ -101,6 +109,12 @@ def run(a: argparse.Namespace) -> dict | None:
         widths = tuple(int(w) for w in (QUICK["widths"] if a.quick else a.widths).split(",") if w.strip())
         cfg = FunctionsConfig(widths=widths, dtypes=tuple(parse_dtypes(a.dtypes)), compile=a.compile and not a.quick, **common)
         return run_functions(cfg, partial=lambda r: write_json(a.json, r))
+    if a.command == "gemms":
+        from runtime.bench_gemms import GemmBenchConfig, run_gemm_bench
+
+        return run_gemm_bench(GemmBenchConfig(width=width, batch=common["batch"], microbatches=a.microbatches,
+                                              dtypes=tuple(parse_dtypes(a.dtypes)), device=a.device,
+                                              warmup=common["warmup"], repeats=common["repeats"]))
     if a.command == "pipeline":
         from _peers import local_world, one_rank_builders
 

@@ -5,7 +5,7 @@
     python scripts/compare.py --memory-cap 1MiB --devices 4       # a cap no single device meets: only pipelines fit
     python scripts/compare.py --memory-cap none                   # no cap: the whole batch fits on one device
     python scripts/compare.py --target-loss 0.3 --epochs 30       # train each candidate until an epoch's loss <= 0.3
-    python scripts/compare.py --dataset synthetic --widths 32,64,64,64,8 --batch 64 --devices 2 --memory-cap 40KiB
+    python scripts/compare.py --dataset synthetic --widths 32,64,64,64,8 --batch 64 --devices 2 --memory-cap 120KiB
     python scripts/compare.py --dataset idx:/data/mnist --widths 784,512,512,512,10 --batch 256 --device cuda
     python scripts/compare.py --schedules 1f1b,zb-h1 --microbatches 4,8,16 --lr-rule sqrt
     python scripts/compare.py --from-json out/compare/compare.json --out out/again   # re-plot, no training

@@ -107,8 +107,10 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
                 checkpoint_dir=str(tmp_path))
     train(TrainConfig(**base, epochs=1))
     saved = torch.load(tmp_path / "stage0-epoch1.pt", weights_only=True)["params"]
-    with pytest.raises(NonFiniteLoss, match=r"step \d+, first seen on stage \d"):
+    with pytest.raises(ValueError, match="lr 0.1 .now 1e.30"):
         train(TrainConfig(**base, epochs=3, lr=1e30, resume=True))
+    with pytest.raises(NonFiniteLoss, match=r"step \d+, first seen on stage \d"):
+        train(TrainConfig(**base, epochs=3, lr=1e30))
     assert json.loads((tmp_path / "meta.json").read_text())["epoch"] == 1
     again = torch.load(tmp_path / "stage0-epoch1.pt", weights_only=True)["params"]
     assert all(torch.equal(a, b) for a, b in zip(saved, again))
