@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 
@@ -33,7 +34,7 @@ from runtime.placement import resolve_ranges
 from runtime.schedule import ScheduleKind
 
 DistPeerBuilder = Callable[..., Callable[[torch.Tensor | None, torch.Tensor | None], object]]
-PAIRED = {ScheduleKind.GPIPE: "gpipe"}  # everything else is paired with the peer's 1f1b
+PAIRED = MappingProxyType({ScheduleKind.GPIPE: "gpipe"})  # everything else is paired with the peer's 1f1b
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -44,10 +45,10 @@ PeerRun = Callable[[torch.Tensor, torch.Tensor], object]
 PeerBuilder = Callable[[list[nn.Module], int, LossFn, torch.device], PeerRun]
 DEFER = "+defer-w"
 # Which torch.distributed.pipelining schedule (all stages on one rank) does the same job as ours.
-PAIRED_PEER = {ScheduleKind.GPIPE: "looped-bfs", ScheduleKind.ONE_F_ONE_B: "interleaved-1f1b",
-               ScheduleKind.INTERLEAVED_1F1B: "interleaved-1f1b", ScheduleKind.ZB_H1: "interleaved-zb",
-               ScheduleKind.ZB_V: "interleaved-zb"}
-LOSS_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+PAIRED_PEER = MappingProxyType({
+    ScheduleKind.GPIPE: "looped-bfs", ScheduleKind.ONE_F_ONE_B: "interleaved-1f1b",
+    ScheduleKind.INTERLEAVED_1F1B: "interleaved-1f1b", ScheduleKind.ZB_H1: "interleaved-zb", ScheduleKind.ZB_V: "interleaved-zb"})
+LOSS_TOLERANCE = MappingProxyType({torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2})
 
 
 @dataclass(frozen=True)

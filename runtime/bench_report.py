@@ -8,12 +8,13 @@ import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
 from runtime.bench_timing import Spread
 
-BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BENCH_DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16})
 
 
 def parse_dtypes(text: str) -> list[torch.dtype]:

@@ -6,8 +6,9 @@ The rule, in order:
    the smallest per-device need among the candidates.
 2. On one real device (the K pipeline devices emulated in one process), a pipeline runs the arithmetic of gradient
    accumulation on that device plus its scheduling work, so it cannot be faster than accumulation there: pipelines
-   compete only when nothing else fits. With K real devices (torchrun, or one GPU per stage) they compete on
-   their measured times.
+   compete only when nothing else fits, and then among themselves by the simulator's K-device step time (emulation
+   shows no bubble; they all compute the same steps). With K real devices (torchrun, or one GPU per stage) every
+   candidate competes on its measured time.
 3. The winner reaches the target loss (an epoch's mean training loss) in the least measured training time; ties,
    and candidates that never reach it, are ordered by measured samples per second.
 """
@@ -54,17 +55,25 @@ def recommend(entries: Sequence[dict], setup: dict) -> dict:
         return {"id": None, "label": None, "kind": None, "reasons": [why]}
     pipes = [e for e in ran if e["kind"] == PIPELINE]
     others = [e for e in ran if e["kind"] != PIPELINE]
+    emulated = setup["one_real_device"]
     reasons = []
-    pool = ran
-    if setup["one_real_device"] and others:
-        pool = others
+    if emulated and others:
         reasons.append(f"The {K} pipeline devices are emulated on one real device here: every stage runs in turn on it, "
                        "so a pipeline does the arithmetic of gradient accumulation plus its scheduling work and cannot be "
                        "faster than accumulation on the same device. Pipelines are therefore not recommended on this machine.")
     elif not others:
         reasons.append("Only pipelines fit the cap: no single device can hold the model with any minibatch, so the graph "
                        f"must be partitioned over the {K} devices.")
-    ranked = sorted(pool, key=_key)
+    if emulated and not others:  # emulation shows no bubble: rank by the simulator's K-device step (same math, same steps)
+        best = min(pipes, key=lambda e: (e["predicted"]["step_time_k_devices"], e["id"]))
+        p = best["predicted"]
+        reasons.append(f"In emulation the stages run in turn and no pipeline bubble shows, so the pipelines (all the same "
+                       f"math) are ranked by the simulator's step on {K} devices: `{best['id']}` ({best['label']}) at "
+                       f"{_seconds(p['step_time_k_devices'])} per step ({p['samples_per_second_k_devices']:.0f} samples/s, "
+                       f"bubble {p['bubble_fraction_k_devices']:.0%}); emulated here it measured "
+                       f"{_seconds(best['measured']['step_time']['median'])} per step.")
+        return {"id": best["id"], "label": best["label"], "kind": best["kind"], "reasons": reasons}
+    ranked = sorted(others if emulated else ran, key=_key)
     best = ranked[0]
     reasons.append(f"Fastest to the target: {_describe(best, target)}.")
     if len(ranked) > 1:
@@ -77,7 +86,7 @@ def recommend(entries: Sequence[dict], setup: dict) -> dict:
     elif best["kind"] != PIPELINE:
         how = "in one pass" if best["microbatches"] == 1 else f"in {best['microbatches']} accumulated microbatches"
         reasons.append(f"It computes exactly the step of the full batch B={B} (the same math as the pipelines), {how}.")
-    if pipes and setup["one_real_device"]:
+    if pipes and emulated:
         fast = min(pipes, key=lambda e: e["predicted"]["step_time_k_devices"])
         mine = best["predicted"]["step_time_k_devices"]
         theirs = fast["predicted"]["step_time_k_devices"]

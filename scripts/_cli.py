@@ -17,8 +17,10 @@ sys.path.insert(0, str(ROOT))
 def run_main(main: Callable[[], int | None], prog: str) -> None:
     """Run ``main``; bad input and runtime failures end with one line on stderr and exit status 1 or 2.
 
-    Under torchrun the line names this rank, and a failing rank leaves at once (os._exit) so that a
-    half-torn process group cannot hang it; its peers then see the lost connection and fail too.
+    Under torchrun the line names this rank, and every rank leaves through os._exit once its results are
+    written: a failing rank so that a half-torn process group cannot hang it (its peers then see the lost
+    connection and fail too), a finished one because gloo's destructors at interpreter exit occasionally
+    abort a process whose work is complete (seen here about once in twelve 2-rank runs).
     """
     rank = os.environ.get("RANK")
     if rank is not None:
@@ -34,8 +36,8 @@ def run_main(main: Callable[[], int | None], prog: str) -> None:
     except (RuntimeError, OSError) as exc:
         print(f"{prog}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         code = 1
-    if rank is not None and code:
+    if rank is not None:  # gloo's teardown at interpreter exit sometimes aborts (SIGABRT) after all work is done
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(code or 0)
     sys.exit(code or 0)

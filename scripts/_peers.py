@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import MappingProxyType
 
 import torch
 import torch.distributed as dist
@@ -22,10 +23,10 @@ from torch.distributed import pipelining
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # torch.distributed.pipelining schedules that hold several stages on one rank, by the name the bench prints.
-ONE_RANK = {"looped-bfs": "ScheduleLoopedBFS", "interleaved-1f1b": "ScheduleInterleaved1F1B",
-            "interleaved-zb": "ScheduleInterleavedZeroBubble"}
+ONE_RANK = MappingProxyType({"looped-bfs": "ScheduleLoopedBFS", "interleaved-1f1b": "ScheduleInterleaved1F1B",
+                             "interleaved-zb": "ScheduleInterleavedZeroBubble"})
 # One stage per rank (torchrun): the schedules `bench.py dist` pairs with ours.
-PER_RANK = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"}
+PER_RANK = MappingProxyType({"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"})
 
 
 @contextmanager

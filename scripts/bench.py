@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
+from types import MappingProxyType
 
 from _cli import run_main
 
-QUICK = {"width": 16, "widths": "16", "layers": 4, "batch": 32, "warmup": 1, "repeats": 3}
+QUICK = MappingProxyType({"width": 16, "widths": "16", "layers": 4, "batch": 32, "warmup": 1, "repeats": 3})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
