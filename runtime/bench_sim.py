@@ -140,7 +140,8 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
     for case in cases:
         rec = measured[case.name]
         per_rank = torch.tensor([sum(b.values()) for b in case.busy[-cfg.repeats:]] or [0.0], dtype=torch.float64)
-        costs = torch.tensor([[c.f, c.b, c.w] for c in measured_stage_costs(case.records, case.stages)], dtype=torch.float64)
+        timed = [r for step in case.records[-cfg.repeats:] for r in step]  # medians over every timed step's actions
+        costs = torch.tensor([[c.f, c.b, c.w] for c in measured_stage_costs(timed, case.stages)], dtype=torch.float64)
         if distributed:
             per_rank = all_reduce_sum(per_rank)  # every rank's busy time summed, per step
             costs = all_reduce_sum(costs)  # each rank timed only its own stages
@@ -168,7 +169,7 @@ class _Case:
     stages: int
     sim: SimResult
     busy: list = field(default_factory=list)  # per step: rank -> seconds in F/B/W actions
-    records: list = field(default_factory=list)  # the last step's action records
+    records: list = field(default_factory=list)  # per step: its action records
 
     def variant(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> Variant:
         """The timed contender: one pipeline step, keeping its busy times and records."""
@@ -180,7 +181,7 @@ class _Case:
                 if r.action.op in COMPUTE:
                     per_rank[r.rank] = per_rank.get(r.rank, 0.0) + (r.end - r.start)
             self.busy.append(per_rank)
-            self.records = out.records
+            self.records.append(out.records)
             return out.loss
 
         def clear() -> None:

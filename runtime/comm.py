@@ -151,7 +151,10 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if not dist.is_initialized():
         return values
     dev = values.device
-    buf = values.cpu() if dist.get_backend() == "gloo" else values
+    if dist.get_backend() == "gloo":
+        buf = values.cpu()
+    else:  # NCCL reduces device memory only
+        buf = values.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(buf)
     return buf.to(dev)
 

@@ -50,7 +50,7 @@ class CompareConfig:
     batch: int = 128
     devices: int = 4
     memory_cap: str = "auto"  # "auto", "none", or a size such as 2MiB
-    epochs: int = 40
+    epochs: int = 60
     target_loss: float | None = None
     lr: float = 0.1
     lr_rule: LRRule = LRRule.LINEAR
@@ -204,20 +204,21 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
     bar = ProgressBar(sum(cfg.epochs * (per_epoch // c.minibatch) for c in cands if c.feasible), "compare",
                       cfg.progress and rank == 0)
     preds, memory, runs = {}, {}, {}
-    for c in cands:  # the skeleton is timed right before the run it predicts, under the same load on the machine
+    for c in cands:  # the skeleton is timed right before and after the run it predicts
         rows = data.x_train[first[: c.minibatch]], data.y_train[first[: c.minibatch]]
         with _timed(timings, "calibration"):
-            calib = calibrate(ctx, cfg.spec, c, *rows, cfg.calibration_steps)
+            calib = calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps)
+        if c.feasible:
+            with _timed(timings, "memory_probe"):
+                pipe = build(ctx, cfg.spec, c)
+                memory[c.id] = measure_memory(pipe, *step_inputs(pipe, *rows), c.minibatch, ctx.spans_processes(c))
+            with _timed(timings, "training"):
+                runs[c.id] = train_candidate(ctx, cfg.spec, data, c, cfg.batch, cfg.epochs, cfg.target_loss,
+                                             lambda note: bar.update(1, note))
+            with _timed(timings, "calibration"):
+                calib = calib.merge(calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps))
         with _timed(timings, "prediction"):
             preds[c.id] = predict(c, profiler, calib, param_extra, ctx.spans_processes(c))
-        if not c.feasible:
-            continue
-        with _timed(timings, "memory_probe"):
-            pipe = build(ctx, cfg.spec, c)
-            memory[c.id] = measure_memory(pipe, *step_inputs(pipe, *rows), c.minibatch, ctx.spans_processes(c))
-        with _timed(timings, "training"):
-            runs[c.id] = train_candidate(ctx, cfg.spec, data, c, cfg.batch, cfg.epochs, cfg.target_loss,
-                                         lambda note: bar.update(1, note))
     bar.close()
     return preds, memory, runs
 

@@ -62,8 +62,10 @@ def _losses(r: dict, path: Path, by_time: bool) -> None:
         ax.axhline(r["setup"]["target_loss"], color="grey", linewidth=0.8, linestyle="-.", label="target")
     ax.set_xlabel("training seconds (measured)" if by_time else "samples seen")
     ax.set_ylabel("training loss (thin: per step; dots: epoch mean)")
-    ax.set_title(f"{'Loss vs time' if by_time else 'Loss vs samples'}: pipelines and accumulation share one curve "
-                 "(same math)", loc="left", fontsize=10)
+    title = ("Loss vs measured training time on this machine" if by_time else
+             "Loss vs samples seen: every run with steps of the whole batch B follows one curve (same math)")
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_yscale("log")
     ax.legend(fontsize=7, ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -6,8 +6,12 @@ A candidate runs m microbatches of n samples through stages s (layer ranges); ea
   microbatch size, before any run), plus
 * O_s: what an action costs beyond its arithmetic (Python, autograd, the executor, the loss), measured on a skeleton
   of the model: the same input and output widths, every hidden width 1, so that its layers cost next to nothing.
-  A few steps of a skeleton pipeline of the candidate's shape (schedule, stages, m) give its per-action times; O_s is
-  those minus the skeleton's own profile.
+  A few steps of a skeleton pipeline of the candidate's shape (schedule, stages, m), timed right before and right
+  after the candidate's run (averaged, or the smaller where they disagree: other work on a shared machine only adds
+  time), give its per-action times; O_s is those minus the skeleton's own profile. Work that grows with the width
+  of the activation crossing a stage boundary (the finite check of a stage's output, autograd's handling of its
+  gradient) is not in the skeleton, whose boundaries are 1 wide, so pipelines of wide layers come out a little low
+  (about 5-10% on CPU).
 
 Per step comes E: the skeleton step's remainder beyond its actions (loop, messages, optimizer calls), plus the
 optimizer's and the l2 term's work on the real parameter sizes (timed once, minus the same on the skeleton's).
@@ -41,6 +45,8 @@ from runtime.schedule_gen import generate
 from runtime.simulate import simulate
 from runtime.trace import TraceEvent
 from runtime.trainer import optimizer_factory
+
+AGREE = 1.2  # two calibrations within this ratio are averaged, else the smaller is kept
 
 
 def skeleton_spec(spec: MLPSpec) -> MLPSpec:
@@ -81,14 +87,31 @@ class Calibration:
     stage_costs: tuple[StageCost, ...]
     step_time: float
 
+    def merge(self, other: Calibration) -> Calibration:
+        """Two calibrations of one shape combined figure by figure: their mean when they agree within 20%, else the
+        smaller (other work on a shared machine only adds time, so a disagreement marks a disturbed one)."""
 
-def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor, steps: int = 8) -> Calibration:
-    """Run ``steps`` timed steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand``."""
+        def pick(a: float, b: float) -> float:
+            return (a + b) / 2 if max(a, b) <= AGREE * min(a, b) else min(a, b)
+
+        costs = tuple(StageCost(pick(a.f, b.f), pick(a.b, b.b), pick(a.w, b.w))
+                      for a, b in zip(self.stage_costs, other.stage_costs))
+        return Calibration(costs, pick(self.step_time, other.step_time))
+
+
+def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+              steps: int = 8) -> Calibration:
+    """Time ``steps`` steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand``.
+
+    Each step gathers its rows of ``x`` and ``y`` by the next slice of ``order``, as a training step does.
+    """
     pipe = build(ctx, skeleton_spec(spec), replace(cand, lr=1e-9))
     records, times = [], []
+    b = cand.minibatch
     for i in range(steps + 2):
+        idx = order[(i * b) % (len(order) - b + 1) :][:b]
         t0 = time.perf_counter()
-        xs, ys = step_inputs(pipe, x, y)
+        xs, ys = step_inputs(pipe, x[idx], y[idx])
         out = pipe.step(xs, ys, cand.minibatch, i, sync_timing=True)
         if i >= 2:
             times.append(time.perf_counter() - t0)

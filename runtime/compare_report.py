@@ -11,11 +11,12 @@ import io
 import json
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 from partition.memory import format_bytes
 from runtime.compare_plots import FIGURES, write_plots
 
-FILES = {"json": "compare.json", "markdown": "compare.md", "csv": "compare.csv"}
+FILES = MappingProxyType({"json": "compare.json", "markdown": "compare.md", "csv": "compare.csv"})
 CSV_COLUMNS = ("id", "label", "kind", "schedule", "devices", "stages", "microbatches", "microbatch_size", "minibatch", "lr",
                "ranges", "feasible", "reason", "predicted_step_s", "prediction_basis", "measured_step_s", "step_time_error",
                "predicted_k_devices_step_s", "predicted_samples_per_s", "measured_samples_per_s", "predicted_peak_bytes",
@@ -103,8 +104,11 @@ def _memory(r: dict) -> list[str]:
         predicted = [d["total"] for d in e["predicted_memory"]]
         if not predicted:
             continue
-        rows.append([f"`{e['id']}`", _b(predicted), "-" if m is None else _b(m["memory_per_device"]),
-                     _pct((e["errors"] or {}).get("memory"))])
+        measured = "-" if m is None else _b(m["memory_per_device"])
+        if m is not None and m["cuda_max_allocated"]:
+            measured += " (CUDA max allocated: " + ", ".join(f"{dev} {format_bytes(v)}"
+                                                              for dev, v in m["cuda_max_allocated"].items()) + ")"
+        rows.append([f"`{e['id']}`", _b(predicted), measured, _pct((e["errors"] or {}).get("memory"))])
     cap = r["setup"]["memory_cap"]
     return [f"## Peak memory per device (cap {format_bytes(cap) if cap is not None else 'none'})", "",
             *_table(["candidate", "predicted per device", "measured per device", "largest error"], rows), ""]
@@ -164,7 +168,8 @@ def _method(r: dict) -> list[str]:
     return ["## How the figures are made", "",
             "- Predicted step time: per-layer F/B/W seconds from `partition.profile` (profiled once per microbatch size, "
             "before any run), plus the runtime's per-action overhead measured on a skeleton of the model (same input and "
-            "output widths, hidden widths 1, same schedule and stages), plus the optimizer's work on the real parameters. "
+            "output widths, hidden widths 1, same schedule and stages; timed right before and after each run and averaged, "
+            "or the smaller where they disagree by over 20%), plus the optimizer's work on the real parameters. "
             "In one process every stage runs in turn on the one device, so the compared prediction is the sum over "
             "stages and microbatches; under torchrun it is the simulator's makespan. The K-device column is the simulator's.",
             "- Predicted memory: the analytic model (`partition.memory`), with the simulator's in-flight and deferred-W "

@@ -49,13 +49,19 @@ def entry(cand: Candidate, pred: Prediction | None, memory: dict | None, run: di
 
 
 def settle_target(entries: Sequence[dict], given: float | None) -> tuple[float | None, str]:
-    """The target loss and where it comes from: given, or the highest last-epoch loss (every run reaches it)."""
+    """The target loss and where it comes from: given, or the highest epoch loss among the runs half way through.
+
+    Every run reaches that automatic target by half of its epochs, and a run that learns faster reaches it sooner;
+    late in training all the curves flatten and would only compare throughput.
+    """
     if given is not None:
         return given, "given (--target-loss)"
-    finals = [e["training"]["final_loss"] for e in entries if e["training"] is not None]
-    if not finals:
+    runs = [e["training"]["epochs"] for e in entries if e["training"] is not None]
+    if not runs:
         return None, "no run"
-    return max(finals), "not given: the highest last-epoch loss among the runs, so that every run reaches it"
+    half = max(1, math.ceil(max(len(h) for h in runs) / 2))
+    target = max(h[min(half, len(h)) - 1]["train_loss"] for h in runs)
+    return target, f"not given: the highest mean loss among the runs at epoch {half}, half way, so that every run reaches it"
 
 
 def add_time_to_target(entries: Sequence[dict], target: float | None) -> None:

@@ -136,7 +136,7 @@ class Executor:
                 self._hand_on(Op.F, s, s + 1, mb, out)
         elif a.op in (Op.B, Op.BW):
             grad = None if stage.is_last else self._inbox.pop((Op.B, s, mb))
-            grad_in = stage.backward_input(mb, grad)
+            grad_in = stage.backward_input(mb, grad, with_weights=a.op is Op.BW)
             if a.op is Op.BW:
                 stage.backward_weight(mb)
             if not stage.is_first:

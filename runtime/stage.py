@@ -93,11 +93,16 @@ class Stage:
         self._saved[mb] = _Saved(inp, out, store)
         return out.detach()
 
-    def backward_input(self, mb: int, grad: torch.Tensor | None = None) -> torch.Tensor | None:
-        """B: dJ/d(input) for microbatch ``mb`` given dJ/d(output) (None on the last stage: dJ/dL = 1)."""
+    def backward_input(self, mb: int, grad: torch.Tensor | None = None, with_weights: bool = False) -> torch.Tensor | None:
+        """B: dJ/d(input) for microbatch ``mb`` given dJ/d(output) (None on the last stage: dJ/dL = 1).
+
+        ``with_weights`` makes it the fused BW: each layer's weight gradient is computed as the backward
+        passes it (then :meth:`backward_weight` only frees the microbatch).
+        """
         saved = self._saved.get(mb)
         if saved is None or saved.out is None:
             raise RuntimeError(f"stage {self.index}: backward for microbatch {mb} without a pending forward")
+        saved.store.immediate = with_weights
         if self.is_last:
             saved.out.backward()
         else:

@@ -46,10 +46,18 @@ class WeightGradStore:
 
     def __init__(self) -> None:
         self._pending: list[DeferredGrad] = []
+        self.immediate = False
 
     def defer(self, weight: torch.Tensor, bias: torch.Tensor | None, g: torch.Tensor, x: torch.Tensor) -> None:
-        """Record one layer's pending weight gradient (called from LinearFn.backward)."""
-        self._pending.append(DeferredGrad(weight, bias, g, x))
+        """Record one layer's pending weight gradient (called from LinearFn.backward).
+
+        With ``immediate`` set (a fused BW backward) the gradient is computed at once instead, layer by
+        layer as the backward reaches it, so no layer's g outlives its own backward step.
+        """
+        if self.immediate:
+            _accumulate(weight, bias, g, x)
+        else:
+            self._pending.append(DeferredGrad(weight, bias, g, x))
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -1,7 +1,7 @@
 """Partition over K devices, or train on one device with a smaller minibatch? Plan, predict, measure, recommend.
 
     python scripts/compare.py --quick --out out/compare           # digits, 64-256-256-256-10, B=128, K=4, auto cap
-    python scripts/compare.py --out out/compare                   # the same, 40 epochs, m in {K, 2K, 4K}
+    python scripts/compare.py --out out/compare                   # the same for 60 epochs, with finer profiling
     python scripts/compare.py --memory-cap 1MiB --devices 4       # a cap no single device meets: only pipelines fit
     python scripts/compare.py --memory-cap none                   # no cap: the whole batch fits on one device
     python scripts/compare.py --target-loss 0.3 --epochs 30       # train each candidate until an epoch's loss <= 0.3
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--batch", type=int, default=128, help="global batch B (default %(default)s)")
     g.add_argument("--devices", type=int, default=4, help="K devices for the pipelines (default %(default)s)")
     g.add_argument("--memory-cap", default="auto", help="per-device cap: auto, none, or a size like 2MiB (default auto)")
-    g.add_argument("--epochs", type=int, default=None, help=f"epochs per candidate (default 40; --quick {QUICK['epochs']})")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs per candidate (default 60; --quick {QUICK['epochs']})")
     g.add_argument("--target-loss", type=float, default=None, help="stop a candidate at an epoch whose mean loss <= this")
     g.add_argument("--lr", type=float, default=0.1, help="learning rate at B (default %(default)s)")
     g.add_argument("--lr-rule", default="linear", choices=[r.value for r in LRRule], help="lr for a minibatch b < B")
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: stable timings; 0: torch's)")
     g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind), help="pipeline schedules to try")
-    g.add_argument("--microbatches", default=None, help="microbatch counts m to try (default K,2K,4K; --quick K,2K)")
+    g.add_argument("--microbatches", default=None, help="microbatch counts m to try (default K,2K,4K where they divide B)")
     g.add_argument("--virtual", type=int, default=2, help="stages per device for interleaved-1f1b (default 2)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds a torchrun rank waits for a peer")
     g.add_argument("--quick", action="store_true", help="a short run (under two minutes on 2 CPU cores)")
@@ -83,21 +83,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(a: argparse.Namespace) -> CompareConfig:
-    """Turn parsed flags into a checked CompareConfig (ValueError names the bad flag)."""
+    """Turn parsed flags into a checked CompareConfig (ValueError names the bad flag); --quick applies QUICK."""
     spec = MLPSpec(parse_widths(a.widths), a.activation, a.bias, a.l2, a.loss)
-    quick = dict(QUICK) if a.quick else {}
+    extra = dict(QUICK) if a.quick else {}
+    if a.epochs is not None:
+        extra["epochs"] = a.epochs
     if a.microbatches:
-        counts = _ints(a.microbatches)
-    else:
-        counts = (a.devices, 2 * a.devices) if a.quick else ()
+        extra["microbatches"] = _ints(a.microbatches)
     return CompareConfig(
         spec=spec, dataset=a.dataset, samples=a.samples, batch=a.batch, devices=a.devices, memory_cap=a.memory_cap,
-        epochs=a.epochs if a.epochs is not None else quick.get("epochs", 40), target_loss=a.target_loss, lr=a.lr,
-        lr_rule=LRRule(a.lr_rule),
-        optimizer=OptimizerKind(a.optimizer), momentum=a.momentum, seed=a.seed, dtype=a.dtype, device=a.device,
-        threads=a.threads, schedules=_schedules(a.schedules), microbatches=counts, virtual=a.virtual,
-        profile_repeats=quick.get("profile_repeats", 20), calibration_steps=quick.get("calibration_steps", 8),
-        timeout=a.timeout, out=a.out, progress=a.progress and sys.stderr.isatty(),
+        target_loss=a.target_loss, lr=a.lr, lr_rule=LRRule(a.lr_rule), optimizer=OptimizerKind(a.optimizer),
+        momentum=a.momentum, seed=a.seed, dtype=a.dtype, device=a.device, threads=a.threads,
+        schedules=_schedules(a.schedules), virtual=a.virtual, timeout=a.timeout, out=a.out,
+        progress=a.progress and sys.stderr.isatty(), **extra,
     )
 
 

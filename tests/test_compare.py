@@ -91,7 +91,7 @@ def test_predictions_and_measurements_are_present_and_finite(report):
     assert results["recommendation"]["id"] in {e["id"] for e in ran}
 
 
-def test_the_recommendation_follows_the_cap(tmp_path):
+def test_the_recommendation_follows_the_cap():
     quick = dict(BASE, schedules=(ScheduleKind.ONE_F_ONE_B,), microbatches=(2,), epochs=1, out=None)
     roomy = compare(CompareConfig(**quick, memory_cap="none"), log=_quiet)
     assert roomy["recommendation"]["kind"] != "pipeline"
