@@ -38,7 +38,7 @@ def local_world(device: torch.device) -> Iterator[None]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     with tempfile.TemporaryDirectory(prefix="pipegraph-peers-") as tmp:
         store = dist.FileStore(os.path.join(tmp, "store"), 1)
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         dist.init_process_group(backend, store=store, rank=0, world_size=1)
         try:

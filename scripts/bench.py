@@ -102,6 +102,12 @@ def run(a: argparse.Namespace) -> dict | None:
         if a.threads < 1:
             raise ValueError(f"threads: expected >= 1, got {a.threads}")
         torch.set_num_threads(a.threads)
+    if a.device == "cuda" and torch.cuda.is_available():
+        a.device = f"cuda:{torch.cuda.current_device()}"  # one explicit index for every contender (pipelining compares)
+    if a.command != "dist":
+        from runtime.placement import check_device
+
+        check_device(a.device)
     common = _common(a)
     width = QUICK["width"] if a.quick else getattr(a, "width", None)
     if a.command == "functions":

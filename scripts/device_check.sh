@@ -9,7 +9,7 @@
 #   DEVICE=cpu WIDTH=64 BATCH=64 bash scripts/device_check.sh     # a dry run of the mechanics on a CPU
 #
 # Robust by construction: runs from the source tree (PYTHONPATH, no install, no network), every part under
-# `timeout` (a hang costs at most its limit; the limits add up to 280 s), a failed part does not stop the
+# `timeout` (a hang costs at most its limit; the limits add up to 275 s), a failed part does not stop the
 # next, and the benchmarks rewrite their JSON after each dtype, so bf16 figures survive a later timeout.
 # $OUT receives: parts.txt (exit status and seconds per part), <part>.log, functions.json, pipeline.json,
 # gemms.json, summary.txt.
@@ -64,11 +64,11 @@ if "$PY" -c "import pytest" >/dev/null 2>&1; then
 else
   echo "tests      skipped (no pytest)" | tee -a "$OUT/parts.txt"
 fi
-part functions 85 "$PY" scripts/bench.py functions "${BIG[@]}" --widths "$WIDTH" --dtypes bfloat16,float32 \
+part functions 100 "$PY" scripts/bench.py functions "${BIG[@]}" --widths "$WIDTH" --dtypes bfloat16,float32 \
   --warmup 3 --repeats 10 --json "$OUT/functions.json"
-part pipeline 100 "$PY" scripts/bench.py pipeline "${BIG[@]}" --width "$WIDTH" --stages 4 --microbatches 8 \
+part pipeline 85 "$PY" scripts/bench.py pipeline "${BIG[@]}" --width "$WIDTH" --stages 4 --microbatches 8 \
   --dtypes bfloat16,float32 --warmup 2 --repeats 8 --json "$OUT/pipeline.json"
-part gemms 25 "$PY" scripts/bench.py gemms "${BIG[@]}" --width "$WIDTH" --microbatches 8 --dtypes bfloat16,float32 \
+part gemms 20 "$PY" scripts/bench.py gemms "${BIG[@]}" --width "$WIDTH" --microbatches 8 --dtypes bfloat16,float32 \
   --warmup 2 --repeats 10 --json "$OUT/gemms.json"
 part summary 10 "$PY" scripts/bench.py summary "$OUT/functions.json" "$OUT/pipeline.json" "$OUT/gemms.json"
 cp "$OUT/summary.log" "$OUT/summary.txt" 2>/dev/null

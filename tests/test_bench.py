@@ -131,8 +131,8 @@ def test_pipeline_bench_on_cuda_with_nccl_world_of_one():
     """The device check's pipeline part in small: NCCL world of size 1, every contender runs and agrees."""
     peers = load_peers()
     cfg = PipelineBenchConfig(width=512, layers=4, stages=4, microbatches=4, batch=256, dtypes=(torch.bfloat16,),
-                              device="cuda", warmup=1, repeats=2, overhead_width=0)
-    with peers.local_world(torch.device("cuda")):
+                              device="cuda:0", warmup=1, repeats=2, overhead_width=0)
+    with peers.local_world(torch.device("cuda:0")):
         res = run_pipeline_bench(cfg, peers.one_rank_builders(), log=lambda s: None)
     for r in res["results"]:
         assert r["error"] is None, (r["variant"], r["error"])
