@@ -40,10 +40,12 @@ from runtime.comm import LocalTransport
 from runtime.pipeline import Pipeline, PipelineConfig
 from runtime.placement import resolve_ranges
 from runtime.schedule import ScheduleKind
+from runtime.stage import Engine
 
 PeerRun = Callable[[torch.Tensor, torch.Tensor], object]
 PeerBuilder = Callable[[list[nn.Module], int, LossFn, torch.device], PeerRun]
 DEFER = "+defer-w"
+DIRECT = "+direct"
 # Which torch.distributed.pipelining schedule (all stages on one rank) does the same job as ours.
 PAIRED_PEER = MappingProxyType({
     ScheduleKind.GPIPE: "looped-bfs", ScheduleKind.ONE_F_ONE_B: "interleaved-1f1b",
@@ -53,28 +55,37 @@ LOSS_TOLERANCE = MappingProxyType({torch.float32: 1e-3, torch.bfloat16: 3e-2, to
 
 @dataclass(frozen=True)
 class OurSchedule:
-    """One of our contenders: a schedule kind, optionally with every W deferred to the end of the step."""
+    """One of our contenders: a schedule kind, optionally with every W deferred to the end of the step,
+    optionally on the direct engine (the same equations without autograd's engine)."""
 
     kind: ScheduleKind
     defer_w: bool = False
+    direct: bool = False
 
     @property
     def name(self) -> str:
-        """``1f1b`` or ``1f1b+defer-w``."""
-        return self.kind.value + (DEFER if self.defer_w else "")
+        """``1f1b``, ``1f1b+defer-w`` or ``1f1b+defer-w+direct``."""
+        return self.kind.value + (DEFER if self.defer_w else "") + (DIRECT if self.direct else "")
 
     @classmethod
     def parse(cls, text: str) -> OurSchedule:
-        """``"zb-h1"`` or ``"1f1b+defer-w"``; ValueError names the choices."""
-        base, defer = (text[: -len(DEFER)], True) if text.endswith(DEFER) else (text, False)
+        """``"zb-h1"``, ``"1f1b+defer-w"``, ``"gpipe+direct"``; ValueError names the choices."""
+        base, direct = (text[: -len(DIRECT)], True) if text.endswith(DIRECT) else (text, False)
+        base, defer = (base[: -len(DEFER)], True) if base.endswith(DEFER) else (base, False)
         try:
-            return cls(ScheduleKind(base), defer)
+            return cls(ScheduleKind(base), defer, direct)
         except ValueError:
             names = ", ".join(k.value for k in ScheduleKind)
-            raise ValueError(f"schedules: unknown {text!r}; choose from {names}, each optionally with {DEFER}") from None
+            raise ValueError(f"schedules: unknown {text!r}; choose from {names}, each optionally with "
+                             f"{DEFER} and/or {DIRECT}") from None
 
 
-DEFAULT_SCHEDULES = tuple(OurSchedule(k) for k in ScheduleKind) + (OurSchedule(ScheduleKind.ONE_F_ONE_B, True),)
+DEFAULT_SCHEDULES = tuple(OurSchedule(k) for k in ScheduleKind) + (
+    OurSchedule(ScheduleKind.ONE_F_ONE_B, True),
+    OurSchedule(ScheduleKind.GPIPE, False, True),
+    OurSchedule(ScheduleKind.ONE_F_ONE_B, False, True),
+    OurSchedule(ScheduleKind.ONE_F_ONE_B, True, True),
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,8 @@ def pipeline_config(spec: MLPSpec, ranges: tuple, ours: OurSchedule, m: int, dev
     if ours.defer_w and "defer_w" not in {f.name for f in fields(PipelineConfig)}:
         raise ValueError(f"schedules: {ours.name} needs PipelineConfig.defer_w, which this runtime lacks")
     extra = {"defer_w": True} if ours.defer_w else {}
+    if ours.direct:
+        extra["engine"] = Engine.DIRECT
     v = virtual if ours.kind is ScheduleKind.INTERLEAVED_1F1B else 1
     return PipelineConfig(spec, ranges, ours.kind, m, (device,) * len(ranges), dtype, seed, v, True, **extra)
 

@@ -9,6 +9,7 @@ import torch
 
 from partition.spec import MLPSpec
 from runtime.schedule import ScheduleKind
+from runtime.stage import Engine
 
 
 class OptimizerKind(Enum):
@@ -58,6 +59,7 @@ class TrainConfig:
     timeout: float = 60.0
     fuse_w: bool = True
     defer_w: bool = False
+    engine: Engine = Engine.AUTOGRAD
 
     def __post_init__(self) -> None:
         checks = [

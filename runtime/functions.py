@@ -19,6 +19,16 @@ from collections.abc import Sequence
 import torch
 from torch.autograd import Function
 
+from partition.spec import Activation, Loss
+from runtime.equations import (
+    activation_backward,
+    activation_forward,
+    linear_forward,
+    linear_grad_input,
+    linear_grad_weight,
+    loss_backward,
+    loss_forward,
+)
 from runtime.wgrad import WeightGradStore
 
 
@@ -31,20 +41,17 @@ class LinearFn(Function):
         ctx.store = store
         ctx.has_bias = bias is not None
         ctx.bias_param = bias if store is not None else None
-        if bias is not None and x.dim() == 2:
-            return torch.addmm(bias, x, weight.t())  # one fused GEMM + bias kernel
-        z = x.matmul(weight.t())
-        return z + bias if bias is not None else z
+        return linear_forward(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
-        grad_x = g.matmul(weight) if ctx.needs_input_grad[0] else None
+        grad_x = linear_grad_input(g, weight) if ctx.needs_input_grad[0] else None
         store: WeightGradStore | None = ctx.store
         if store is not None and not torch.is_grad_enabled():
             store.defer(weight, ctx.bias_param, g, x)
             return grad_x, None, None, None
-        grad_w = g.t().matmul(x) if ctx.needs_input_grad[1] else None
+        grad_w = linear_grad_weight(g, x) if ctx.needs_input_grad[1] else None
         grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
@@ -61,15 +68,14 @@ class ReLUFn(Function):
 
     @staticmethod
     def forward(ctx, z):  # noqa: ANN001, ANN205
-        h = z.clamp_min(0)
+        h = activation_forward(Activation.RELU, z)
         ctx.save_for_backward(h)
         return h
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         (h,) = ctx.saved_tensors
-        # g * [h > 0] in one kernel; differentiable again (its own derivative is itself), so gradgradcheck holds.
-        return torch.ops.aten.threshold_backward(g, h, 0)
+        return activation_backward(Activation.RELU, g, h)
 
 
 class TanhFn(Function):
@@ -77,14 +83,14 @@ class TanhFn(Function):
 
     @staticmethod
     def forward(ctx, z):  # noqa: ANN001, ANN205
-        h = torch.tanh(z)
+        h = activation_forward(Activation.TANH, z)
         ctx.save_for_backward(h)
         return h
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         (h,) = ctx.saved_tensors
-        return g * (1 - h * h)
+        return activation_backward(Activation.TANH, g, h)
 
 
 class SigmoidFn(Function):
@@ -92,14 +98,14 @@ class SigmoidFn(Function):
 
     @staticmethod
     def forward(ctx, z):  # noqa: ANN001, ANN205
-        h = torch.sigmoid(z)
+        h = activation_forward(Activation.SIGMOID, z)
         ctx.save_for_backward(h)
         return h
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         (h,) = ctx.saved_tensors
-        return g * (h * (1 - h))
+        return activation_backward(Activation.SIGMOID, g, h)
 
 
 class CrossEntropyFn(Function):
@@ -109,15 +115,12 @@ class CrossEntropyFn(Function):
     def forward(ctx, o, y, denom):  # noqa: ANN001, ANN205
         ctx.save_for_backward(o, y)
         ctx.denom = denom
-        picked = o.gather(1, y.unsqueeze(1)).squeeze(1)
-        return (torch.logsumexp(o, dim=1) - picked).sum() / denom
+        return loss_forward(Loss.CROSS_ENTROPY, o, y, denom)
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         o, y = ctx.saved_tensors
-        p = torch.softmax(o, dim=1)
-        onehot = torch.zeros_like(o).scatter_(1, y.unsqueeze(1), 1.0)
-        return (p - onehot) * (g / ctx.denom), None, None
+        return loss_backward(Loss.CROSS_ENTROPY, o, y, g / ctx.denom), None, None
 
 
 class SquaredErrorFn(Function):
@@ -127,13 +130,12 @@ class SquaredErrorFn(Function):
     def forward(ctx, o, y, denom):  # noqa: ANN001, ANN205
         ctx.save_for_backward(o, y)
         ctx.denom = denom
-        diff = o - y
-        return 0.5 * (diff * diff).sum() / denom
+        return loss_forward(Loss.SQUARED_ERROR, o, y, denom)
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         o, y = ctx.saved_tensors
-        grad_o = (o - y) * (g / ctx.denom)
+        grad_o = loss_backward(Loss.SQUARED_ERROR, o, y, g / ctx.denom)
         grad_y = -grad_o if ctx.needs_input_grad[1] else None
         return grad_o, grad_y, None
 

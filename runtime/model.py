@@ -45,14 +45,17 @@ def forward_layers(
     return x
 
 
+def loss_target(spec: MLPSpec, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The target the loss compares ``o`` with: class indices for cross-entropy, one-hot rows (or y) for squared error."""
+    if spec.loss is Loss.CROSS_ENTROPY or y.dim() != 1:
+        return y
+    return torch.nn.functional.one_hot(y, o.shape[1]).to(o.dtype)
+
+
 def loss_term(spec: MLPSpec, o: torch.Tensor, y: torch.Tensor, denom: float) -> torch.Tensor:
     """L summed over the rows of ``o`` and divided by ``denom`` (the full batch size in a pipeline step)."""
-    if spec.loss is Loss.CROSS_ENTROPY:
-        return CrossEntropyFn.apply(o, y, denom)
-    target = y
-    if target.dim() == 1:
-        target = torch.nn.functional.one_hot(y, o.shape[1]).to(o.dtype)
-    return SquaredErrorFn.apply(o, target, denom)
+    fn = CrossEntropyFn if spec.loss is Loss.CROSS_ENTROPY else SquaredErrorFn
+    return fn.apply(o, loss_target(spec, o, y), denom)
 
 
 class PipeModel(nn.Module):

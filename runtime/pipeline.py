@@ -13,7 +13,7 @@ from runtime.model import forward_layers, init_parameters
 from runtime.schedule import Schedule, ScheduleKind
 from runtime.schedule_defer import defer_all_w
 from runtime.schedule_gen import generate
-from runtime.stage import Stage
+from runtime.stage import Engine, Stage
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -41,6 +41,7 @@ class PipelineConfig:
     virtual: int = 1
     fuse_w: bool = True
     defer_w: bool = False
+    engine: Engine = Engine.AUTOGRAD
 
     @property
     def num_stages(self) -> int:
@@ -106,7 +107,7 @@ class Pipeline:
                 )
                 for w, b in init[start:stop]
             ]
-            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev)
+            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine)
         self.optimizers = {s: make_optimizer(st.parameters()) for s, st in self.stages.items()}
         self.executor = Executor(self.schedule, self.stages, transport, self.ranks, fuse_w=cfg.fuse_w)
         self.first = self.stages.get(0)

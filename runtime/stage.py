@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
 from partition.spec import MLPSpec
 from runtime.functions import l2_term
-from runtime.model import forward_layers, loss_term
+from runtime import direct as direct_engine
+from runtime.model import forward_layers, loss_target, loss_term
 from runtime.wgrad import WeightGradStore
+
+
+class Engine(Enum):
+    """How a stage drives the hand-derived backward: through autograd's engine, or by calling it directly."""
+
+    AUTOGRAD = "autograd"
+    DIRECT = "direct"
 
 
 @dataclass
@@ -20,6 +29,8 @@ class _Saved:
     inp: torch.Tensor | None
     out: torch.Tensor | None
     store: WeightGradStore
+    direct: direct_engine.DirectSaved | None = None
+    b_done: bool = False
 
 
 class Stage:
@@ -38,6 +49,7 @@ class Stage:
         stop: int,
         params: Sequence[tuple[torch.nn.Parameter, torch.nn.Parameter | None]],
         device: torch.device | str,
+        engine: Engine = Engine.AUTOGRAD,
     ) -> None:
         if not 0 <= start < stop <= spec.num_layers or len(params) != stop - start:
             raise ValueError(f"partition: stage {index} layers [{start}, {stop}) do not fit {spec.num_layers} layers")
@@ -47,6 +59,7 @@ class Stage:
         self.stop = stop
         self.device = torch.device(device)
         self.params = list(params)
+        self.engine = engine
         self.is_first = start == 0
         self.is_last = stop == spec.num_layers
         self._saved: dict[int, _Saved] = {}
@@ -76,22 +89,33 @@ class Stage:
         """F: run the layers on ``x``; the last stage returns L(mb) (divided by ``denom``), others the activation."""
         if mb in self._saved:
             raise RuntimeError(f"stage {self.index}: microbatch {mb} already has a forward pending")
-        inp = None
-        if not self.is_first:
-            inp = x.detach().requires_grad_(True)
-            x = inp
+        if self.is_last and y is None:
+            raise ValueError(f"stage {self.index}: the last stage needs targets")
         store = WeightGradStore()
-        out = forward_layers(self.spec, self.params, x, self.start, store)
-        if self.is_last:
-            if y is None:
-                raise ValueError(f"stage {self.index}: the last stage needs targets")
-            with torch.no_grad():
-                self.correct += (out.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum()
-            out = loss_term(self.spec, out, y, denom)
+        if self.engine is Engine.DIRECT:
+            out, dsaved = direct_engine.forward(self.spec, self.params, x, self.start)
+            saved = _Saved(None, None, store, dsaved)
+            if self.is_last:
+                self._count_correct(out, y)
+                out = direct_engine.loss(self.spec, dsaved, out, loss_target(self.spec, out, y), denom)
+        else:
+            inp = None
+            if not self.is_first:
+                inp = x.detach().requires_grad_(True)
+                x = inp
+            out = forward_layers(self.spec, self.params, x, self.start, store)
+            if self.is_last:
+                self._count_correct(out, y)
+                out = loss_term(self.spec, out, y, denom)
+            saved = _Saved(inp, out, store)
         with torch.no_grad():
             self.finite &= torch.isfinite(out).all()
-        self._saved[mb] = _Saved(inp, out, store)
+        self._saved[mb] = saved
         return out.detach()
+
+    @torch.no_grad()
+    def _count_correct(self, o: torch.Tensor, y: torch.Tensor) -> None:
+        self.correct += (o.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum()
 
     def backward_input(self, mb: int, grad: torch.Tensor | None = None, with_weights: bool = False) -> torch.Tensor | None:
         """B: dJ/d(input) for microbatch ``mb`` given dJ/d(output) (None on the last stage: dJ/dL = 1).
@@ -100,9 +124,17 @@ class Stage:
         passes it (then :meth:`backward_weight` only frees the microbatch).
         """
         saved = self._saved.get(mb)
-        if saved is None or saved.out is None:
+        if saved is None or saved.b_done:
             raise RuntimeError(f"stage {self.index}: backward for microbatch {mb} without a pending forward")
         saved.store.immediate = with_weights
+        saved.b_done = True
+        if saved.direct is not None:
+            if not self.is_last and grad is None:
+                raise ValueError(f"stage {self.index}: backward of microbatch {mb} needs the output gradient")
+            grad_in = direct_engine.backward(self.spec, self.params, saved.direct, grad, self.start, saved.store,
+                                             not self.is_first)
+            saved.direct = None
+            return grad_in
         if self.is_last:
             saved.out.backward()
         else:
@@ -125,7 +157,7 @@ class Stage:
         stores = []
         for mb in mbs:
             saved = self._saved.pop(mb, None)
-            if saved is None or saved.out is not None:
+            if saved is None or not saved.b_done:
                 raise RuntimeError(f"stage {self.index}: weight gradient of microbatch {mb} before its input gradient")
             stores.append(saved.store)
         WeightGradStore.flush_fused(stores)

@@ -46,12 +46,12 @@ def build_pipeline(cfg: TrainConfig) -> tuple[Pipeline, bool]:
     if not distributed:
         devices = resolve_devices(cfg.device, cfg.devices, cfg.stages)
         pcfg = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, devices, cfg.torch_dtype, cfg.seed,
-                              cfg.virtual, cfg.fuse_w, cfg.defer_w)
+                              cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
         pcfg.build_schedule()
         return Pipeline(pcfg, optimizer_factory(cfg), LocalTransport()), False
     backend = Backend.NCCL if cfg.device.startswith("cuda") else Backend.GLOO
     probe = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, ("cpu",) * cfg.stages, cfg.torch_dtype,
-                           cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w)
+                           cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
     probe.build_schedule()
     world = init_world(backend, cfg.timeout)
     if world.world_size != probe.num_ranks:
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     results = {
         "config": {**asdict(cfg), "spec": {**asdict(cfg.spec), "activation": cfg.spec.activation.value,
                                             "loss": cfg.spec.loss.value}, "optimizer": cfg.optimizer.value,
-                   "schedule": cfg.schedule.value},
+                   "schedule": cfg.schedule.value, "engine": cfg.engine.value},
         "mode": "torchrun" if distributed else "single-process",
         "reporter": reporter,
         "num_ranks": pipe.schedule.num_ranks,

@@ -66,7 +66,7 @@ else
 fi
 part functions 100 "$PY" scripts/bench.py functions "${BIG[@]}" --widths "$WIDTH" --dtypes bfloat16,float32 \
   --warmup 3 --repeats 10 --json "$OUT/functions.json"
-part pipeline 85 "$PY" scripts/bench.py pipeline "${BIG[@]}" --width "$WIDTH" --stages 4 --microbatches 8 \
+part pipeline 120 "$PY" scripts/bench.py pipeline "${BIG[@]}" --width "$WIDTH" --stages 4 --microbatches 8 \
   --dtypes bfloat16,float32 --warmup 2 --repeats 8 --json "$OUT/pipeline.json"
 part gemms 20 "$PY" scripts/bench.py gemms "${BIG[@]}" --width "$WIDTH" --microbatches 8 --dtypes bfloat16,float32 \
   --warmup 2 --repeats 10 --json "$OUT/gemms.json"

@@ -21,6 +21,7 @@ from _cli import run_main
 from partition.spec import MLPSpec, parse_widths
 from runtime.config import DTYPES, OptimizerKind, TrainConfig
 from runtime.schedule import ScheduleKind
+from runtime.stage import Engine
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no-fuse-w", dest="fuse_w", action="store_false", help="run deferred weight gradients one by one")
     g.add_argument("--defer-w", action="store_true",
                    help="run every weight gradient at the end of the step, one fused GEMM per layer (more memory)")
+    g.add_argument("--engine", default="autograd", choices=[e.value for e in Engine],
+                   help="autograd: the hand-derived Functions driven by autograd's engine; direct: the same "
+                        "equations called without building a graph (less overhead per action)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write results (config, per-epoch loss/accuracy, timings) here")
@@ -73,7 +77,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         device=a.device, stages=a.stages, schedule=ScheduleKind(a.schedule), microbatches=a.microbatches,
         virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, checkpoint_dir=a.checkpoint_dir,
         resume=a.resume, json=a.json, progress=a.progress and sys.stderr.isatty(), timeout=a.timeout, fuse_w=a.fuse_w,
-        defer_w=a.defer_w,
+        defer_w=a.defer_w, engine=Engine(a.engine),
     )
 
 

@@ -12,15 +12,16 @@ from partition.spec import MLPSpec
 from runtime.comm import LocalTransport
 from runtime.pipeline import Pipeline, PipelineConfig
 from runtime.schedule import ScheduleKind
+from runtime.stage import Engine
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(devices, kind, dtype=torch.float64, defer_w=False):
+def run(devices, kind, dtype=torch.float64, defer_w=False, engine=Engine.AUTOGRAD):
     spec = MLPSpec((16, 32, 24, 32, 20, 10), "relu", True, 0.01)
     ranges = ((0, 1), (1, 2), (2, 4), (4, 5))
-    cfg = PipelineConfig(spec, ranges, kind, 4, tuple(devices), dtype, 0, 1, True, defer_w)
+    cfg = PipelineConfig(spec, ranges, kind, 4, tuple(devices), dtype, 0, 1, True, defer_w, engine)
     pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), LocalTransport())
     g = torch.Generator().manual_seed(3)
     for step in range(3):
@@ -31,10 +32,10 @@ def run(devices, kind, dtype=torch.float64, defer_w=False):
 
 
 @pytest.mark.parametrize("kind", [ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1, ScheduleKind.GPIPE])
-@pytest.mark.parametrize("defer_w", [False, True])
-def test_four_stages_emulated_on_one_gpu_match_cpu(kind, defer_w):
+@pytest.mark.parametrize("defer_w,engine", [(False, Engine.AUTOGRAD), (True, Engine.AUTOGRAD), (True, Engine.DIRECT)])
+def test_four_stages_emulated_on_one_gpu_match_cpu(kind, defer_w, engine):
     cpu = run(["cpu"] * 4, kind, defer_w=defer_w)
-    gpu = run(["cuda:0"] * 4, kind, defer_w=defer_w)
+    gpu = run(["cuda:0"] * 4, kind, defer_w=defer_w, engine=engine)
     for a, b in zip(cpu, gpu):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
 

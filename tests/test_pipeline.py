@@ -9,6 +9,7 @@ from runtime.comm import LocalTransport
 from runtime.model import PipeModel
 from runtime.pipeline import NonFiniteLoss, Pipeline, PipelineConfig
 from runtime.schedule import ScheduleKind
+from runtime.stage import Engine
 
 F64 = torch.float64
 LR, MOMENTUM, STEPS = 0.05, 0.9, 3
@@ -41,8 +42,8 @@ def reference(spec, seed, data, m):
     return [p.detach() for p in seq.parameters()]
 
 
-def run_pipeline(spec, seed, data, kind, ranges, m, virtual=1, fuse_w=True, defer_w=False):
-    cfg = PipelineConfig(spec, ranges, kind, m, ("cpu",) * len(ranges), F64, seed, virtual, fuse_w, defer_w)
+def run_pipeline(spec, seed, data, kind, ranges, m, virtual=1, fuse_w=True, defer_w=False, engine=Engine.AUTOGRAD):
+    cfg = PipelineConfig(spec, ranges, kind, m, ("cpu",) * len(ranges), F64, seed, virtual, fuse_w, defer_w, engine)
     pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=LR, momentum=MOMENTUM), LocalTransport())
     for i, (x, y) in enumerate(data):
         pipe.step(x, y, x.shape[0], i)
@@ -66,14 +67,15 @@ if hasattr(ScheduleKind, "ZB_V"):
 
 @pytest.mark.parametrize("kind,ranges,m,virtual", CASES, ids=lambda v: getattr(v, "value", str(v)))
 @pytest.mark.parametrize("bias,loss", [(True, "cross-entropy"), (False, "squared-error")])
-def test_pipeline_equals_gradient_accumulation(kind, ranges, m, virtual, bias, loss):
+@pytest.mark.parametrize("engine", list(Engine))
+def test_pipeline_equals_gradient_accumulation(kind, ranges, m, virtual, bias, loss, engine):
     spec = MLPSpec((5, 7, 6, 8, 4, 9, 3), "tanh", bias, 0.01, loss)
     n_layers = ranges[-1][1]
     if n_layers != spec.num_layers:
         spec = MLPSpec(spec.widths[: n_layers + 1], "tanh", bias, 0.01, loss)
     data = batches(spec, 12, STEPS)
     ref = reference(spec, 3, data, m)
-    got = run_pipeline(spec, 3, data, kind, ranges, m, virtual)
+    got = run_pipeline(spec, 3, data, kind, ranges, m, virtual, engine=engine)
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
         assert a.shape == b.shape
@@ -112,6 +114,18 @@ def test_unfused_weight_gradients_are_bitwise_equal_to_one_stage_accumulation():
     piped = run_pipeline(spec, 1, data, ScheduleKind.ONE_F_ONE_B, ((0, 1), (1, 2), (2, 3)), 4, fuse_w=False)
     for a, b in zip(single, piped):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("act,loss", [("relu", "cross-entropy"), ("sigmoid", "squared-error"), ("tanh", "cross-entropy")])
+def test_direct_engine_is_bitwise_equal_to_autograd_engine(act, loss):
+    """The same equations in the same order: the two engines give identical parameters."""
+    spec = MLPSpec((5, 7, 6, 8, 3), act, True, 0.01, loss)
+    data = batches(spec, 12, STEPS)
+    ranges = ((0, 1), (1, 3), (3, 4))
+    a = run_pipeline(spec, 4, data, ScheduleKind.ZB_H1, ranges, 4, engine=Engine.AUTOGRAD)
+    b = run_pipeline(spec, 4, data, ScheduleKind.ZB_H1, ranges, 4, engine=Engine.DIRECT)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
 
 
 def test_non_finite_loss_names_step_and_stage_and_keeps_parameters():
