@@ -16,8 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from partition.spec import MLPSpec
-from runtime.equations import activation_backward, activation_forward, linear_forward, linear_grad_input, loss_backward
-from runtime.equations import loss_forward
+from runtime.equations import (
+    activation_backward,
+    activation_forward,
+    linear_forward,
+    linear_grad_input,
+    loss_backward,
+    loss_forward,
+)
 from runtime.wgrad import WeightGradStore
 
 Params = Sequence[tuple[torch.Tensor, torch.Tensor | None]]

@@ -9,8 +9,8 @@ from enum import Enum
 import torch
 
 from partition.spec import MLPSpec
-from runtime.functions import l2_term
 from runtime import direct as direct_engine
+from runtime.functions import l2_term
 from runtime.model import forward_layers, loss_target, loss_term
 from runtime.wgrad import WeightGradStore
 

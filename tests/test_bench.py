@@ -70,6 +70,7 @@ def test_pipeline_bench_peers_compute_our_loss():
         res = run_pipeline_bench(cfg, peers.one_rank_builders(), log=lambda s: None)
     rows = {r["variant"]: r for r in res["results"]}
     expected = {"ours:gpipe", "ours:1f1b", "ours:interleaved-1f1b", "ours:zb-h1", "ours:zb-v", "ours:1f1b+defer-w",
+                "ours:gpipe+direct", "ours:1f1b+direct", "ours:1f1b+defer-w+direct",
                 "accumulation", "peer:looped-bfs", "peer:interleaved-1f1b", "peer:interleaved-zb"}
     assert set(rows) == expected
     for name, r in rows.items():
@@ -91,7 +92,9 @@ def test_simulator_bench_one_process():
     cfg = SimBenchConfig(width=16, layers=4, ranks=2, microbatches=4, batch=16, warmup=1, repeats=3, profile_repeats=2)
     res = run_sim_bench(cfg, log=lambda s: None)
     assert res["mode"] == "one process" and len(res["profile"]) == 4
-    assert {r["schedule"] for r in res["results"]} == {"gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", "1f1b+defer-w"}
+    assert {r["schedule"] for r in res["results"]} == {
+        "gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", "1f1b+defer-w", "gpipe+direct", "1f1b+direct",
+        "1f1b+defer-w+direct"}
     for r in res["results"]:
         assert r["error"] is None and r["predicted_step_time"] > 0 and 0 <= r["predicted_bubble_fraction"] < 1
         assert math.isfinite(r["error_fraction"]) and r["measured_step_time"]["median"] > 0
