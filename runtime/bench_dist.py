@@ -27,7 +27,7 @@ from runtime.bench_models import (
 )
 from runtime.bench_pipeline import OurSchedule, pipeline_config
 from runtime.bench_report import dtype_name, machine, ms, ratio, table
-from runtime.bench_timing import Measured, Variant, measure, paired_ratio
+from runtime.bench_timing import Measured, Variant, measure, speedup_json
 from runtime.comm import Backend, DistTransport, WorldInfo, all_reduce_sum, barrier, init_world
 from runtime.pipeline import Pipeline
 from runtime.placement import resolve_ranges
@@ -171,18 +171,11 @@ def _rows(measured: Mapping[str, Measured], cfg: DistBenchConfig, flops: int, pe
             kind = OurSchedule.parse(m.name.removeprefix("ours:")).kind
             paired = measured.get(f"peer:{PAIRED.get(kind, '1f1b')}")
             row["paired_peer"] = paired.name if paired else None
-            row["speedup_vs_paired_peer"] = _speed(paired, m)
+            row["speedup_vs_paired_peer"] = speedup_json(paired, m)
             row["best_peer"] = best.name if best else None
-            row["speedup_vs_best_peer"] = _speed(best, m)
+            row["speedup_vs_best_peer"] = speedup_json(best, m)
         out.append(row)
     return out
-
-
-def _speed(other: Measured | None, ours: Measured) -> dict | None:
-    if other is None or other.error or ours.error:
-        return None
-    s = paired_ratio(other, ours)
-    return s.to_json() if s else None
 
 
 def _table(rows: Sequence[dict]) -> str:

@@ -5,7 +5,7 @@ be the same on every side, and the DESIGN's reference figure excludes it):
 
 * ``autograd``: ``nn.Sequential`` of ``nn.Linear`` + ``nn.ReLU`` and torch's loss, plain autograd;
 * ``compiled``: the same under ``torch.compile`` (reported as failed where it cannot compile);
-* ``custom``: ``PipeModel`` (runtime.functions' LinearFn/ReLUFn and the chapter's loss), weight gradient in B;
+* ``custom``: ``PipeModel`` (runtime.functions' LinearFn/ActivationFn and the chapter's loss), weight gradient in B;
 * ``custom-split``: the same with a ``WeightGradStore``: the backward defers dJ/dW, then one flush runs it.
 """
 

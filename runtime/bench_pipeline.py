@@ -35,7 +35,7 @@ from runtime.bench_models import (
     stage_modules,
 )
 from runtime.bench_report import dtype_name, machine, ms, ratio, table
-from runtime.bench_timing import Measured, Variant, measure, paired_ratio, release_memory
+from runtime.bench_timing import Measured, Variant, measure, release_memory, speedup_json
 from runtime.comm import LocalTransport
 from runtime.pipeline import Pipeline, PipelineConfig
 from runtime.placement import resolve_ranges
@@ -240,20 +240,13 @@ def summarize(measured: Mapping[str, Measured], fixed: Mapping[str, float], dtyp
         if m.group == "ours" and spread is not None:
             kind = OurSchedule.parse(m.name.removeprefix("ours:")).kind
             paired = measured.get(f"peer:{PAIRED_PEER[kind]}")
-            row["speedup_vs_accumulation"] = _speed(base, m)
+            row["speedup_vs_accumulation"] = speedup_json(base, m)
             row["paired_peer"] = paired.name if paired is not None else None
-            row["speedup_vs_paired_peer"] = _speed(paired, m)
+            row["speedup_vs_paired_peer"] = speedup_json(paired, m)
             row["best_peer"] = best_peer.name if best_peer is not None else None
-            row["speedup_vs_best_peer"] = _speed(best_peer, m)
+            row["speedup_vs_best_peer"] = speedup_json(best_peer, m)
         rows.append(row)
     return rows
-
-
-def _speed(other: Measured | None, ours: Measured) -> dict | None:
-    if other is None or other.error or ours.error:
-        return None
-    s = paired_ratio(other, ours)
-    return s.to_json() if s else None
 
 
 def summary(rows: Sequence[dict]) -> dict:

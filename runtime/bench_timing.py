@@ -135,3 +135,11 @@ def paired_ratio(numer: Measured, denom: Measured) -> Spread | None:
     theirs = dict(zip(denom.rounds, denom.times))
     pairs = [t / theirs[r] for r, t in zip(numer.rounds, numer.times) if theirs.get(r, 0) > 0]
     return Spread.of(pairs) if pairs else None
+
+
+def speedup_json(other: Measured | None, ours: Measured) -> dict | None:
+    """The paired ratio other/ours as JSON (above 1: ours is faster); None when either side failed."""
+    if other is None or other.error or ours.error:
+        return None
+    s = paired_ratio(other, ours)
+    return s.to_json() if s else None

@@ -63,49 +63,26 @@ def linear(
     return LinearFn.apply(x, weight, bias, store)
 
 
-class ReLUFn(Function):
-    """h = max(z, 0); dJ/dz = dJ/dh * [h > 0]."""
+class ActivationFn(Function):
+    """h = phi(z) for relu, tanh or sigmoid; dJ/dz = dJ/dh * phi'(z) with phi' written in terms of h:
+    [h > 0] for relu, 1 - h^2 for tanh, h (1 - h) for sigmoid (``runtime.equations.activation_backward``)."""
 
     @staticmethod
-    def forward(ctx, z):  # noqa: ANN001, ANN205
-        h = activation_forward(Activation.RELU, z)
+    def forward(ctx, z, kind):  # noqa: ANN001, ANN205
+        h = activation_forward(kind, z)
+        ctx.kind = kind
         ctx.save_for_backward(h)
         return h
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         (h,) = ctx.saved_tensors
-        return activation_backward(Activation.RELU, g, h)
+        return activation_backward(ctx.kind, g, h), None
 
 
-class TanhFn(Function):
-    """h = tanh(z); dJ/dz = dJ/dh * (1 - h^2)."""
-
-    @staticmethod
-    def forward(ctx, z):  # noqa: ANN001, ANN205
-        h = activation_forward(Activation.TANH, z)
-        ctx.save_for_backward(h)
-        return h
-
-    @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
-        (h,) = ctx.saved_tensors
-        return activation_backward(Activation.TANH, g, h)
-
-
-class SigmoidFn(Function):
-    """h = 1 / (1 + exp(-z)); dJ/dz = dJ/dh * h (1 - h)."""
-
-    @staticmethod
-    def forward(ctx, z):  # noqa: ANN001, ANN205
-        h = activation_forward(Activation.SIGMOID, z)
-        ctx.save_for_backward(h)
-        return h
-
-    @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
-        (h,) = ctx.saved_tensors
-        return activation_backward(Activation.SIGMOID, g, h)
+def activation(z: torch.Tensor, kind: Activation) -> torch.Tensor:
+    """Apply :class:`ActivationFn` of ``kind``."""
+    return ActivationFn.apply(z, kind)
 
 
 class CrossEntropyFn(Function):

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from partition.spec import Activation, Loss, MLPSpec
-from runtime.functions import CrossEntropyFn, ReLUFn, SigmoidFn, SquaredErrorFn, TanhFn, l2_term, linear
+from runtime.functions import CrossEntropyFn, SquaredErrorFn, activation, l2_term, linear
 from runtime.wgrad import WeightGradStore
 
-ACTIVATION_FN = {Activation.RELU: ReLUFn, Activation.TANH: TanhFn, Activation.SIGMOID: SigmoidFn}
 ACTIVATION_MODULE = {Activation.RELU: nn.ReLU, Activation.TANH: nn.Tanh, Activation.SIGMOID: nn.Sigmoid}
 
 
@@ -37,11 +36,10 @@ def forward_layers(
     store: WeightGradStore | None = None,
 ) -> torch.Tensor:
     """Run layers ``start .. start+len(params)-1`` of ``spec`` on ``x``: z = x W^T (+b), then phi if hidden."""
-    act = ACTIVATION_FN[spec.activation]
     for offset, (w, b) in enumerate(params):
         x = linear(x, w, b, store)
         if spec.has_activation(start + offset):
-            x = act.apply(x)
+            x = activation(x, spec.activation)
     return x
 
 
