@@ -116,7 +116,7 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, DistPeerBuilder], l
             per_rank = 2 if ours.kind in (ScheduleKind.INTERLEAVED_1F1B, ScheduleKind.ZB_V) else 1
             ranges = resolve_ranges(spec, p * per_rank, "uniform", rows)
             pcfg = pipeline_config(spec, ranges, ours, m, str(device), cfg.dtype, cfg.seed, per_rank)
-            pipe = Pipeline(pcfg, sgd_frozen, DistTransport(backend, cfg.timeout), [world.rank])
+            pipe = Pipeline(pcfg, sgd_frozen, DistTransport(backend, cfg.timeout), [world.rank], init=params)
             variants.append(_ours_variant(ours.name, pipe, data.x, data.y, cfg.batch))
         ranges = resolve_ranges(spec, p, "uniform", rows)
         seq = reference_sequential(spec, params, cfg.dtype, device)

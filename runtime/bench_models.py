@@ -91,25 +91,9 @@ def sgd_frozen(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
 
 @contextmanager
 def shared_init(spec: MLPSpec, seed: int) -> Iterator[Params]:
-    """Draw the seeded float64 parameters once and let every Pipeline built inside the block reuse them.
+    """Draw the seeded float64 parameters once for a block that builds several pipelines of one spec.
 
-    ``runtime.model.init_parameters`` draws on the CPU (about 2 s per 8192 x 8192 layer); a benchmark builds
-    several pipelines of one spec, so inside this block ``runtime.pipeline`` gets the memoized values, which
-    are exactly what it would have drawn. Restored on exit.
+    ``runtime.model.init_parameters`` draws on the CPU (about 2 s per 8192 x 8192 layer); the block passes
+    the values (exactly what each Pipeline would draw) as ``Pipeline(..., init=params)``.
     """
-    import runtime.pipeline as pipeline_module
-
-    params = init_parameters(spec, seed)
-    original = getattr(pipeline_module, "init_parameters", None)
-    if original is None:
-        yield params
-        return
-
-    def memoized(s: MLPSpec, sd: int) -> Params:
-        return params if (s, sd) == (spec, seed) else original(s, sd)
-
-    pipeline_module.init_parameters = memoized
-    try:
-        yield params
-    finally:
-        pipeline_module.init_parameters = original
+    yield init_parameters(spec, seed)

@@ -120,9 +120,9 @@ def pipeline_config(spec: MLPSpec, ranges: tuple, ours: OurSchedule, m: int, dev
 
 
 def _ours(cfg: PipelineBenchConfig, spec: MLPSpec, ranges: tuple, ours: OurSchedule, dtype: torch.dtype,
-          x: torch.Tensor, y: torch.Tensor) -> Variant:
+          x: torch.Tensor, y: torch.Tensor, params: Params) -> Variant:
     pipe = Pipeline(pipeline_config(spec, ranges, ours, cfg.microbatches, cfg.device, dtype, cfg.seed, cfg.virtual),
-                    sgd_frozen, LocalTransport())
+                    sgd_frozen, LocalTransport(), init=params)
 
     def clear() -> None:
         for st in pipe.stages.values():
@@ -163,7 +163,7 @@ def build_variants(cfg: PipelineBenchConfig, spec: MLPSpec, params: Params, dtyp
             total += loss.detach()
         return total
 
-    out = [_ours(cfg, spec, ranges, ours, dtype, x, y) for ours in cfg.schedules]
+    out = [_ours(cfg, spec, ranges, ours, dtype, x, y, params) for ours in cfg.schedules]
     out.append(_with_optimizer("accumulation", "reference", seq, accumulate))
     for name, build in peers.items():
         try:

@@ -115,7 +115,7 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
         act_bytes = [float(nbytes)] * (2 * p)
     data = make_batch(spec, cfg.batch, cfg.dtype, device)
     cases, skipped = [], {}
-    with shared_init(spec, cfg.seed):
+    with shared_init(spec, cfg.seed) as params:
         for ours in cfg.schedules:
             per = stages_per_rank(ours.kind)
             if p * per > spec.num_layers:
@@ -124,7 +124,7 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
             ranges = resolve_ranges(spec, p * per, "uniform", rows)
             pcfg = pipeline_config(spec, ranges, ours, m, str(device), cfg.dtype, cfg.seed, per)
             transport = DistTransport(backend, cfg.timeout) if distributed else LocalTransport()
-            pipe = Pipeline(pcfg, sgd_frozen, transport, [world.rank] if distributed else None)
+            pipe = Pipeline(pcfg, sgd_frozen, transport, [world.rank] if distributed else None, init=params)
             cases.append(_Case(ours.name, pipe, len(ranges), simulate(pipe.schedule, stage_costs(layers, ranges), link,
                                                                       act_bytes[: len(ranges)] if act_bytes else None)))
     if not distributed or world.rank == 0:

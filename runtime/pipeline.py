@@ -87,14 +87,19 @@ class Pipeline:
     """Builds the stages of ``ranks`` (all ranks: single-process emulation), their optimizers and the executor."""
 
     def __init__(
-        self, cfg: PipelineConfig, make_optimizer: OptimizerFactory, transport: object, ranks: Sequence[int] | None = None
+        self, cfg: PipelineConfig, make_optimizer: OptimizerFactory, transport: object, ranks: Sequence[int] | None = None,
+        init: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
     ) -> None:
+        """``init``: every layer's (W, b) to start from (default: ``init_parameters(spec, seed)``, drawn here)."""
         if len(cfg.devices) != cfg.num_stages:
             raise ValueError(f"devices: need one device per stage ({cfg.num_stages}), got {len(cfg.devices)}")
         self.cfg = cfg
         self.schedule = cfg.build_schedule()
         self.ranks = list(range(self.schedule.num_ranks)) if ranks is None else list(ranks)
-        init = init_parameters(cfg.spec, cfg.seed)
+        if init is None:
+            init = init_parameters(cfg.spec, cfg.seed)
+        elif len(init) != cfg.spec.num_layers:
+            raise ValueError(f"init: expected {cfg.spec.num_layers} layers of parameters, got {len(init)}")
         self.stages: dict[int, Stage] = {}
         for s, (start, stop) in enumerate(cfg.ranges):
             if self.schedule.placement[s] not in self.ranks:
