@@ -84,6 +84,8 @@ class DistTransport:
             tensor = tensor.cpu()
         tensor = tensor.contiguous()
         work = dist.isend(tensor, msg.peer, tag=msg.tag)
+        # forget sends that have completed, so a rank holds only the tensors still in flight
+        self._sends = [s for s in self._sends if not s[0].is_completed()]
         self._sends.append((work, tensor, msg))
 
     def ready(self, msg: Message) -> bool:
@@ -157,6 +159,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         buf = values.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(buf)
     return buf.to(dev)
+
+
+def gather_to_all(obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

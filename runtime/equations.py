@@ -56,11 +56,12 @@ def one_hot_like(o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def loss_forward(kind: Loss, o: torch.Tensor, y: torch.Tensor, denom: float) -> torch.Tensor:
     """L = (1/denom) sum_i l(o_i, y_i): cross-entropy on class indices, or 0.5 ||o - y||^2."""
+    acc = torch.float32 if o.dtype in (torch.float16, torch.bfloat16) else o.dtype  # a half sum overflows
     if kind is Loss.CROSS_ENTROPY:
         picked = o.gather(1, y.unsqueeze(1)).squeeze(1)
-        return (torch.logsumexp(o, dim=1) - picked).sum() / denom
+        return (torch.logsumexp(o, dim=1) - picked).sum(dtype=acc) / denom
     diff = o - y
-    return 0.5 * (diff * diff).sum() / denom
+    return (diff * diff).sum(dtype=acc) * (0.5 / denom)
 
 
 def loss_backward(kind: Loss, o: torch.Tensor, y: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:

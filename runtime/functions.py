@@ -48,7 +48,7 @@ class LinearFn(Function):
         x, weight = ctx.saved_tensors
         grad_x = linear_grad_input(g, weight) if ctx.needs_input_grad[0] else None
         store: WeightGradStore | None = ctx.store
-        if store is not None and not torch.is_grad_enabled():
+        if store is not None and not torch.is_grad_enabled() and ctx.needs_input_grad[1]:
             store.defer(weight, ctx.bias_param, g, x)
             return grad_x, None, None, None
         grad_w = linear_grad_weight(g, x) if ctx.needs_input_grad[1] else None

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from partition.timing import StageCost
-from runtime.comm import all_reduce_sum
+from runtime.comm import all_reduce_sum, gather_to_all
 from runtime.executor import ActionRecord
 from runtime.schedule import Op
 from runtime.simulate import simulate
@@ -58,9 +58,11 @@ def step_figures(pipe: object, records: Sequence[ActionRecord], step_times: Sequ
         "predicted_bubble_fraction": sim.bubble_fraction,
         "predicted_emulated_step_time": None if distributed else serial,
     }
-    if cfg.trace and records:
-        t0 = min(r.start for r in records)
-        events = [TraceEvent(r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.start - t0, r.end - t0)
-                  for r in records]
-        write_chrome_trace(cfg.trace, {"measured (this run)": events, "predicted (simulator)": sim.trace_events()})
+    if cfg.trace:
+        mine = [(r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.start, r.end) for r in records]
+        everyone = [e for part in (gather_to_all(mine) if distributed else [mine]) for e in part]
+        if everyone and pipe.last is not None:  # one writer: the process holding the last stage
+            t0 = min(e[2] for e in everyone)  # ranks share one host clock under the tests; across hosts: approximate
+            events = [TraceEvent(rank, name, start - t0, end - t0) for rank, name, start, end in everyone]
+            write_chrome_trace(cfg.trace, {"measured (this run)": events, "predicted (simulator)": sim.trace_events()})
     return figures

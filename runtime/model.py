@@ -47,6 +47,8 @@ def loss_target(spec: MLPSpec, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     """The target the loss compares ``o`` with: class indices for cross-entropy, one-hot rows (or y) for squared error."""
     if spec.loss is Loss.CROSS_ENTROPY or y.dim() != 1:
         return y
+    if y.is_floating_point():  # one regression target per row
+        return y.to(o.dtype).reshape(-1, 1)
     return torch.nn.functional.one_hot(y, o.shape[1]).to(o.dtype)
 
 

@@ -129,6 +129,9 @@ class Pipeline:
         if batch % m:
             raise ValueError(f"microbatches: {m} microbatches do not divide a batch of {batch} rows")
         rows = batch // m
+        for name, t in (("x", x), ("y", y)):
+            if t is not None and t.shape[0] != batch:
+                raise ValueError(f"batch: {name} has {t.shape[0]} rows, the step was asked for {batch}")
         inputs = {}
         targets = {}
         if self.first is not None:

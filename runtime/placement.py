@@ -18,6 +18,9 @@ def resolve_ranges(spec: MLPSpec, stages: int, method: str, microbatch: int) -> 
         if len(ranges) != stages:
             raise ValueError(f"partition: {method!r} has {len(ranges)} stages but --stages is {stages}")
         return tuple(ranges)
+    choices = [m.value for m in partitioner.Method]
+    if method not in choices:
+        raise ValueError(f"partition: unknown {method!r}; choose {', '.join(choices)} or ranges like 0-1,2-3")
     return tuple(partitioner.plan_ranges(spec, stages, method, microbatch))
 
 

@@ -27,7 +27,7 @@ from runtime.datasets import Dataset, load_dataset
 from runtime.measure import step_figures
 from runtime.model import forward_layers
 from runtime.pipeline import Pipeline, PipelineConfig
-from runtime.placement import resolve_devices, resolve_ranges
+from runtime.placement import check_device, resolve_devices, resolve_ranges
 from runtime.progress import ProgressBar
 from runtime.schedule import format_table
 
@@ -50,6 +50,11 @@ def build_pipeline(cfg: TrainConfig) -> tuple[Pipeline, bool]:
         pcfg.build_schedule()
         return Pipeline(pcfg, optimizer_factory(cfg), LocalTransport()), False
     backend = Backend.NCCL if cfg.device.startswith("cuda") else Backend.GLOO
+    if cfg.devices or cfg.device not in ("cpu", "cuda"):
+        raise ValueError("device: under torchrun each process takes cuda:LOCAL_RANK (--device cuda) or the CPU "
+                         "(--device cpu); --devices and explicit indices are for single-process runs")
+    if backend is Backend.NCCL:
+        check_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     probe = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, ("cpu",) * cfg.stages, cfg.torch_dtype,
                            cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
     probe.build_schedule()
@@ -92,7 +97,8 @@ def evaluate(pipe: Pipeline, data: Dataset, distributed: bool) -> float:
 def fingerprint(cfg: TrainConfig, pipe: Pipeline) -> dict:
     """What must not change between a run and its resumption (else the continuation would not be exact)."""
     return {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias,
-            "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "batch_size": cfg.batch_size,
+            "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "samples": cfg.samples,
+            "batch_size": cfg.batch_size,
             "lr": cfg.lr, "optimizer": cfg.optimizer.value, "momentum": cfg.momentum, "seed": cfg.seed,
             "dtype": cfg.dtype, "plan": [list(r) for r in pipe.cfg.ranges]}
 
@@ -133,6 +139,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     reporter = pipe.last is not None
     check = all_reduce_sum if distributed else None
     start_epoch, history = _restore(cfg, pipe)
+    if start_epoch >= cfg.epochs:
+        raise ValueError(f"resume: the checkpoint in {cfg.checkpoint_dir} is already at epoch {start_epoch} of "
+                         f"--epochs {cfg.epochs}; ask for more epochs to continue")
     steps_per_epoch = n // cfg.batch_size
     bar = ProgressBar((cfg.epochs - start_epoch) * steps_per_epoch, "train", cfg.progress and reporter)
     step_times: list[float] = []

@@ -81,7 +81,8 @@ class WeightGradStore:
             pending, store._pending = store._pending, []
             for item in pending:
                 groups.setdefault(id(item.weight), []).append(item)
-        for items in groups.values():
+        while groups:  # pop each layer's group so its g and x are freed right after its GEMM
+            _, items = groups.popitem()
             if len(items) == 1:
                 items[0].run()
                 continue

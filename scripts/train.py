@@ -6,7 +6,7 @@
     python scripts/train.py --widths 64,256,256,10 --activation tanh --no-bias --l2 1e-4 --loss squared-error
     python scripts/train.py --dataset synthetic --widths 32,64,64,8 --stages 3 --schedule zb-h1 --microbatches 6
     python scripts/train.py --dataset idx:/data/fashion --widths 784,256,256,10 --device cuda --dtype bfloat16
-    python scripts/train.py --stages 4 --schedule interleaved-1f1b --virtual 2 --widths 64,32,32,32,32,32,32,32,10
+    python scripts/train.py --stages 4 --schedule interleaved-1f1b --virtual-stages 2 --widths 64,32,32,32,32,32,32,32,10
     python scripts/train.py --checkpoint-dir ckpt --epochs 10; python scripts/train.py --checkpoint-dir ckpt --resume
     torchrun --nproc_per_node=4 scripts/train.py --stages 4 --microbatches 8     # one stage per process (gloo / NCCL)
 """
@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--stages", type=int, default=4, help="pipeline stages (1 = one device)")
     g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ScheduleKind])
     g.add_argument("--microbatches", type=int, default=4, help="microbatches per step (must divide the batch)")
-    g.add_argument("--virtual", type=int, default=1, help="stages per rank for interleaved-1f1b")
+    g.add_argument("--virtual-stages", "--virtual", dest="virtual", type=int, default=1,
+                   help="stages per rank for interleaved-1f1b (under torchrun write --virtual-stages: torchrun "
+                        "takes --virtual for its own --virtual-local-rank)")
     g.add_argument("--partition", default="optimal",
                    help="optimal, uniform, parameters, time-blocks, or explicit inclusive ranges like 0-1,2-3")
     g.add_argument("--device", default="cpu", help="cpu or cuda (stages spread over GPUs, or emulated on one)")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print("the schedule in time (unit costs F = B = W = 1):")
         print(results["timeline_chart"])
         print(f"plan (layers per stage): {results['plan']}  devices: {results['devices']}  mode: {results['mode']}")
-        meas = results["measured_step_time"]["median"]
+        meas = results["measured_step_time"]["median"] or 0.0
         pred = results["predicted_emulated_step_time"] or results["predicted_step_time"]
         print(f"step time: measured {meas * 1e3:.2f} ms (median), predicted {pred * 1e3:.2f} ms here; "
               f"on {results['num_ranks']} devices the simulator predicts {results['predicted_step_time'] * 1e3:.2f} ms "

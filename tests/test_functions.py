@@ -149,3 +149,26 @@ def test_fused_flush_equals_separate_flushes():
     assert all(len(s) == 0 for s in stores_b)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa.grad, pb.grad, rtol=0, atol=1e-14)
+
+
+def test_half_precision_losses_sum_in_float32():
+    """A float16 sum of 30,000 per-row losses overflows; the loss accumulates in float32 instead."""
+    g = torch.Generator().manual_seed(0)
+    o = torch.randn(30000, 10, generator=g)
+    y = torch.randint(0, 10, (30000,), generator=g)
+    ref = CrossEntropyFn.apply(o, y, 30000.0)
+    half = CrossEntropyFn.apply(o.half(), y, 30000.0)
+    assert torch.isfinite(half) and abs(half.item() - ref.item()) < 1e-2
+    t = torch.randn(30000, 10, generator=g)
+    se_ref = SquaredErrorFn.apply(o, t, 30000.0)
+    se_half = SquaredErrorFn.apply(o.half(), t.half(), 30000.0)
+    assert torch.isfinite(se_half) and abs(se_half.item() - se_ref.item()) < 2e-2
+
+
+def test_squared_error_takes_one_float_target_per_row():
+    spec = MLPSpec((4, 5, 1), "tanh", True, 0.0, "squared-error")
+    model = PipeModel.from_spec(spec, seed=0, dtype=F64)
+    x, y = rnd(8, 4, seed=30).detach(), rnd(8, seed=31).detach()
+    j = model.objective(x, y)
+    ref = 0.5 * (model.to_sequential()(x).squeeze(1) - y).pow(2).mean()
+    assert torch.allclose(j, ref, rtol=0, atol=1e-14)

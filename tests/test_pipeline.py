@@ -142,6 +142,15 @@ def test_non_finite_loss_names_step_and_stage_and_keeps_parameters():
     assert torch.equal(before[0], after[0]) and torch.equal(before[-1], after[-1])
 
 
+def test_rows_must_match_the_batch():
+    spec = MLPSpec((4, 6, 3))
+    cfg = PipelineConfig(spec, ((0, 1), (1, 2)), ScheduleKind.GPIPE, 2, ("cpu",) * 2, F64, 0)
+    pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=0.1), LocalTransport())
+    x, y = batches(spec, 6, 1)[0]
+    with pytest.raises(ValueError, match="x has 6 rows"):
+        pipe.step(x, y, 8)
+
+
 def test_microbatches_must_divide_batch():
     spec = MLPSpec((4, 6, 3))
     cfg = PipelineConfig(spec, ((0, 1), (1, 2)), ScheduleKind.GPIPE, 3, ("cpu",) * 2, F64, 0)

@@ -45,6 +45,10 @@ def test_resume_gives_the_same_parameters_bitwise(tmp_path):
         for x, y in zip(a["params"], b["params"]):
             assert torch.equal(x, y)
     assert not list((tmp_path / "split").glob("*epoch2.pt")), "older epochs are dropped once a newer one is complete"
+    with pytest.raises(ValueError, match="already at epoch 4"):
+        train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "split"), resume=True))
+    with pytest.raises(ValueError, match="samples"):
+        train(TrainConfig(**{**base, "epochs": 5, "samples": 999}, checkpoint_dir=str(tmp_path / "split"), resume=True))
 
 
 @pytest.mark.parametrize(
