@@ -145,7 +145,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     steps_per_epoch = n // cfg.batch_size
     bar = ProgressBar((cfg.epochs - start_epoch) * steps_per_epoch, "train", cfg.progress and reporter)
     step_times: list[float] = []
-    step_losses: list[float] = []
     records = []
     step = start_epoch * steps_per_epoch
     fault = planned_fault(pipe.ranks)
@@ -165,14 +164,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             step += 1
             if reporter:
                 losses.append(out.loss)
-                step_losses.append(out.loss)
                 correct += out.correct
             bar.update(1, f"epoch {epoch + 1} loss {losses[-1]:.4f}" if losses else "")
         elapsed = time.perf_counter() - t_epoch
         acc = evaluate(pipe, data, distributed)
         entry = {"epoch": epoch + 1, "train_loss": statistics.fmean(losses) if losses else None,
                  "train_accuracy": correct / (steps_per_epoch * cfg.batch_size) if reporter else None,
-                 "test_accuracy": acc, "seconds": elapsed, "samples_per_second": steps_per_epoch * cfg.batch_size / elapsed}
+                 "test_accuracy": acc, "seconds": elapsed, "samples_per_second": steps_per_epoch * cfg.batch_size / elapsed,
+                 "step_losses": losses if reporter else []}
         history.append(entry)
         if cfg.checkpoint_dir:
             _save(cfg, pipe, epoch + 1, history, distributed)
@@ -190,7 +189,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "devices": list(pipe.cfg.devices),
         "epochs": history,
         "train_loss": [h["train_loss"] for h in history],
-        "step_losses": step_losses,
+        "step_losses": [loss for h in history for loss in h.get("step_losses", [])],
         "optimizer_steps": step,
         "test_accuracy": [h["test_accuracy"] for h in history],
         "samples_per_second": statistics.median(h["samples_per_second"] for h in history) if history else None,

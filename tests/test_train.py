@@ -39,6 +39,7 @@ def test_resume_gives_the_same_parameters_bitwise(tmp_path):
     train(TrainConfig(**{**base, "epochs": 2}, checkpoint_dir=str(tmp_path / "split")))
     res = train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "split"), resume=True))
     assert [e["epoch"] for e in res["epochs"]] == [1, 2, 3, 4]
+    assert len(res["step_losses"]) == res["optimizer_steps"] == 4 * (1438 // 32)
     for s in range(3):
         a = torch.load(tmp_path / "straight" / f"stage{s}-epoch4.pt", weights_only=True)
         b = torch.load(tmp_path / "split" / f"stage{s}-epoch4.pt", weights_only=True)
