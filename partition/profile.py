@@ -76,8 +76,14 @@ class Profile:
             raise ValueError(f"profile: measured at microbatch {self.microbatch}, not {microbatch}; profile again")
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn`` (CUDA events on a GPU, perf_counter on the CPU) after ``warmup`` calls."""
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int,
+                    flush: torch.Tensor | None = None) -> float:
+    """Median wall time of ``fn`` (CUDA events on a GPU, perf_counter on the CPU) after ``warmup`` calls.
+
+    With ``flush`` (a buffer larger than the last-level cache) the CPU caches are overwritten before each
+    timed call, so the layer's weights come from memory, as they do in a pipeline whose other layers ran
+    in between.
+    """
     for _ in range(warmup):
         fn()
     samples = []
@@ -92,6 +98,8 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
             samples.append(start.elapsed_time(stop) / 1000.0)
     else:
         for _ in range(repeats):
+            if flush is not None:
+                flush.add_(1)
             begin = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - begin)
@@ -106,8 +114,14 @@ def profile_layers(
     repeats: int = 10,
     warmup: int = 3,
     seed: int = 0,
+    cold_cache_bytes: int = 0,
 ) -> Profile:
-    """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring)."""
+    """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring).
+
+    ``cold_cache_bytes`` > 0 (CPU only; e.g. 64 MiB, over the last-level cache) times every call with cold
+    caches; by default the layer's tensors stay hot across repeats, which times a layer faster than it
+    runs inside a pipeline.
+    """
     if microbatch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"microbatch/repeats/warmup: expected >= 1, >= 1, >= 0, got {microbatch}, {repeats}, {warmup}")
     name = as_dtype(dtype).value
@@ -121,6 +135,7 @@ def profile_layers(
         return torch.randn(*shape, generator=gen, device=dev, dtype=torch_dtype)
 
     phi, phi_grad = PHI[spec.activation], PHI_GRAD[spec.activation]
+    flush = torch.zeros(cold_cache_bytes // 4, dtype=torch.float32) if cold_cache_bytes > 0 and dev.type == "cpu" else None
     layers = []
     with torch.no_grad():
         for layer in range(spec.num_layers):
@@ -142,7 +157,7 @@ def profile_layers(
             def backward_weight(g=g_h, x=x, bias=spec.bias) -> tuple[torch.Tensor, torch.Tensor | None]:
                 return g.t().matmul(x), g.sum(0) if bias else None
 
-            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup)
+            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush)
                                       for fn in (forward, backward_input, backward_weight))))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Profile(device=str(dev), dtype=name, microbatch=microbatch, layers=tuple(layers),

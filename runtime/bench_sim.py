@@ -50,6 +50,7 @@ class SimBenchConfig:
     warmup: int = 2
     repeats: int = 8
     profile_repeats: int = 10
+    cold_cache_bytes: int = 0  # > 0: profile with the CPU caches flushed before every timed call
     seed: int = 0
     timeout: float = 120.0
 
@@ -156,7 +157,8 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
             "profile": [{"f": c.f, "b": c.b, "w": c.w} for c in layers],
             "config": {"width": cfg.width, "layers": cfg.layers, "ranks": p, "microbatches": m, "batch": cfg.batch,
                        "dtype": dtype_name(cfg.dtype), "schedules": [s.name for s in cfg.schedules],
-                       "warmup": cfg.warmup, "repeats": cfg.repeats, "profile_repeats": cfg.profile_repeats},
+                       "warmup": cfg.warmup, "repeats": cfg.repeats, "profile_repeats": cfg.profile_repeats,
+                       "cold_cache_bytes": cfg.cold_cache_bytes},
             "results": results, "table": _table(results, distributed)}
 
 
@@ -193,7 +195,8 @@ class _Case:
 
 def _profile(spec: MLPSpec, rows: int, cfg: SimBenchConfig, device: torch.device, world: WorldInfo | None) -> list:
     """Per-layer costs from the profiler; under torchrun every rank profiles at once and the mean is used."""
-    prof = profile_layers(spec, rows, str(device), dtype_name(cfg.dtype), repeats=cfg.profile_repeats, seed=cfg.seed)
+    prof = profile_layers(spec, rows, str(device), dtype_name(cfg.dtype), repeats=cfg.profile_repeats, seed=cfg.seed,
+                          cold_cache_bytes=cfg.cold_cache_bytes)
     if world is None:
         return list(prof.layers)
     table_ = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in prof.layers], dtype=torch.float64))

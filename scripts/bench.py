@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             q.add_argument("--timeout", type=float, default=120.0, help="seconds any wait on another rank may take")
         if name == "simulator":
             q.add_argument("--ranks", type=int, default=4, help="pipeline ranks in one process (torchrun: the world)")
+            q.add_argument("--cold-cache", type=float, default=0.0, metavar="MIB",
+                           help="profile every layer with caches flushed by a buffer of this many MiB (CPU; 0: hot)")
     return p.parse_args(argv)
 
 
@@ -157,7 +159,7 @@ def run(a: argparse.Namespace) -> dict | None:
     else:
         from runtime.bench_sim import SimBenchConfig, run_sim_bench
 
-        cfg = SimBenchConfig(ranks=a.ranks, **extra, **common)
+        cfg = SimBenchConfig(ranks=a.ranks, cold_cache_bytes=int(a.cold_cache * 2**20), **extra, **common)
         cfg = replace(cfg, schedules=_schedules(a, cfg.schedules), batch=cfg.microbatches * 4 if a.quick else cfg.batch)
         result = run_sim_bench(cfg)
     return result if int(os.environ.get("RANK", "0")) == 0 else None

@@ -239,3 +239,13 @@ def test_stage_memory_within_5_percent_of_cuda_max_memory_allocated(dtype):
     pytest.importorskip("runtime.model")
     measured, predicted = cuda_peak_vs_model(dtype)
     assert abs(measured - predicted) <= 0.05 * predicted, (measured, predicted)
+
+
+def test_cold_cache_profile_has_the_same_shape_and_positive_times():
+    from partition.profile import profile_layers
+
+    spec = MLPSpec((8, 16, 4))
+    hot = profile_layers(spec, 4, repeats=2, warmup=1)
+    cold = profile_layers(spec, 4, repeats=2, warmup=1, cold_cache_bytes=1 << 20)
+    assert len(cold.layers) == len(hot.layers) == 2
+    assert all(c.f > 0 and c.b > 0 and c.w > 0 for c in cold.layers)
