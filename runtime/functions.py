@@ -85,36 +85,30 @@ def activation(z: torch.Tensor, kind: Activation) -> torch.Tensor:
     return ActivationFn.apply(z, kind)
 
 
-class CrossEntropyFn(Function):
-    """L = (1/denom) sum_i [logsumexp(o_i) - o_i[y_i]]; dJ/do = (softmax(o) - onehot(y)) / denom."""
+class LossFn(Function):
+    """L = (1/denom) sum_i l(o_i, y_i) for cross-entropy or 0.5 ||o_i - y_i||^2 (``kind``).
+
+    dJ/do = (softmax(o) - onehot(y)) / denom or (o - y) / denom; for squared error dJ/dy = -dJ/do.
+    """
 
     @staticmethod
-    def forward(ctx, o, y, denom):  # noqa: ANN001, ANN205
+    def forward(ctx, o, y, denom, kind):  # noqa: ANN001, ANN205
         ctx.save_for_backward(o, y)
         ctx.denom = denom
-        return loss_forward(Loss.CROSS_ENTROPY, o, y, denom)
+        ctx.kind = kind
+        return loss_forward(kind, o, y, denom)
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         o, y = ctx.saved_tensors
-        return loss_backward(Loss.CROSS_ENTROPY, o, y, g / ctx.denom), None, None
+        grad_o = loss_backward(ctx.kind, o, y, g / ctx.denom)
+        grad_y = -grad_o if ctx.needs_input_grad[1] else None  # only a float target (squared error) asks
+        return grad_o, grad_y, None, None
 
 
-class SquaredErrorFn(Function):
-    """L = (1/denom) sum_i 0.5 ||o_i - y_i||^2; dJ/do = (o - y) / denom, dJ/dy = -(o - y) / denom."""
-
-    @staticmethod
-    def forward(ctx, o, y, denom):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(o, y)
-        ctx.denom = denom
-        return loss_forward(Loss.SQUARED_ERROR, o, y, denom)
-
-    @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
-        o, y = ctx.saved_tensors
-        grad_o = loss_backward(Loss.SQUARED_ERROR, o, y, g / ctx.denom)
-        grad_y = -grad_o if ctx.needs_input_grad[1] else None
-        return grad_o, grad_y, None
+def loss(o: torch.Tensor, y: torch.Tensor, denom: float, kind: Loss) -> torch.Tensor:
+    """Apply :class:`LossFn` of ``kind``."""
+    return LossFn.apply(o, y, denom, kind)
 
 
 class L2Fn(Function):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from partition.spec import Activation, Loss, MLPSpec
-from runtime.functions import CrossEntropyFn, SquaredErrorFn, activation, l2_term, linear
+from runtime.functions import activation, l2_term, linear, loss
 from runtime.wgrad import WeightGradStore
 
 ACTIVATION_MODULE = {Activation.RELU: nn.ReLU, Activation.TANH: nn.Tanh, Activation.SIGMOID: nn.Sigmoid}
@@ -54,8 +54,7 @@ def loss_target(spec: MLPSpec, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 def loss_term(spec: MLPSpec, o: torch.Tensor, y: torch.Tensor, denom: float) -> torch.Tensor:
     """L summed over the rows of ``o`` and divided by ``denom`` (the full batch size in a pipeline step)."""
-    fn = CrossEntropyFn if spec.loss is Loss.CROSS_ENTROPY else SquaredErrorFn
-    return fn.apply(o, loss_target(spec, o, y), denom)
+    return loss(o, loss_target(spec, o, y), denom, spec.loss)
 
 
 class PipeModel(nn.Module):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
-from partition.spec import Activation, MLPSpec
-from runtime.functions import CrossEntropyFn, L2Fn, SquaredErrorFn, activation, l2_term, linear
+from partition.spec import Activation, Loss, MLPSpec
+from runtime.functions import L2Fn, LossFn, activation, l2_term, linear
 from runtime.model import PipeModel, loss_term
 from runtime.wgrad import WeightGradStore
 
@@ -43,10 +43,10 @@ def test_losses_and_l2_gradchecks():
     o = rnd(6, 4, seed=5)
     y = torch.tensor([0, 3, 1, 2, 2, 0])
     t = rnd(6, 4, seed=6)
-    assert gradcheck(lambda o: CrossEntropyFn.apply(o, y, 6.0), (o,))
-    assert gradgradcheck(lambda o: CrossEntropyFn.apply(o, y, 6.0), (o,))
-    assert gradcheck(lambda o, t: SquaredErrorFn.apply(o, t, 3.0), (o, t))
-    assert gradgradcheck(lambda o, t: SquaredErrorFn.apply(o, t, 3.0), (o, t))
+    assert gradcheck(lambda o: LossFn.apply(o, y, 6.0, Loss.CROSS_ENTROPY), (o,))
+    assert gradgradcheck(lambda o: LossFn.apply(o, y, 6.0, Loss.CROSS_ENTROPY), (o,))
+    assert gradcheck(lambda o, t: LossFn.apply(o, t, 3.0, Loss.SQUARED_ERROR), (o, t))
+    assert gradgradcheck(lambda o, t: LossFn.apply(o, t, 3.0, Loss.SQUARED_ERROR), (o, t))
     w1, w2 = rnd(3, 2, seed=7), rnd(2, 3, seed=8)
     assert gradcheck(lambda a, b: L2Fn.apply(0.37, a, b), (w1, w2))
     assert gradgradcheck(lambda a, b: L2Fn.apply(0.37, a, b), (w1, w2))
@@ -55,10 +55,10 @@ def test_losses_and_l2_gradchecks():
 def test_loss_values_match_torch():
     o = rnd(6, 4, seed=9)
     y = torch.tensor([0, 3, 1, 2, 2, 0])
-    ce = CrossEntropyFn.apply(o, y, 6.0)
+    ce = LossFn.apply(o, y, 6.0, Loss.CROSS_ENTROPY)
     assert torch.allclose(ce, nn.functional.cross_entropy(o, y), atol=1e-14)
     t = rnd(6, 4, seed=10)
-    se = SquaredErrorFn.apply(o, t, 6.0)
+    se = LossFn.apply(o, t, 6.0, Loss.SQUARED_ERROR)
     assert torch.allclose(se, 0.5 * nn.functional.mse_loss(o, t, reduction="sum") / 6, atol=1e-14)
     assert torch.allclose(l2_term(0.5, [o, t]), 0.25 * (o.pow(2).sum() + t.pow(2).sum()), atol=1e-14)
 
@@ -156,12 +156,12 @@ def test_half_precision_losses_sum_in_float32():
     g = torch.Generator().manual_seed(0)
     o = torch.randn(30000, 10, generator=g)
     y = torch.randint(0, 10, (30000,), generator=g)
-    ref = CrossEntropyFn.apply(o, y, 30000.0)
-    half = CrossEntropyFn.apply(o.half(), y, 30000.0)
+    ref = LossFn.apply(o, y, 30000.0, Loss.CROSS_ENTROPY)
+    half = LossFn.apply(o.half(), y, 30000.0, Loss.CROSS_ENTROPY)
     assert torch.isfinite(half) and abs(half.item() - ref.item()) < 1e-2
     t = torch.randn(30000, 10, generator=g)
-    se_ref = SquaredErrorFn.apply(o, t, 30000.0)
-    se_half = SquaredErrorFn.apply(o.half(), t.half(), 30000.0)
+    se_ref = LossFn.apply(o, t, 30000.0, Loss.SQUARED_ERROR)
+    se_half = LossFn.apply(o.half(), t.half(), 30000.0, Loss.SQUARED_ERROR)
     assert torch.isfinite(se_half) and abs(se_half.item() - se_ref.item()) < 2e-2
 
 

@@ -142,19 +142,21 @@ def test_non_finite_loss_names_step_and_stage_and_keeps_parameters():
     assert torch.equal(before[0], after[0]) and torch.equal(before[-1], after[-1])
 
 
-def test_rows_must_match_the_batch():
+def two_stage_gpipe(m):
     spec = MLPSpec((4, 6, 3))
-    cfg = PipelineConfig(spec, ((0, 1), (1, 2)), ScheduleKind.GPIPE, 2, ("cpu",) * 2, F64, 0)
-    pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=0.1), LocalTransport())
+    cfg = PipelineConfig(spec, ((0, 1), (1, 2)), ScheduleKind.GPIPE, m, ("cpu",) * 2, F64, 0)
+    return spec, Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=0.1), LocalTransport())
+
+
+def test_rows_must_match_the_batch():
+    spec, pipe = two_stage_gpipe(2)
     x, y = batches(spec, 6, 1)[0]
     with pytest.raises(ValueError, match="x has 6 rows"):
         pipe.step(x, y, 8)
 
 
 def test_microbatches_must_divide_batch():
-    spec = MLPSpec((4, 6, 3))
-    cfg = PipelineConfig(spec, ((0, 1), (1, 2)), ScheduleKind.GPIPE, 3, ("cpu",) * 2, F64, 0)
-    pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=0.1), LocalTransport())
+    spec, pipe = two_stage_gpipe(3)
     x, y = batches(spec, 4, 1)[0]
     with pytest.raises(ValueError, match="microbatches"):
         pipe.step(x, y, 4)
