@@ -1,1 +1,1 @@
-"""Planning side of pipegraph: the chapter's model, its graph, costs, memory and partitions."""
+"""Planning side of pipegraph (pure Python + numpy): the chapter's model, costs, memory, partitions and schedules."""

@@ -11,7 +11,7 @@ A stage owning layers [a, b) of an L-layer spec, for microbatches of n samples, 
     + communication buffers                                  (one gradient message each way: dJ/dh from the
                                                               next stage, dJ/dx to the previous one)
 
-The counts follow ``runtime.simulate``: ``inflight`` is the peak number of microbatches whose activations
+The counts follow ``partition.schedule.simulate``: ``inflight`` is the peak number of microbatches whose activations
 the stage holds (from F until BW, or until W when B and W are split) and ``deferred_w`` the peak number
 whose B ran and whose W has not (a subset of the in-flight ones). Between B and W the runtime frees the
 stage's output h (or o and the target) but keeps every x; counting the whole saved set until W

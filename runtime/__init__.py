@@ -1,1 +1,1 @@
-"""Execution side of pipegraph: hand-derived autograd Functions, stages, schedules, transports, training."""
+"""Execution side of pipegraph (torch): operators, engine, transport, training, the compare harness, benchmarks."""

@@ -87,7 +87,7 @@ def _common(a: argparse.Namespace) -> dict:
 
 
 def _schedules(a: argparse.Namespace, default: tuple) -> tuple:
-    from runtime.bench_pipeline import OurSchedule
+    from runtime.bench.pipeline import OurSchedule
 
     return tuple(OurSchedule.parse(s.strip()) for s in a.schedules.split(",") if s.strip()) if a.schedules else default
 
@@ -96,7 +96,7 @@ def run(a: argparse.Namespace) -> dict | None:
     """Run the chosen benchmark; the results (None on torchrun ranks other than 0)."""
     import torch
 
-    from runtime.bench_report import BENCH_DTYPES, parse_dtypes, write_json
+    from runtime.bench.report import BENCH_DTYPES, parse_dtypes, write_json
 
     if a.tf32:
         torch.set_float32_matmul_precision("high")
@@ -107,19 +107,19 @@ def run(a: argparse.Namespace) -> dict | None:
     if a.device == "cuda" and torch.cuda.is_available():
         a.device = f"cuda:{torch.cuda.current_device()}"  # one explicit index for every contender (pipelining compares)
     if a.command != "dist":
-        from runtime.placement import check_device
+        from runtime.train.layout import check_device
 
         check_device(a.device)
     common = _common(a)
     width = QUICK["width"] if a.quick else getattr(a, "width", None)
     if a.command == "functions":
-        from runtime.bench_functions import FunctionsConfig, run_functions
+        from runtime.bench.functions import FunctionsConfig, run_functions
 
         widths = tuple(int(w) for w in (QUICK["widths"] if a.quick else a.widths).split(",") if w.strip())
         cfg = FunctionsConfig(widths=widths, dtypes=tuple(parse_dtypes(a.dtypes)), compile=a.compile and not a.quick, **common)
         return run_functions(cfg, partial=lambda r: write_json(a.json, r))
     if a.command == "gemms":
-        from runtime.bench_gemms import GemmBenchConfig, run_gemm_bench
+        from runtime.bench.gemms import GemmBenchConfig, run_gemm_bench
 
         return run_gemm_bench(GemmBenchConfig(width=width, batch=common["batch"], microbatches=a.microbatches,
                                               dtypes=tuple(parse_dtypes(a.dtypes)), device=a.device,
@@ -127,7 +127,7 @@ def run(a: argparse.Namespace) -> dict | None:
     if a.command == "pipeline":
         from _peers import local_world, one_rank_builders
 
-        from runtime.bench_pipeline import DEFAULT_SCHEDULES, PipelineBenchConfig, run_pipeline_bench
+        from runtime.bench.pipeline import DEFAULT_SCHEDULES, PipelineBenchConfig, run_pipeline_bench
 
         names = [] if a.peers == "none" else [n.strip() for n in a.peers.split(",") if n.strip()]
         cfg = PipelineBenchConfig(width=width, stages=a.stages, microbatches=a.microbatches, dtypes=tuple(parse_dtypes(a.dtypes)),
@@ -151,13 +151,13 @@ def run(a: argparse.Namespace) -> dict | None:
             raise ValueError("dist: run it under torchrun, e.g. torchrun --nproc_per_node=2 scripts/bench.py dist")
         from _peers import per_rank_builders
 
-        from runtime.bench_dist import DistBenchConfig, run_dist_bench
+        from runtime.bench.dist import DistBenchConfig, run_dist_bench
 
         cfg = DistBenchConfig(**extra, **common)
         cfg = replace(cfg, schedules=_schedules(a, cfg.schedules), batch=cfg.microbatches * 4 if a.quick else cfg.batch)
         result = run_dist_bench(cfg, per_rank_builders())
     else:
-        from runtime.bench_sim import SimBenchConfig, run_sim_bench
+        from runtime.bench.sim import SimBenchConfig, run_sim_bench
 
         cfg = SimBenchConfig(ranks=a.ranks, cold_cache_bytes=int(a.cold_cache * 2**20), **extra, **common)
         cfg = replace(cfg, schedules=_schedules(a, cfg.schedules), batch=cfg.microbatches * 4 if a.quick else cfg.batch)
@@ -167,12 +167,12 @@ def run(a: argparse.Namespace) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print the table and the verdicts, write the JSON."""
-    from runtime.bench_report import write_json
-    from runtime.bench_verdict import verdicts
+    from runtime.bench.report import write_json
+    from runtime.bench.verdict import verdicts
 
     a = parse_args(argv)
     if a.command == "summary":
-        from runtime.bench_summary import summarize_files
+        from runtime.bench.summary import summarize_files
 
         print(summarize_files(a.files))
         return 0

@@ -12,7 +12,7 @@
 
 Times come from FLOP counts at --tflops unless a profile is given. Peak memory per stage is parameters +
 gradients + optimizer state + (peak in-flight microbatches under the schedule) x saved bytes + deferred
-weight-gradient buffers + communication buffers; the in-flight counts and step times come from runtime.simulate.
+weight-gradient buffers + communication buffers; the in-flight counts and step times come from partition.schedule.simulate.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from partition.dot import to_dot
 from partition.graph import build_graph
 from partition.memory import format_bytes, inference_memory, parse_bytes, training_memory
 from partition.partitioner import Method, Plan, Problem, parse_ranges, partition, plan_for, problem_for
-from partition.profile import Profile, profile_layers
+from runtime.train.profile import Profile, profile_layers
 from partition.spec import Activation, Loss, MLPSpec, parse_widths
 from partition.timing import LinkModel, StageCost
-from runtime.schedule import Schedule, ScheduleKind
-from runtime.schedule_gen import generate
-from runtime.simulate import simulate
+from partition.schedule.actions import Schedule, ScheduleKind
+from partition.schedule.generators import generate
+from partition.schedule.simulate import simulate
 
 ONE_STAGE_PER_RANK = (ScheduleKind.GPIPE, ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1)
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**plan.to_dict(), "method": name, "step_time": step, "bubble_fraction": bubble})
         print(f"{name:<13}{plan.describe():<24}{_si(plan.bottleneck):>12}{_si(step):>12}{bubble:>8.1%}"
               f"{format_bytes(max(plan.memory)):>12}  {'yes' if plan.fits else 'NO'}")
-    print("(bottleneck: slowest stage per microbatch incl. its links; step time and bubble: runtime.simulate)")
+    print("(bottleneck: slowest stage per microbatch incl. its links; step time and bubble: partition.schedule.simulate)")
     if a.json:
         Path(a.json).write_text(json.dumps({"widths": list(spec.widths), "schedule": kind.value, "microbatches": m,
                                             "microbatch": a.microbatch, "inflight": inflight, "deferred_w": deferred,

@@ -26,12 +26,12 @@ from pathlib import Path
 from _cli import run_main
 
 from partition.timing import LinkModel, StageCost
-from runtime.schedule import ScheduleKind, format_table
-from runtime.schedule_comms import insert_comms
-from runtime.schedule_gen import generate
-from runtime.simulate import SimResult, simulate
-from runtime.timeline import format_timeline
-from runtime.trace import write_chrome_trace, write_gantt_png
+from partition.schedule.actions import ScheduleKind, format_table
+from partition.schedule.comms import insert_comms
+from partition.schedule.generators import generate
+from partition.schedule.simulate import SimResult, simulate
+from partition.schedule.timeline import format_timeline
+from partition.schedule.trace import write_chrome_trace, write_gantt_png
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,9 +19,9 @@ import sys
 from _cli import run_main
 
 from partition.spec import MLPSpec, parse_widths
-from runtime.config import DTYPES, OptimizerKind, TrainConfig
-from runtime.schedule import ScheduleKind
-from runtime.stage import Engine
+from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
+from partition.schedule.actions import ScheduleKind
+from runtime.engine.stage import Engine
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +85,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, train, print the schedule, the measured vs predicted step time and the accuracy."""
-    from runtime.trainer import train
+    from runtime.train.trainer import train
 
     cfg = config_from_args(parse_args(argv))
     results = train(cfg, log=print)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime.bench_functions import FunctionsConfig, run_functions
-from runtime.bench_pipeline import PipelineBenchConfig, run_pipeline_bench
-from runtime.bench_sim import SimBenchConfig, run_sim_bench
-from runtime.bench_timing import Spread, Variant, measure, paired_ratio
-from runtime.bench_verdict import verdicts
+from runtime.bench.functions import FunctionsConfig, run_functions
+from runtime.bench.pipeline import PipelineBenchConfig, run_pipeline_bench
+from runtime.bench.sim import SimBenchConfig, run_sim_bench
+from runtime.bench.timing import Spread, Variant, measure, paired_ratio
+from runtime.bench.verdict import verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, str(ROOT / "scripts" / "bench.py")]

@@ -11,11 +11,11 @@ import pytest
 from partition.cost import DType, Optimizer, flop_times, layer_costs
 from partition.memory import training_memory
 from partition.spec import MLPSpec
-from runtime.compare import CompareConfig, compare
-from runtime.compare_plan import Setting, largest_fitting_batch, plan_candidates
-from runtime.compare_report import FILES, csv_text, markdown
-from runtime.compare_types import CandidateKind, LRRule
-from runtime.schedule import ScheduleKind
+from runtime.compare.harness import CompareConfig, compare
+from runtime.compare.plan import Setting, largest_fitting_batch, plan_candidates
+from runtime.compare.report import FILES, csv_text, markdown
+from runtime.compare.types import CandidateKind, LRRule
+from partition.schedule.actions import ScheduleKind
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "compare.py")]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from partition.cost import DType, LayerCost, Optimizer, as_dtype, as_optimizer, flop_times, layer_costs
-from partition.profile import Profile, profile_layers
+from runtime.train.profile import Profile, profile_layers
 from partition.spec import MLPSpec
 from partition.timing import StageCost
 

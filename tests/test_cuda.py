@@ -10,9 +10,9 @@ import torch
 
 from partition.spec import MLPSpec
 from runtime.comm import LocalTransport
-from runtime.pipeline import Pipeline, PipelineConfig
-from runtime.schedule import ScheduleKind
-from runtime.stage import Engine
+from runtime.engine.pipeline import Pipeline, PipelineConfig
+from partition.schedule.actions import ScheduleKind
+from runtime.engine.stage import Engine
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 from partition.spec import Activation, Loss, MLPSpec
-from runtime.functions import L2Fn, LossFn, activation, l2_term, linear
-from runtime.model import PipeModel, loss_term
-from runtime.wgrad import WeightGradStore
+from runtime.ops.functions import L2Fn, LossFn, activation, l2_term, linear
+from runtime.ops.model import PipeModel, loss_term
+from runtime.ops.wgrad import WeightGradStore
 
 F64 = torch.float64
 

@@ -155,7 +155,7 @@ def test_memory_matches_bytes_saved_by_torch_autograd_squared_error(widths, bias
 @pytest.mark.parametrize("widths,bias,batch,dtype", CASES)
 @pytest.mark.parametrize("loss", ["cross-entropy", "squared-error"])
 def test_memory_matches_runtime_saved_bytes(widths, bias, batch, dtype, loss):
-    model_mod = pytest.importorskip("runtime.model")
+    model_mod = pytest.importorskip("runtime.ops.model")
     spec = MLPSpec(widths, bias=bias, l2=0.01, loss=loss)
     model = model_mod.PipeModel.from_spec(spec, seed=0, dtype=TORCH_DTYPES[dtype])
     x, y = torch.randn(batch, widths[0], dtype=TORCH_DTYPES[dtype]), torch.randint(0, widths[-1], (batch,))
@@ -166,8 +166,8 @@ def test_memory_matches_runtime_saved_bytes(widths, bias, batch, dtype, loss):
 
 @pytest.mark.parametrize("start,stop", [(0, 2), (1, 3), (2, 4), (0, 4), (3, 4)])
 def test_stage_memory_matches_runtime_stage_saved_and_deferred_bytes(start, stop):
-    model_mod = pytest.importorskip("runtime.model")
-    wgrad = pytest.importorskip("runtime.wgrad")
+    model_mod = pytest.importorskip("runtime.ops.model")
+    wgrad = pytest.importorskip("runtime.ops.wgrad")
     spec = MLPSpec((6, 9, 4, 7, 3), activation="sigmoid", loss="squared-error")
     model = model_mod.PipeModel.from_spec(spec, seed=1, dtype=torch.float32)
     batch, store = 5, wgrad.WeightGradStore()
@@ -196,8 +196,8 @@ def test_stage_memory_matches_runtime_stage_saved_and_deferred_bytes(start, stop
 
 def cuda_peak_vs_model(dtype):
     """(measured, predicted) peak bytes of a whole-model stage: 8 microbatches in flight (GPipe), Adam."""
-    import runtime.model as model_mod
-    import runtime.wgrad as wgrad
+    import runtime.ops.model as model_mod
+    import runtime.ops.wgrad as wgrad
 
     spec, batch, inflight = MLPSpec((2048, 8192, 8192, 8192, 2048)), 256, 8
     torch.cuda.empty_cache()
@@ -236,13 +236,13 @@ def cuda_peak_vs_model(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_stage_memory_within_5_percent_of_cuda_max_memory_allocated(dtype):
-    pytest.importorskip("runtime.model")
+    pytest.importorskip("runtime.ops.model")
     measured, predicted = cuda_peak_vs_model(dtype)
     assert abs(measured - predicted) <= 0.05 * predicted, (measured, predicted)
 
 
 def test_cold_cache_profile_has_the_same_shape_and_positive_times():
-    from partition.profile import profile_layers
+    from runtime.train.profile import profile_layers
 
     spec = MLPSpec((8, 16, 4))
     hot = profile_layers(spec, 4, repeats=2, warmup=1)

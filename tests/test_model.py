@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from partition.spec import MLPSpec
-from runtime.model import PipeModel
+from runtime.ops.model import PipeModel
 
 
 def test_seeded_init_is_reproducible_and_dtype_independent():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.schedule import Action, Op, Schedule, ScheduleError, ScheduleKind, format_table, parse_table
-from runtime.schedule_comms import insert_comms
-from runtime.schedule_gen import generate
-from runtime.validate import validate
+from partition.schedule.actions import Action, Op, Schedule, ScheduleError, ScheduleKind, format_table, parse_table
+from partition.schedule.comms import insert_comms
+from partition.schedule.generators import generate
+from partition.schedule.validate import validate
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
 
@@ -197,7 +197,7 @@ def test_comms_only_between_ranks_and_insert_is_idempotent():
 
 
 def test_schedule_module_reexports_the_functions():
-    import runtime.schedule as schedule
+    import partition.schedule.actions as schedule
 
     assert schedule.generate is generate and schedule.insert_comms is insert_comms and schedule.validate is validate
     with pytest.raises(AttributeError):

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from partition.timing import LinkModel, StageCost
-from runtime.schedule import Action, Op, ScheduleError, ScheduleKind
-from runtime.schedule_comms import insert_comms
-from runtime.schedule_gen import generate
-from runtime.simulate import simulate
-from runtime.trace import TraceEvent, op_of, write_chrome_trace, write_gantt_png
+from partition.schedule.actions import Action, Op, ScheduleError, ScheduleKind
+from partition.schedule.comms import insert_comms
+from partition.schedule.generators import generate
+from partition.schedule.simulate import simulate
+from partition.schedule.trace import TraceEvent, op_of, write_chrome_trace, write_gantt_png
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = StageCost(1.0, 1.0, 1.0)
@@ -38,7 +38,7 @@ def test_gpipe_and_1f1b_bubble_is_the_closed_form(kind, cost):
 
 
 def test_interleaved_bubble_is_the_closed_form():
-    """(p-1)/(v*m + p-1): see runtime.schedule_gen._interleaved for the derivation."""
+    """(p-1)/(v*m + p-1): see partition.schedule.generators._interleaved for the derivation."""
     for cost in (UNIT, StageCost(2.0, 1.0, 0.5)):
         for p in range(1, 7):
             for v in (1, 2, 3):

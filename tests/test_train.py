@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from partition.spec import MLPSpec
-from runtime.config import TrainConfig
-from runtime.datasets import load_idx
-from runtime.pipeline import NonFiniteLoss
-from runtime.schedule import ScheduleKind
-from runtime.trainer import train
+from runtime.train.config import TrainConfig
+from runtime.train.datasets import load_idx
+from runtime.engine.pipeline import NonFiniteLoss
+from partition.schedule.actions import ScheduleKind
+from runtime.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]

@@ -1,0 +1,1 @@
+"""Benchmarks: pipegraph against plain autograd, gradient accumulation and torch.distributed.pipelining."""

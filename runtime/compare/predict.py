@@ -1,0 +1,192 @@
+"""Predicted step times: profiled layer costs plus the runtime's own per-action overhead, measured on a skeleton model.
+
+A candidate runs m microbatches of n samples through stages s (layer ranges); each action of stage s costs
+
+* P_s: the F, B and W seconds of the stage's layers for one microbatch, from ``runtime.train.profile`` (profiled once per
+  microbatch size, before any run), plus
+* O_s: what an action costs beyond its arithmetic (Python, autograd, the executor, the loss), measured on a skeleton
+  of the model: the same input and output widths, every hidden width 1, so that its layers cost next to nothing.
+  A few steps of a skeleton pipeline of the candidate's shape (schedule, stages, m), timed right before and right
+  after the candidate's run (averaged, or the smaller where they disagree: other work on a shared machine only adds
+  time), give its per-action times; O_s is those minus the skeleton's own profile. Work that grows with the width
+  of the activation crossing a stage boundary (the finite check of a stage's output, autograd's handling of its
+  gradient) is not in the skeleton, whose boundaries are 1 wide, so pipelines of wide layers come out a little low
+  (about 5-10% on CPU).
+
+Per step comes E: the skeleton step's remainder beyond its actions (loop, messages, optimizer calls), plus the
+optimizer's and the l2 term's work on the real parameter sizes (timed once, minus the same on the skeleton's).
+
+Which prediction is compared with which measurement: in one process every stage runs on this one device, one after
+another, so the compared prediction is sum_s m * (P_s + O_s) + E. Under torchrun (one process per device) it is the
+simulator's makespan with the costs P_s + O_s, plus E. The K-device prediction (the simulator, with E shared by the K
+devices) is reported for every candidate; in single-process emulation nothing measures it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from runtime.train.profile import profile_layers
+from partition.spec import MLPSpec
+from partition.timing import StageCost
+from runtime.comm import all_reduce_sum
+from runtime.compare.plan import uses_split_backward
+from runtime.compare.run import RunContext, build, step_inputs
+from runtime.compare.types import Candidate
+from runtime.train.config import TrainConfig
+from runtime.ops.functions import l2_term
+from runtime.train.measure import stage_costs
+from runtime.ops.model import init_parameters
+from partition.schedule.generators import generate
+from partition.schedule.simulate import simulate
+from partition.schedule.trace import TraceEvent
+from runtime.train.trainer import optimizer_factory
+
+AGREE = 1.2  # two calibrations within this ratio are averaged, else the smaller is kept
+
+
+def skeleton_spec(spec: MLPSpec) -> MLPSpec:
+    """The model with every hidden width 1: the same actions, data and loss, next to no arithmetic in the layers."""
+    widths = (spec.widths[0],) + (1,) * (spec.num_layers - 1) + (spec.widths[-1],)
+    return replace(spec, widths=widths)
+
+
+class Profiler:
+    """Per-layer F/B/W seconds of a model and of its skeleton, profiled once per microbatch size and kept."""
+
+    def __init__(self, spec: MLPSpec, ctx: RunContext, repeats: int = 20, warmup: int = 5) -> None:
+        self.spec, self.ctx, self.repeats, self.warmup = spec, ctx, repeats, warmup
+        self.seconds = 0.0
+        self._cache: dict[tuple[bool, int], tuple[StageCost, ...]] = {}
+
+    def layers(self, microbatch: int, skeleton: bool = False) -> tuple[StageCost, ...]:
+        """Per-layer costs for one microbatch of ``microbatch`` samples (averaged over the ranks under torchrun)."""
+        key = (skeleton, microbatch)
+        if key not in self._cache:
+            begin = time.perf_counter()
+            spec = skeleton_spec(self.spec) if skeleton else self.spec
+            layers = profile_layers(spec, microbatch, self.ctx.device, self.ctx.dtype, self.repeats, self.warmup,
+                                    self.ctx.seed).layers
+            if self.ctx.distributed:  # every rank must plan with the same numbers
+                table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))
+                ranks = float(all_reduce_sum(torch.ones(1, dtype=torch.float64))[0])
+                layers = tuple(StageCost(*(float(v) / ranks for v in row)) for row in table)
+            self._cache[key] = layers
+            self.seconds += time.perf_counter() - begin
+        return self._cache[key]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A skeleton pipeline of the candidate's shape: median per-action costs per stage and median step time."""
+
+    stage_costs: tuple[StageCost, ...]
+    step_time: float
+
+    def merge(self, other: Calibration) -> Calibration:
+        """Two calibrations of one shape combined figure by figure: their mean when they agree within 20%, else the
+        smaller (other work on a shared machine only adds time, so a disagreement marks a disturbed one)."""
+
+        def pick(a: float, b: float) -> float:
+            return (a + b) / 2 if max(a, b) <= AGREE * min(a, b) else min(a, b)
+
+        costs = tuple(StageCost(pick(a.f, b.f), pick(a.b, b.b), pick(a.w, b.w))
+                      for a, b in zip(self.stage_costs, other.stage_costs))
+        return Calibration(costs, pick(self.step_time, other.step_time))
+
+
+def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+              steps: int = 8) -> Calibration:
+    """Time ``steps`` steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand``.
+
+    Each step gathers its rows of ``x`` and ``y`` by the next slice of ``order``, as a training step does.
+    """
+    pipe = build(ctx, skeleton_spec(spec), replace(cand, lr=1e-9))
+    records, times = [], []
+    b = cand.minibatch
+    for i in range(steps + 2):
+        idx = order[(i * b) % (len(order) - b + 1) :][:b]
+        t0 = time.perf_counter()
+        xs, ys = step_inputs(pipe, x[idx], y[idx])
+        out = pipe.step(xs, ys, cand.minibatch, i, sync_timing=True)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+            records += out.records
+    costs = stage_costs(records, cand.num_stages)
+    if ctx.spans_processes(cand):  # each process timed only its own stages
+        table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
+        costs = [StageCost(*map(float, row)) for row in table]
+    return Calibration(tuple(costs), statistics.median(times))
+
+
+def parameter_work(spec: MLPSpec, ctx: RunContext, repeats: int = 20) -> float:
+    """Seconds of one optimizer step and l2 term over the real parameters, beyond the same on the skeleton's."""
+    return _parameter_seconds(spec, ctx, repeats) - _parameter_seconds(skeleton_spec(spec), ctx, repeats)
+
+
+def _parameter_seconds(spec: MLPSpec, ctx: RunContext, repeats: int) -> float:
+    params = []
+    for w, b in init_parameters(spec, ctx.seed):
+        params += [torch.nn.Parameter(t.to(ctx.device, ctx.torch_dtype)) for t in (w, b) if t is not None]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = optimizer_factory(TrainConfig(lr=1e-9, optimizer=ctx.optimizer, momentum=ctx.momentum))(params)
+    weights = [p for p in params if p.dim() == 2]
+    times = []
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        if spec.l2:  # as Stage.add_regularizer: the l2 term and its gradient, only when lambda > 0
+            l2_term(spec.l2, weights).backward()
+        opt.step()
+        if params[0].device.type == "cuda":
+            torch.cuda.synchronize(params[0].device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted step figures of one candidate (see the module docstring for what each is compared with)."""
+
+    step_time: float
+    basis: str
+    step_time_k: float
+    bubble_fraction: float
+    stage_costs: tuple[StageCost, ...]
+    step_overhead: float
+    timeline: tuple[TraceEvent, ...]
+
+
+def _sum(costs: tuple[StageCost, ...]) -> StageCost:
+    return StageCost(sum(c.f for c in costs), sum(c.b for c in costs), sum(c.w for c in costs))
+
+
+def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra: float, distributed: bool) -> Prediction:
+    """The candidate's predicted step time here, on K devices, and its K-device timeline."""
+    n, m = cand.microbatch_size, cand.microbatches
+    real, skel = profiler.layers(n), profiler.layers(n, skeleton=True)
+    sched = generate(cand.schedule, cand.num_ranks, m, cand.virtual)
+    split = uses_split_backward(sched)
+    costs = []
+    for (a, b), measured in zip(cand.ranges, calib.stage_costs):
+        p, q = _sum(real[a:b]), _sum(skel[a:b])
+        over_b = measured.b - q.b - (0.0 if split else q.w)
+        over_w = measured.w - q.w if split else 0.0
+        costs.append(StageCost(p.f + max(0.0, measured.f - q.f), p.b + max(0.0, over_b), p.w + max(0.0, over_w)))
+    sim = simulate(sched, costs)
+    if distributed:
+        accounted = simulate(sched, calib.stage_costs).makespan
+    else:
+        accounted = m * sum(c.total for c in calib.stage_costs)
+    extra = max(0.0, calib.step_time - accounted) + param_extra
+    serial = m * sum(c.total for c in costs)
+    here = sim.makespan + extra if distributed else serial + extra
+    basis = (f"{cand.num_ranks} devices, one process each (simulator)" if distributed and cand.num_ranks > 1
+             else "this one device, all stages in turn")
+    return Prediction(here, basis, sim.makespan + extra / cand.num_ranks, sim.bubble_fraction, tuple(costs), extra,
+                      tuple(sim.trace_events()))

@@ -1,0 +1,91 @@
+"""The experiment scheduler's vocabulary: candidate kinds, the learning-rate rule, and one candidate as data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+from partition.memory import MemoryReport
+from partition.plan import format_ranges
+from partition.schedule.actions import ScheduleKind
+
+
+class CandidateKind(Enum):
+    """How a candidate computes an optimizer step."""
+
+    PIPELINE = "pipeline"  # the global batch B in m microbatches through K stages on K devices
+    SINGLE = "single"  # one device, one minibatch b per step (b = B is plain training)
+    ACCUMULATION = "accumulation"  # one device, m microbatches of B/m accumulated into one step of B
+
+
+class LRRule(Enum):
+    """How the learning rate given for the global batch B changes for a minibatch b (Goyal et al., 2017 for linear)."""
+
+    LINEAR = "linear"  # lr * b / B
+    SQRT = "sqrt"  # lr * sqrt(b / B)
+    CONSTANT = "constant"  # lr unchanged
+
+    def scale(self, lr: float, batch: int, reference: int) -> float:
+        """The learning rate for minibatch ``batch`` when ``lr`` suits ``reference``."""
+        ratio = batch / reference
+        return {LRRule.LINEAR: lr * ratio, LRRule.SQRT: lr * math.sqrt(ratio), LRRule.CONSTANT: lr}[self]
+
+    def describe(self) -> str:
+        """The rule as a formula."""
+        return {LRRule.LINEAR: "lr(b) = lr * b / B (linear scaling rule)", LRRule.SQRT: "lr(b) = lr * sqrt(b / B)",
+                LRRule.CONSTANT: "lr(b) = lr (unchanged)"}[self]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to train: ``num_ranks`` devices running ``num_stages`` stages, ``microbatches`` per step of ``minibatch``.
+
+    ``memory_terms[r]`` is the memory model's peak on device r; ``reason`` is empty for a feasible candidate and
+    otherwise says why it cannot run (over the cap, or the schedule does not apply to this model).
+    """
+
+    id: str
+    label: str
+    kind: CandidateKind
+    schedule: ScheduleKind
+    num_stages: int
+    num_ranks: int
+    microbatches: int
+    minibatch: int
+    lr: float
+    virtual: int = 1
+    ranges: tuple[tuple[int, int], ...] = ()
+    memory_terms: tuple[MemoryReport, ...] = ()
+    reason: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        """Whether the candidate fits the cap and applies to the model."""
+        return not self.reason
+
+    @property
+    def planned(self) -> bool:
+        """Whether it has a plan (layer ranges), so that its step time can be predicted."""
+        return bool(self.ranges)
+
+    @property
+    def microbatch_size(self) -> int:
+        """Samples per microbatch."""
+        return self.minibatch // self.microbatches
+
+    @property
+    def memory_per_device(self) -> tuple[int, ...]:
+        """Predicted peak bytes per device."""
+        return tuple(r.total for r in self.memory_terms)
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (the prediction and measurement are added by the caller)."""
+        return {
+            "id": self.id, "label": self.label, "kind": self.kind.value, "schedule": self.schedule.value,
+            "stages": self.num_stages, "devices": self.num_ranks, "microbatches": self.microbatches,
+            "microbatch_size": self.microbatch_size, "minibatch": self.minibatch, "lr": self.lr, "virtual": self.virtual,
+            "ranges": format_ranges(self.ranges) if self.ranges else None, "feasible": self.feasible, "reason": self.reason,
+            "predicted_memory": [{**{name.replace(" ", "_"): v for name, v in r.rows()}, "total": r.total}
+                                 for r in self.memory_terms],
+        }

@@ -1,0 +1,178 @@
+"""A pipeline: the stages a process holds, their optimizers and the executor; one step = one schedule flush."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from partition.spec import MLPSpec
+from runtime.engine.executor import ActionRecord, Executor
+from runtime.ops.model import forward_layers, init_parameters
+from partition.schedule.actions import Schedule, ScheduleKind
+from partition.schedule.transforms import defer_all_w
+from partition.schedule.generators import generate
+from runtime.engine.stage import Engine, Stage
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss of a step was NaN or infinite; names the step and the first stage whose outputs were."""
+
+    def __init__(self, step: int, stage: int) -> None:
+        super().__init__(f"non-finite loss at step {step}, first seen on stage {stage}; parameters were not updated")
+        self.step = step
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that fixes the math and the placement of a pipeline."""
+
+    spec: MLPSpec
+    ranges: tuple[tuple[int, int], ...]
+    schedule: ScheduleKind
+    microbatches: int
+    devices: tuple[str, ...]
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+    virtual: int = 1
+    fuse_w: bool = True
+    defer_w: bool = False
+    engine: Engine = Engine.AUTOGRAD
+
+    @property
+    def num_stages(self) -> int:
+        """Number of stages (layer ranges)."""
+        return len(self.ranges)
+
+    @property
+    def stages_per_rank(self) -> int:
+        """How many stages each rank holds: v for interleaving, 2 for the V-shaped zero-bubble schedule."""
+        if self.schedule is ScheduleKind.INTERLEAVED_1F1B:
+            return self.virtual
+        if self.schedule.value == "zb-v":
+            return 2
+        return 1
+
+    @property
+    def num_ranks(self) -> int:
+        """Number of pipeline ranks the schedule runs on."""
+        return self.num_stages // self.stages_per_rank
+
+    def build_schedule(self) -> Schedule:
+        """The compute schedule, checked against the stage count."""
+        per = self.stages_per_rank
+        if self.num_stages % per:
+            raise ValueError(f"stages: {self.schedule.value} puts {per} stages on each rank; {self.num_stages} is not a multiple")
+        sched = generate(self.schedule, self.num_ranks, self.microbatches, self.virtual)
+        if sched.num_stages != self.num_stages:
+            raise ValueError(f"stages: {self.schedule.value} on {self.num_ranks} ranks has {sched.num_stages} stages, "
+                             f"the plan has {self.num_stages}")
+        return defer_all_w(sched) if self.defer_w else sched
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """A step's loss sum over microbatches (J's data term L), correct predictions and timings (this process)."""
+
+    loss: float | None
+    correct: int | None
+    records: list[ActionRecord]
+
+
+class Pipeline:
+    """Builds the stages of ``ranks`` (all ranks: single-process emulation), their optimizers and the executor."""
+
+    def __init__(
+        self, cfg: PipelineConfig, make_optimizer: OptimizerFactory, transport: object, ranks: Sequence[int] | None = None,
+        init: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    ) -> None:
+        """``init``: every layer's (W, b) to start from (default: ``init_parameters(spec, seed)``, drawn here)."""
+        if len(cfg.devices) != cfg.num_stages:
+            raise ValueError(f"devices: need one device per stage ({cfg.num_stages}), got {len(cfg.devices)}")
+        self.cfg = cfg
+        self.schedule = cfg.build_schedule()
+        self.ranks = list(range(self.schedule.num_ranks)) if ranks is None else list(ranks)
+        if init is None:
+            init = init_parameters(cfg.spec, cfg.seed)
+        elif len(init) != cfg.spec.num_layers:
+            raise ValueError(f"init: expected {cfg.spec.num_layers} layers of parameters, got {len(init)}")
+        self.stages: dict[int, Stage] = {}
+        for s, (start, stop) in enumerate(cfg.ranges):
+            if self.schedule.placement[s] not in self.ranks:
+                continue
+            dev = torch.device(cfg.devices[s])
+            params = [
+                (
+                    torch.nn.Parameter(w.to(dev, cfg.dtype)),
+                    None if b is None else torch.nn.Parameter(b.to(dev, cfg.dtype)),
+                )
+                for w, b in init[start:stop]
+            ]
+            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine)
+        self.optimizers = {s: make_optimizer(st.parameters()) for s, st in self.stages.items()}
+        self.executor = Executor(self.schedule, self.stages, transport, self.ranks, fuse_w=cfg.fuse_w)
+        self.first = self.stages.get(0)
+        self.last = self.stages.get(cfg.num_stages - 1)
+
+    def step(self, x: torch.Tensor | None, y: torch.Tensor | None, batch: int, step_index: int = 0, sync_timing: bool = False,
+             check: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutput:
+        """One optimizer step over ``batch`` rows split into the configured microbatches.
+
+        ``x`` is needed where this process holds stage 0, ``y`` where it holds the last stage.
+        ``check`` turns the per-stage non-finite flags into global ones (an all-reduce under torchrun).
+        """
+        m = self.cfg.microbatches
+        if batch % m:
+            raise ValueError(f"microbatches: {m} microbatches do not divide a batch of {batch} rows")
+        rows = batch // m
+        for name, t in (("x", x), ("y", y)):
+            if t is not None and t.shape[0] != batch:
+                raise ValueError(f"batch: {name} has {t.shape[0]} rows, the step was asked for {batch}")
+        inputs = {}
+        targets = {}
+        if self.first is not None:
+            inputs = dict(enumerate(x.to(self.first.device, self.cfg.dtype).split(rows)))
+        if self.last is not None:
+            y = y.to(self.last.device)
+            if y.is_floating_point():
+                y = y.to(self.cfg.dtype)
+            targets = dict(enumerate(y.split(rows)))
+        for st in self.stages.values():
+            st.zero_grad()
+        result = self.executor.run_step(inputs, targets, float(batch), rows, sync_timing)
+        for st in self.stages.values():
+            st.add_regularizer()
+        flags = torch.zeros(self.cfg.num_stages, dtype=torch.float64)
+        for s, st in self.stages.items():
+            flags[s] = 0.0 if bool(st.finite) else 1.0
+        if check is not None:
+            flags = check(flags)
+        bad = [s for s in range(self.cfg.num_stages) if flags[s] > 0]
+        if bad:
+            raise NonFiniteLoss(step_index, bad[0])
+        for opt in self.optimizers.values():
+            opt.step()
+        loss = correct = None
+        if self.last is not None:
+            loss = float(result.loss)
+            correct = int(self.last.correct)
+        return StepOutput(loss, correct, result.records)
+
+    def layer_parameters(self) -> dict[int, list[torch.Tensor]]:
+        """Stage index -> its parameters (weights and biases in layer order)."""
+        return {s: st.parameters() for s, st in self.stages.items()}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs o for ``x`` through every stage (single-process only: needs all stages)."""
+        if len(self.stages) != self.cfg.num_stages:
+            raise RuntimeError("predict: needs every stage in this process")
+        h = x
+        for s in range(self.cfg.num_stages):
+            st = self.stages[s]
+            h = forward_layers(self.cfg.spec, st.params, h.to(st.device, self.cfg.dtype), st.start)
+        return h

@@ -1,0 +1,1 @@
+"""The chapter's operators: its equations, the hand-derived autograd Functions, deferred weight gradients, the model."""

@@ -1,0 +1,1 @@
+"""Training, the main job: configuration, trainer, checkpoints, datasets, profiling and step measurement."""

@@ -1,0 +1,88 @@
+"""Training configuration: one frozen dataclass, checked before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from partition.spec import MLPSpec
+from partition.schedule.actions import ScheduleKind
+from runtime.engine.stage import Engine
+
+
+class OptimizerKind(Enum):
+    """Per-stage optimizer."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``float32`` etc. to a torch dtype; ValueError names the field."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype: unknown {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: the model, data, optimizer, and the pipeline that runs it."""
+
+    spec: MLPSpec = field(default_factory=lambda: MLPSpec((64, 128, 128, 128, 10)))
+    dataset: str = "digits"
+    samples: int = 4096
+    batch_size: int = 64
+    lr: float = 0.1
+    optimizer: OptimizerKind = OptimizerKind.SGD
+    momentum: float = 0.9
+    epochs: int = 20
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    stages: int = 1
+    schedule: ScheduleKind = ScheduleKind.ONE_F_ONE_B
+    microbatches: int = 1
+    virtual: int = 1
+    partition: str = "uniform"
+    devices: str | None = None
+    trace: str | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    json: str | None = None
+    progress: bool = True
+    timeout: float = 60.0
+    fuse_w: bool = True
+    defer_w: bool = False
+    engine: Engine = Engine.AUTOGRAD
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "batch-size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.stages >= 1, "stages", "must be >= 1"),
+            (self.microbatches >= 1, "microbatches", "must be >= 1"),
+            (self.virtual >= 1, "virtual", "must be >= 1"),
+            (self.timeout > 0, "timeout", "must be > 0 seconds"),
+            (self.samples >= 2, "samples", "must be >= 2"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise ValueError(f"{name}: {why}, got {getattr(self, name.replace('-', '_'))!r}")
+        if self.batch_size % self.microbatches:
+            raise ValueError(f"microbatches: {self.microbatches} microbatches do not divide --batch-size {self.batch_size}")
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError("resume: needs --checkpoint-dir")
+        parse_dtype(self.dtype)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The compute dtype."""
+        return parse_dtype(self.dtype)

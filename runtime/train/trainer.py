@@ -1,0 +1,226 @@
+"""Training: data, per-stage optimizers, one schedule flush per step, metrics, checkpoints, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+
+import torch
+
+from runtime.train import checkpoint as ckpt
+from runtime.comm import (
+    Backend,
+    DistTransport,
+    LocalTransport,
+    all_reduce_sum,
+    barrier,
+    init_world,
+    launched_by_torchrun,
+    shutdown,
+)
+from runtime.train.config import OptimizerKind, TrainConfig
+from runtime.train.datasets import Dataset, load_dataset
+from runtime.train.measure import step_figures
+from runtime.ops.model import forward_layers
+from runtime.engine.pipeline import Pipeline, PipelineConfig
+from runtime.train.layout import check_device, resolve_devices, resolve_ranges
+from runtime.train.progress import ProgressBar
+from partition.schedule.actions import format_table
+
+
+def optimizer_factory(cfg: TrainConfig) -> Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]:
+    """Build the per-stage optimizer the config names."""
+    if cfg.optimizer is OptimizerKind.ADAM:
+        return lambda params: torch.optim.Adam(params, lr=cfg.lr)
+    return lambda params: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def build_pipeline(cfg: TrainConfig) -> tuple[Pipeline, bool]:
+    """The pipeline for this process: every stage (single process) or this rank's stages (torchrun)."""
+    ranges = resolve_ranges(cfg.spec, cfg.stages, cfg.partition, cfg.batch_size // cfg.microbatches)
+    distributed = launched_by_torchrun()
+    if not distributed:
+        devices = resolve_devices(cfg.device, cfg.devices, cfg.stages)
+        pcfg = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, devices, cfg.torch_dtype, cfg.seed,
+                              cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
+        pcfg.build_schedule()
+        return Pipeline(pcfg, optimizer_factory(cfg), LocalTransport()), False
+    backend = Backend.NCCL if cfg.device.startswith("cuda") else Backend.GLOO
+    if cfg.devices or cfg.device not in ("cpu", "cuda"):
+        raise ValueError("device: under torchrun each process takes cuda:LOCAL_RANK (--device cuda) or the CPU "
+                         "(--device cpu); --devices and explicit indices are for single-process runs")
+    if backend is Backend.NCCL:
+        check_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    probe = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, ("cpu",) * cfg.stages, cfg.torch_dtype,
+                           cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
+    probe.build_schedule()
+    world = init_world(backend, cfg.timeout)
+    if world.world_size != probe.num_ranks:
+        raise ValueError(f"stages: {cfg.stages} stages of {cfg.schedule.value} need {probe.num_ranks} processes, "
+                         f"torchrun started {world.world_size}")
+    dev = f"cuda:{world.local_rank}" if backend is Backend.NCCL else "cpu"
+    pcfg = replace(probe, devices=(dev,) * cfg.stages)
+    return Pipeline(pcfg, optimizer_factory(cfg), DistTransport(backend, cfg.timeout), [world.rank]), True
+
+
+def gather_layers(pipe: Pipeline, distributed: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every layer's (W, b) on the CPU, summed in from the ranks that own them under torchrun."""
+    spec = pipe.cfg.spec
+    out = []
+    for layer in range(spec.num_layers):
+        rows, cols = spec.layer_shape(layer)
+        w = torch.zeros(rows, cols, dtype=torch.float64)
+        b = torch.zeros(rows, dtype=torch.float64) if spec.bias else None
+        out.append((w, b))
+    for st in pipe.stages.values():
+        for offset, (w, b) in enumerate(st.params):
+            out[st.start + offset][0].copy_(w.detach())
+            if b is not None:
+                out[st.start + offset][1].copy_(b.detach())
+    if distributed:
+        out = [(all_reduce_sum(w), None if b is None else all_reduce_sum(b)) for w, b in out]
+    return out
+
+
+def evaluate(pipe: Pipeline, data: Dataset, distributed: bool) -> float:
+    """Test accuracy of the current parameters (the whole model, float64, on the CPU)."""
+    layers = gather_layers(pipe, distributed)
+    with torch.no_grad():
+        o = forward_layers(pipe.cfg.spec, layers, data.x_test, 0)
+    return float((o.argmax(1) == data.y_test).double().mean())
+
+
+def fingerprint(cfg: TrainConfig, pipe: Pipeline) -> dict:
+    """What must not change between a run and its resumption (else the continuation would not be exact)."""
+    return {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias,
+            "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "samples": cfg.samples,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "optimizer": cfg.optimizer.value, "momentum": cfg.momentum, "seed": cfg.seed,
+            "dtype": cfg.dtype, "plan": [list(r) for r in pipe.cfg.ranges]}
+
+
+def _restore(cfg: TrainConfig, pipe: Pipeline) -> tuple[int, list[dict]]:
+    """Load the last complete checkpoint when resuming: (epochs done, history so far)."""
+    meta = ckpt.read_meta(cfg.checkpoint_dir) if cfg.resume else None
+    if meta is None:
+        return 0, []
+    saved, now = meta.get("fingerprint", {}), fingerprint(cfg, pipe)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError("resume: the checkpoint was written with other settings: "
+                         + ", ".join(f"{k} {saved[k]} (now {now[k]})" for k in changed))
+    for s, st in pipe.stages.items():
+        ckpt.restore(st.parameters(), pipe.optimizers[s], ckpt.load_stage(cfg.checkpoint_dir, s, meta["epoch"]))
+    return int(meta["epoch"]), list(meta.get("history", []))
+
+
+def _save(cfg: TrainConfig, pipe: Pipeline, epoch: int, history: list[dict], distributed: bool) -> None:
+    """Write every held stage, wait for all ranks, then (one writer) the metadata that makes it complete."""
+    for s, st in pipe.stages.items():
+        ckpt.save_stage(cfg.checkpoint_dir, s, epoch, st.parameters(), pipe.optimizers[s].state_dict())
+    barrier()
+    if pipe.last is not None:
+        ckpt.write_meta(cfg.checkpoint_dir, {"epoch": epoch, "history": history, "stages": cfg.stages,
+                                             "fingerprint": fingerprint(cfg, pipe)})
+    barrier()
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train as configured; returns the results (also written to ``cfg.json`` by the last stage's process)."""
+    data = load_dataset(cfg.dataset, cfg.spec, cfg.seed, cfg.samples)
+    n = data.x_train.shape[0]
+    if n < cfg.batch_size:
+        raise ValueError(f"batch-size: {cfg.batch_size} is larger than the {n} training samples")
+    pipe, distributed = build_pipeline(cfg)
+    reporter = pipe.last is not None
+    check = all_reduce_sum if distributed else None
+    start_epoch, history = _restore(cfg, pipe)
+    if start_epoch >= cfg.epochs:
+        raise ValueError(f"resume: the checkpoint in {cfg.checkpoint_dir} is already at epoch {start_epoch} of "
+                         f"--epochs {cfg.epochs}; ask for more epochs to continue")
+    steps_per_epoch = n // cfg.batch_size
+    bar = ProgressBar((cfg.epochs - start_epoch) * steps_per_epoch, "train", cfg.progress and reporter)
+    step_times: list[float] = []
+    records = []
+    step = start_epoch * steps_per_epoch
+    fault = planned_fault(pipe.ranks)
+    for epoch in range(start_epoch, cfg.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        losses, correct, t_epoch = [], 0, time.perf_counter()
+        for k in range(steps_per_epoch):
+            idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+            traced = epoch == cfg.epochs - 1 and k == steps_per_epoch - 1
+            if fault is not None and fault[1] == step:
+                inject_fault(fault[2])
+            t0 = time.perf_counter()
+            out = pipe.step(data.x_train[idx], data.y_train[idx], cfg.batch_size, step, traced, check)
+            step_times.append(time.perf_counter() - t0)
+            if traced:
+                records = out.records
+            step += 1
+            if reporter:
+                losses.append(out.loss)
+                correct += out.correct
+            bar.update(1, f"epoch {epoch + 1} loss {losses[-1]:.4f}" if losses else "")
+        elapsed = time.perf_counter() - t_epoch
+        acc = evaluate(pipe, data, distributed)
+        entry = {"epoch": epoch + 1, "train_loss": statistics.fmean(losses) if losses else None,
+                 "train_accuracy": correct / (steps_per_epoch * cfg.batch_size) if reporter else None,
+                 "test_accuracy": acc, "seconds": elapsed, "samples_per_second": steps_per_epoch * cfg.batch_size / elapsed,
+                 "step_losses": losses if reporter else []}
+        history.append(entry)
+        if cfg.checkpoint_dir:
+            _save(cfg, pipe, epoch + 1, history, distributed)
+    bar.close()
+    figures = step_figures(pipe, records, step_times, cfg, distributed)
+    results = {
+        "config": {**asdict(cfg), "spec": {**asdict(cfg.spec), "activation": cfg.spec.activation.value,
+                                            "loss": cfg.spec.loss.value}, "optimizer": cfg.optimizer.value,
+                   "schedule": cfg.schedule.value, "engine": cfg.engine.value},
+        "mode": "torchrun" if distributed else "single-process",
+        "reporter": reporter,
+        "num_ranks": pipe.schedule.num_ranks,
+        "schedule_table": format_table(pipe.schedule),
+        "plan": [list(r) for r in pipe.cfg.ranges],
+        "devices": list(pipe.cfg.devices),
+        "epochs": history,
+        "train_loss": [h["train_loss"] for h in history],
+        "step_losses": [loss for h in history for loss in h.get("step_losses", [])],
+        "optimizer_steps": step,
+        "test_accuracy": [h["test_accuracy"] for h in history],
+        "samples_per_second": statistics.median(h["samples_per_second"] for h in history) if history else None,
+        "peak_memory_bytes": _peak_memory(pipe),
+        **figures,
+    }
+    if reporter and cfg.json:
+        ckpt.write_json(cfg.json, results)
+    if distributed:  # leave the group together: tearing gloo down at interpreter exit can abort the process
+        barrier()
+        shutdown()
+    return results
+
+
+def planned_fault(ranks: list[int]) -> tuple[int, int, str] | None:
+    """Fault injection for tests: PIPEGRAPH_FAULT=RANK:STEP:kill|raise makes that rank fail at that step."""
+    text = os.environ.get("PIPEGRAPH_FAULT")
+    if not text:
+        return None
+    rank, step, mode = text.split(":")
+    return (int(rank), int(step), mode) if int(rank) in ranks and len(ranks) == 1 else None
+
+
+def inject_fault(mode: str) -> None:
+    """Die the way PIPEGRAPH_FAULT asked: SIGKILL (no goodbye) or an exception."""
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError("injected fault (PIPEGRAPH_FAULT)")
+
+
+def _peak_memory(pipe: Pipeline) -> int | None:
+    """Peak CUDA memory allocated on this process's GPUs (None on CPU)."""
+    devs = {st.device for st in pipe.stages.values() if st.device.type == "cuda"}
+    return sum(torch.cuda.max_memory_allocated(d) for d in devs) if devs else None
