@@ -21,16 +21,11 @@ coincide (always, without a B/W split) and an upper bound otherwise. This module
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from types import MappingProxyType
 
 from partition.cost import DType, Optimizer, as_dtype, layer_costs
 from partition.spec import MLPSpec
-
-UNITS = MappingProxyType({"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-                          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
 
 @dataclass(frozen=True)
@@ -157,25 +152,6 @@ def plan_memory(
                          f"got {len(inflight)} and {len(deferred_w)}")
     layers = layer_memory(spec, microbatch, dtype, optimizer)
     return tuple(layers.stage(a, b, i, d) for (a, b), i, d in zip(ranges, inflight, deferred_w))
-
-
-def parse_bytes(text: str) -> int:
-    """``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``"1000"`` as a number of bytes; ValueError otherwise."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in UNITS:
-        raise ValueError(f"memory size: expected a number with an optional unit like 2GiB, 512MiB, 1.5GB, got {text!r}")
-    return int(float(match.group(1)) * UNITS[unit])
-
-
-def format_bytes(nbytes: float) -> str:
-    """Bytes in binary units with three significant digits: ``"1.5 GiB"``, ``"12.3 KiB"``, ``"512 B"``."""
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _check_count(value: int, field: str) -> None:

@@ -21,11 +21,12 @@ import numpy as np
 
 from partition.baselines import by_parameters, time_blocks, uniform
 from partition.cost import DType, Optimizer, flop_times, layer_costs
-from partition.memory import LayerMemory, format_bytes, layer_memory
+from partition.memory import LayerMemory, layer_memory
 from partition.minmax import minmax_partition
 from partition.plan import Method, Plan, Ranges, format_ranges, parse_ranges
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
+from partition.units import format_bytes
 
 __all__ = ["Method", "Plan", "Problem", "parse_ranges", "partition", "plan_for", "plan_ranges", "problem_for", "smallest_cap"]
 

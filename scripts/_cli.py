@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The repository root goes first, always: scripts/partition.py must not shadow the `partition` package.
-if str(ROOT) in sys.path:
-    sys.path.remove(str(ROOT))
-sys.path.insert(0, str(ROOT))
+# The repository root goes on the path, so that the scripts also run from a checkout that was not installed.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def run_main(main: Callable[[], int | None], prog: str) -> None:

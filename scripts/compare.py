@@ -23,11 +23,11 @@ import sys
 
 from _cli import run_main
 
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
 from runtime.compare.harness import QUICK, CompareConfig, compare, regenerate
 from runtime.compare.types import LRRule
 from runtime.train.config import DTYPES, OptimizerKind
-from partition.schedule.actions import ScheduleKind
 
 
 def _ints(text: str) -> tuple[int, ...]:

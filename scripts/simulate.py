@@ -25,13 +25,13 @@ from pathlib import Path
 
 from _cli import run_main
 
-from partition.timing import LinkModel, StageCost
 from partition.schedule.actions import ScheduleKind, format_table
 from partition.schedule.comms import insert_comms
 from partition.schedule.generators import generate
 from partition.schedule.simulate import SimResult, simulate
 from partition.schedule.timeline import format_timeline
 from partition.schedule.trace import write_chrome_trace, write_gantt_png
+from partition.timing import LinkModel, StageCost
 
 
 class _Parser(argparse.ArgumentParser):

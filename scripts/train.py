@@ -18,10 +18,10 @@ import sys
 
 from _cli import run_main
 
-from partition.spec import MLPSpec, parse_widths
-from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
 from partition.schedule.actions import ScheduleKind
+from partition.spec import MLPSpec, parse_widths
 from runtime.engine.stage import Engine
+from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from partition.schedule.replay import paused_gc, replay
-from partition.schedule.actions import Action, Op, Schedule
+from partition.schedule.actions import Action, Op, Schedule, paused_gc
 from partition.schedule.encoding import BW, F, W, encode
+from partition.schedule.replay import replay
 from partition.schedule.validate import validate
 
 

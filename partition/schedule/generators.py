@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from partition.schedule.replay import paused_gc
-from partition.schedule.actions import Action, Op, Schedule, ScheduleKind
+from partition.schedule.actions import Action, Op, Schedule, ScheduleKind, paused_gc
 from partition.schedule.zero_bubble import zb_h1_lists, zb_v_lists
 
 

@@ -12,9 +12,7 @@ Linear time: a rank advances until an input is missing and is woken by that inpu
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,22 +47,6 @@ class Replay:
     def finished(self, enc: Encoded) -> bool:
         """True when every rank ran its whole list."""
         return all(i == len(row) for i, row in zip(self.ptr, enc.codes))
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building ~10^5 small objects that hold no cycles.
-
-    Allocation bursts otherwise trigger collections that rescan the whole growing heap: with p=64 and m=512 that
-    more than doubles the time of generate, insert_comms or simulate. Also usable as a decorator.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def replay(

@@ -12,12 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from partition.timing import LinkModel, StageCost
-from partition.schedule.replay import TimedAction, paused_gc, replay
-from partition.schedule.actions import Action, Schedule, ScheduleError
+from partition.schedule.actions import Action, Schedule, ScheduleError, paused_gc
 from partition.schedule.encoding import encode
+from partition.schedule.replay import TimedAction, replay
 from partition.schedule.trace import TraceEvent
 from partition.schedule.validate import validate
+from partition.timing import LinkModel, StageCost
 
 FREE_LINK = LinkModel()  # transfers take no time (a frozen value, shared safely)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from partition.schedule.replay import Replay, paused_gc, replay
-from partition.schedule.actions import Action, Op, Schedule, ScheduleError
+from partition.schedule.actions import Action, Op, Schedule, ScheduleError, paused_gc
 from partition.schedule.encoding import RECV_B, RECV_F, SEND_B, SEND_F, Encoded, F, W, encode
+from partition.schedule.replay import Replay, replay
 
 
 @paused_gc()

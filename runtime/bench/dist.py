@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 import torch
 
+from partition.schedule.actions import ScheduleKind
 from runtime.bench.flops import describe_rate, device_peak, step_flops, throughput
 from runtime.bench.models import (
     bench_spec,
@@ -31,7 +32,6 @@ from runtime.bench.timing import Measured, Variant, measure, speedup_json
 from runtime.comm import Backend, DistTransport, WorldInfo, all_reduce_sum, barrier, init_world
 from runtime.engine.pipeline import Pipeline
 from runtime.train.layout import resolve_ranges
-from partition.schedule.actions import ScheduleKind
 
 DistPeerBuilder = Callable[..., Callable[[torch.Tensor | None, torch.Tensor | None], object]]
 PAIRED = MappingProxyType({ScheduleKind.GPIPE: "gpipe"})  # everything else is paired with the peer's 1f1b

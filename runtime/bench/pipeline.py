@@ -20,6 +20,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.bench.flops import describe_rate, device_peak, step_flops, throughput
 from runtime.bench.models import (
@@ -38,9 +39,8 @@ from runtime.bench.report import dtype_name, machine, ms, ratio, table
 from runtime.bench.timing import Measured, Variant, measure, release_memory, speedup_json
 from runtime.comm import LocalTransport
 from runtime.engine.pipeline import Pipeline, PipelineConfig
-from runtime.train.layout import resolve_ranges
-from partition.schedule.actions import ScheduleKind
 from runtime.engine.stage import Engine
+from runtime.train.layout import resolve_ranges
 
 PeerRun = Callable[[torch.Tensor, torch.Tensor], object]
 PeerBuilder = Callable[[list[nn.Module], int, LossFn, torch.device], PeerRun]

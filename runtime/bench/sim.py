@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime.train.profile import profile_layers
+from partition.schedule.actions import Op, ScheduleKind
+from partition.schedule.simulate import SimResult, simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
 from runtime.bench.dist import join_world, measure_world
@@ -26,11 +27,10 @@ from runtime.bench.pipeline import DEFAULT_SCHEDULES, OurSchedule, pipeline_conf
 from runtime.bench.report import dtype_name, machine, ms, table
 from runtime.bench.timing import Measured, Variant, measure
 from runtime.comm import Backend, DistTransport, LocalTransport, Message, WorldInfo, all_reduce_sum, launched_by_torchrun
-from runtime.train.measure import stage_costs as measured_stage_costs
 from runtime.engine.pipeline import Pipeline
 from runtime.train.layout import resolve_ranges
-from partition.schedule.actions import Op, ScheduleKind
-from partition.schedule.simulate import SimResult, simulate
+from runtime.train.measure import stage_costs as measured_stage_costs
+from runtime.train.profile import profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
 

@@ -20,8 +20,10 @@ from types import MappingProxyType
 import torch
 
 from partition.cost import Optimizer, as_dtype
-from partition.memory import parse_bytes, training_memory
+from partition.memory import training_memory
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
+from partition.units import parse_bytes
 from runtime.comm import Backend, barrier, init_world, launched_by_torchrun
 from runtime.compare.memory import METHOD, measure_memory
 from runtime.compare.plan import Setting, plan_candidates
@@ -34,7 +36,6 @@ from runtime.compare.types import Candidate, LRRule
 from runtime.train.config import OptimizerKind
 from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.progress import ProgressBar
-from partition.schedule.actions import ScheduleKind
 
 AUTO_CAP = 0.95  # "auto": this share of what one device needs for the full batch B, so that B alone does not fit
 QUICK = MappingProxyType({"epochs": 30, "profile_repeats": 10, "calibration_steps": 6})

@@ -14,15 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 from partition.cost import DType, Optimizer
-from partition.memory import MemoryReport, format_bytes, stage_memory, training_memory
+from partition.memory import MemoryReport, stage_memory, training_memory
 from partition.partitioner import plan_for
 from partition.plan import Method, format_ranges
-from partition.spec import MLPSpec
-from partition.timing import StageCost
-from runtime.compare.types import Candidate, CandidateKind, LRRule
 from partition.schedule.actions import Op, Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
+from partition.spec import MLPSpec
+from partition.timing import StageCost
+from partition.units import format_bytes
+from runtime.compare.types import Candidate, CandidateKind, LRRule
 
 LayerTimes = Callable[[int], Sequence[StageCost]]  # microbatch size -> per-layer F/B/W seconds
 

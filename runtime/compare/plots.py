@@ -6,8 +6,8 @@ import itertools
 from pathlib import Path
 from types import MappingProxyType
 
-from runtime.compare.types import CandidateKind
 from partition.schedule.trace import TraceEvent, write_gantt_png
+from runtime.compare.types import CandidateKind
 
 FIGURES = MappingProxyType({
     "loss-vs-samples.png": "training loss vs samples seen",

@@ -30,20 +30,20 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from runtime.train.profile import profile_layers
+from partition.schedule.generators import generate
+from partition.schedule.simulate import simulate
+from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
 from partition.timing import StageCost
 from runtime.comm import all_reduce_sum
 from runtime.compare.plan import uses_split_backward
 from runtime.compare.run import RunContext, build, step_inputs
 from runtime.compare.types import Candidate
-from runtime.train.config import TrainConfig
 from runtime.ops.functions import l2_term
-from runtime.train.measure import stage_costs
 from runtime.ops.model import init_parameters
-from partition.schedule.generators import generate
-from partition.schedule.simulate import simulate
-from partition.schedule.trace import TraceEvent
+from runtime.train.config import TrainConfig
+from runtime.train.measure import stage_costs
+from runtime.train.profile import profile_layers
 from runtime.train.trainer import optimizer_factory
 
 AGREE = 1.2  # two calibrations within this ratio are averaged, else the smaller is kept

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from partition.memory import format_bytes
+from partition.units import format_bytes
 from runtime.compare.types import CandidateKind
 
 PIPELINE = CandidateKind.PIPELINE.value  # candidates arrive as JSON entries: kinds by value

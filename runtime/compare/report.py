@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import MappingProxyType
 
-from partition.memory import format_bytes
+from partition.units import format_bytes
 from runtime.compare.plots import FIGURES, write_plots
 
 FILES = MappingProxyType({"json": "compare.json", "markdown": "compare.md", "csv": "compare.csv"})

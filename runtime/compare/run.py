@@ -20,11 +20,11 @@ from partition.plan import format_ranges
 from partition.spec import MLPSpec
 from runtime.comm import LocalTransport, all_reduce_sum
 from runtime.compare.types import Candidate
+from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.train.config import OptimizerKind, TrainConfig, parse_dtype
 from runtime.train.datasets import Dataset
-from runtime.train.measure import spread
-from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.train.layout import resolve_devices
+from runtime.train.measure import spread
 from runtime.train.trainer import build_pipeline, evaluate, optimizer_factory
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime.comm import Message
 from partition.schedule.actions import Action, Op, Schedule, format_table
 from partition.schedule.comms import insert_comms
+from runtime.comm import Message
 from runtime.engine.stage import Stage
 
 RECEIVES = (Op.RECV_F, Op.RECV_B)

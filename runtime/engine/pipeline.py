@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
+from partition.schedule.actions import Schedule, ScheduleKind
+from partition.schedule.generators import generate
+from partition.schedule.transforms import defer_all_w
 from partition.spec import MLPSpec
 from runtime.engine.executor import ActionRecord, Executor
-from runtime.ops.model import forward_layers, init_parameters
-from partition.schedule.actions import Schedule, ScheduleKind
-from partition.schedule.transforms import defer_all_w
-from partition.schedule.generators import generate
 from runtime.engine.stage import Engine, Stage
+from runtime.ops.model import forward_layers, init_parameters
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 

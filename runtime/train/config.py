@@ -7,8 +7,8 @@ from enum import Enum
 
 import torch
 
-from partition.spec import MLPSpec
 from partition.schedule.actions import ScheduleKind
+from partition.spec import MLPSpec
 from runtime.engine.stage import Engine
 
 

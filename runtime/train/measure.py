@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import torch
 
-from partition.timing import StageCost
-from runtime.comm import all_reduce_sum, gather_to_all
-from runtime.engine.executor import ActionRecord
 from partition.schedule.actions import Op
 from partition.schedule.simulate import simulate
 from partition.schedule.timeline import format_timeline
 from partition.schedule.trace import TraceEvent, write_chrome_trace
+from partition.timing import StageCost
+from runtime.comm import all_reduce_sum, gather_to_all
+from runtime.engine.executor import ActionRecord
 
 
 def stage_costs(records: Sequence[ActionRecord], num_stages: int) -> list[StageCost]:

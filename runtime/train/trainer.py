@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from runtime.train import checkpoint as ckpt
+from partition.schedule.actions import format_table
 from runtime.comm import (
     Backend,
     DistTransport,
@@ -22,14 +22,14 @@ from runtime.comm import (
     launched_by_torchrun,
     shutdown,
 )
+from runtime.engine.pipeline import Pipeline, PipelineConfig
+from runtime.ops.model import forward_layers
+from runtime.train import checkpoint as ckpt
 from runtime.train.config import OptimizerKind, TrainConfig
 from runtime.train.datasets import Dataset, load_dataset
-from runtime.train.measure import step_figures
-from runtime.ops.model import forward_layers
-from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.train.layout import check_device, resolve_devices, resolve_ranges
+from runtime.train.measure import step_figures
 from runtime.train.progress import ProgressBar
-from partition.schedule.actions import format_table
 
 
 def optimizer_factory(cfg: TrainConfig) -> Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]:

@@ -1,10 +1,10 @@
 """The time-aligned chart: unit-cost GPipe and 1F1B drawn as in the papers' figures, written out by hand."""
 
-from partition.timing import StageCost
 from partition.schedule.actions import ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.schedule.timeline import format_timeline
+from partition.timing import StageCost
 
 
 def chart(kind, p, m):

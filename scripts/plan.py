@@ -1,14 +1,14 @@
 """Partition the chapter's MLP over pipeline stages and compare partitioners; or print exercise 3's memory report.
 
-    python scripts/partition.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --schedule 1f1b
-    python scripts/partition.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --memory-cap 2GiB
-    python scripts/partition.py --stages 4 --memory-caps 1GiB,1GiB,2GiB,2GiB --device-speeds 1,1,2,2 --optimizer adam
-    python scripts/partition.py --stages 4 --bandwidth 25e9 --latency 5e-6 --method time-blocks --json plan.json
-    python scripts/partition.py --stages 4 --dot plan.dot && dot -Tsvg plan.dot -o plan.svg
-    python scripts/partition.py --stages 4 --ranges 0-1,2,3,4            # also evaluate a hand-made split
-    python scripts/partition.py --microbatch 64 --save-profile prof.json --device cuda   # measure, save, use
-    python scripts/partition.py --stages 4 --microbatch 64 --profile prof.json          # reuse measured times
-    python scripts/partition.py --memory-report --widths 784,256,10 --batch 128 --dtype float32 --optimizer adam
+    python scripts/plan.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --schedule 1f1b
+    python scripts/plan.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --memory-cap 2GiB
+    python scripts/plan.py --stages 4 --memory-caps 1GiB,1GiB,2GiB,2GiB --device-speeds 1,1,2,2 --optimizer adam
+    python scripts/plan.py --stages 4 --bandwidth 25e9 --latency 5e-6 --method time-blocks --json plan.json
+    python scripts/plan.py --stages 4 --dot plan.dot && dot -Tsvg plan.dot -o plan.svg
+    python scripts/plan.py --stages 4 --ranges 0-1,2,3,4            # also evaluate a hand-made split
+    python scripts/plan.py --microbatch 64 --save-profile prof.json --device cuda   # measure, save, use
+    python scripts/plan.py --stages 4 --microbatch 64 --profile prof.json          # reuse measured times
+    python scripts/plan.py --memory-report --widths 784,256,10 --batch 128 --dtype float32 --optimizer adam
 
 Times come from FLOP counts at --tflops unless a profile is given. Peak memory per stage is parameters +
 gradients + optimizer state + (peak in-flight microbatches under the schedule) x saved bytes + deferred
@@ -29,21 +29,22 @@ from _cli import run_main
 from partition.cost import DType, Optimizer
 from partition.dot import to_dot
 from partition.graph import build_graph
-from partition.memory import format_bytes, inference_memory, parse_bytes, training_memory
+from partition.memory import inference_memory, training_memory
 from partition.partitioner import Method, Plan, Problem, parse_ranges, partition, plan_for, problem_for
-from runtime.train.profile import Profile, profile_layers
-from partition.spec import Activation, Loss, MLPSpec, parse_widths
-from partition.timing import LinkModel, StageCost
 from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
+from partition.spec import Activation, Loss, MLPSpec, parse_widths
+from partition.timing import LinkModel, StageCost
+from partition.units import format_bytes, parse_bytes
+from runtime.train.profile import Profile, profile_layers
 
 ONE_STAGE_PER_RANK = (ScheduleKind.GPIPE, ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; --help explains every flag."""
-    p = argparse.ArgumentParser(prog="partition.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="plan.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--widths", default="784,4096,4096,1024,1024,10", help="layer widths, inputs first (default %(default)s)")
     g.add_argument("--activation", default="relu", choices=[a.value for a in Activation])
@@ -193,4 +194,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main, "partition.py")
+    run_main(main, "plan.py")

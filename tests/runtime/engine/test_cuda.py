@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.comm import LocalTransport
 from runtime.engine.pipeline import Pipeline, PipelineConfig
-from partition.schedule.actions import ScheduleKind
 from runtime.engine.stage import Engine
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(devices, kind, dtype=torch.float64, defer_w=False, engine=Engine.AUTOGRAD):

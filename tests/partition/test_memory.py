@@ -6,14 +6,13 @@ from torch.autograd import Function
 
 from partition.memory import (
     MemoryReport,
-    format_bytes,
     inference_memory,
-    parse_bytes,
     plan_memory,
     stage_memory,
     training_memory,
 )
 from partition.spec import MLPSpec
+from partition.units import format_bytes, parse_bytes
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,6 +45,7 @@ def test_stage_peaks_by_hand():
 def test_byte_sizes_parse_and_print():
     assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("1.5 GB") == 1_500_000_000 and parse_bytes("512") == 512
     assert format_bytes(1536) == "1.5 KiB" and format_bytes(3 * 2**30) == "3 GiB" and format_bytes(100) == "100 B"
+    assert format_bytes(1010 * 2**10) == "1010 KiB" and format_bytes(12.34 * 2**20) == "12.3 MiB"
     with pytest.raises(ValueError, match="memory size"):
         parse_bytes("2 gigs")
 

@@ -208,8 +208,8 @@ def test_thousand_layers_over_64_stages_with_caps():
     assert partition(skewed).bottleneck == 30
 
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, str(ROOT / "scripts" / "partition.py")]
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, str(ROOT / "scripts" / "plan.py")]
 
 
 def _cli(*args):

@@ -18,7 +18,7 @@ from partition import spec as spec_module
 from partition.dot import Direction, check_stages, node_stages, to_dot
 from partition.graph import Graph, GraphMode, MLPSpec, Node, NodeKind, backward_graph, build_graph, forward_graph, full_graph
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTER = MLPSpec((4, 3, 2), bias=False, l2=0.01)  # the chapter's example: x in R^d, h hidden units, q outputs
 DEEP = MLPSpec((8, 6, 5, 4, 3), l2=0.1)
 

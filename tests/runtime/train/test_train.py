@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
+from runtime.engine.pipeline import NonFiniteLoss
 from runtime.train.config import TrainConfig
 from runtime.train.datasets import load_idx
-from runtime.engine.pipeline import NonFiniteLoss
-from partition.schedule.actions import ScheduleKind
 from runtime.train.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.comm import LocalTransport
-from runtime.ops.model import PipeModel
 from runtime.engine.pipeline import NonFiniteLoss, Pipeline, PipelineConfig
-from partition.schedule.actions import ScheduleKind
 from runtime.engine.stage import Engine
+from runtime.ops.model import PipeModel
 
 F64 = torch.float64
 LR, MOMENTUM, STEPS = 0.05, 0.9, 3
@@ -94,8 +94,8 @@ def test_deferring_all_weight_gradients_keeps_the_math(kind, ranges, m, virtual)
 
 
 def test_defer_all_w_moves_every_weight_gradient_to_the_end():
-    from partition.schedule.transforms import defer_all_w
     from partition.schedule.generators import generate
+    from partition.schedule.transforms import defer_all_w
     from partition.schedule.validate import validate
 
     sched = defer_all_w(generate(ScheduleKind.ONE_F_ONE_B, 3, 4))

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from partition.timing import LinkModel, StageCost
 from partition.schedule.actions import Action, Op, ScheduleError, ScheduleKind
 from partition.schedule.comms import insert_comms
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.schedule.trace import TraceEvent, op_of, write_chrome_trace, write_gantt_png
+from partition.timing import LinkModel, StageCost
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 UNIT = StageCost(1.0, 1.0, 1.0)
 
 

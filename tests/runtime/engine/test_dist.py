@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 COMMON = ["--dataset", "synthetic", "--samples", "96", "--widths", "6,10,8,9,4", "--batch-size", "12", "--epochs", "2",
           "--dtype", "float64", "--lr", "0.05", "--no-progress", "--partition", "uniform"]

@@ -196,14 +196,6 @@ def test_comms_only_between_ranks_and_insert_is_idempotent():
     assert sum(a.op.is_comm for acts in zbv.actions.values() for a in acts) == 4 * 4 * 6  # 4 cross boundaries
 
 
-def test_schedule_module_reexports_the_functions():
-    import partition.schedule.actions as schedule
-
-    assert schedule.generate is generate and schedule.insert_comms is insert_comms and schedule.validate is validate
-    with pytest.raises(AttributeError):
-        schedule.no_such_name  # noqa: B018
-
-
 def _edit(schedule: Schedule, rank: int, acts: list[Action]) -> Schedule:
     return schedule.with_actions({**schedule.actions, rank: tuple(acts)})
 

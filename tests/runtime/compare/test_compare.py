@@ -10,14 +10,14 @@ import pytest
 
 from partition.cost import DType, Optimizer, flop_times, layer_costs
 from partition.memory import training_memory
+from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.compare.harness import CompareConfig, compare
 from runtime.compare.plan import Setting, largest_fitting_batch, plan_candidates
 from runtime.compare.report import FILES, csv_text, markdown
 from runtime.compare.types import CandidateKind, LRRule
-from partition.schedule.actions import ScheduleKind
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "compare.py")]
 SPEC = MLPSpec((8, 24, 24, 24, 4))
 BASE = dict(spec=SPEC, dataset="synthetic", samples=200, batch=16, devices=2, epochs=2, dtype="float64", lr=0.05,

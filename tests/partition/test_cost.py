@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from partition.cost import DType, LayerCost, Optimizer, as_dtype, as_optimizer, flop_times, layer_costs
-from runtime.train.profile import Profile, profile_layers
 from partition.spec import MLPSpec
 from partition.timing import StageCost
+from runtime.train.profile import Profile, profile_layers
 
 
 def test_relu_bias_cross_entropy_float32_adam_by_hand():

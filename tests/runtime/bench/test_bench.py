@@ -18,7 +18,7 @@ from runtime.bench.sim import SimBenchConfig, run_sim_bench
 from runtime.bench.timing import Spread, Variant, measure, paired_ratio
 from runtime.bench.verdict import verdicts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 BENCH = [sys.executable, str(ROOT / "scripts" / "bench.py")]
 SPREAD_KEYS = {"median", "p25", "p75", "min", "max", "n"}
 

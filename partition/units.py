@@ -1,0 +1,32 @@
+"""Byte sizes as people write them: ``parse_bytes("2GiB")`` and ``format_bytes(1536) == "1.5 KiB"``."""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+
+UNITS = MappingProxyType({"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+_BINARY = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``"1000"`` as a number of bytes; ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in UNITS:
+        raise ValueError(f"memory size: expected a number with an optional unit like 2GiB, 512MiB, 1.5GB, got {text!r}")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def format_bytes(nbytes: float) -> str:
+    """Bytes in binary units, three significant digits and never an exponent: ``"1.5 GiB"``, ``"1010 KiB"``."""
+    value = float(nbytes)
+    for unit in _BINARY:
+        if abs(value) < 1024 or unit == _BINARY[-1]:
+            break
+        value /= 1024
+    if unit == "B" or abs(value) >= 100:
+        return f"{value:.0f} {unit}"
+    text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{text.rstrip('0').rstrip('.')} {unit}"
