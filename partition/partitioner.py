@@ -105,9 +105,7 @@ class Problem:
         parse_ranges(format_ranges(ranges), self.num_layers)  # validates contiguity and coverage
         costs = []
         for (a, b), speed in zip(ranges, self.device_speeds):
-            span = self.layer_times[a:b]
-            costs.append(StageCost(sum(c.f for c in span) / speed, sum(c.b for c in span) / speed,
-                                   sum(c.w for c in span) / speed))
+            costs.append(StageCost.summed(self.layer_times[a:b]).scaled(1 / speed))
         memory = None
         if self.memory is not None:
             memory = tuple(self.memory.stage(a, b, i, d) for (a, b), i, d in zip(ranges, self.inflight, self.deferred_w))

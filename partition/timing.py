@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -24,6 +25,11 @@ class StageCost:
     def total(self) -> float:
         """F + B + W: the time one microbatch costs this stage in a step."""
         return self.f + self.b + self.w
+
+    @staticmethod
+    def summed(costs: Sequence[StageCost]) -> StageCost:
+        """The cost of running ``costs`` one after another (e.g. a stage's layers): F, B and W each summed."""
+        return StageCost(sum(c.f for c in costs), sum(c.b for c in costs), sum(c.w for c in costs))
 
     def scaled(self, factor: float) -> StageCost:
         """This cost multiplied by ``factor`` (e.g. a device that is ``factor`` times slower)."""
@@ -53,3 +59,8 @@ class LinkModel:
     def is_free(self) -> bool:
         """True when transfers take no time at all."""
         return self.latency == 0.0 and math.isinf(self.bandwidth)
+
+
+def range_costs(layers: Sequence[StageCost], ranges: Sequence[tuple[int, int]]) -> list[StageCost]:
+    """Per-stage F/B/W seconds: the layer costs summed over each stage's layer range ``[a, b)``."""
+    return [StageCost.summed(layers[a:b]) for a, b in ranges]

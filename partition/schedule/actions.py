@@ -74,6 +74,12 @@ class ScheduleKind(Enum):
     ZB_H1 = "zb-h1"
     ZB_V = "zb-v"
 
+    def stages_per_rank(self, virtual: int = 1) -> int:
+        """How many stages each rank holds: ``virtual`` for interleaved-1f1b, 2 for zb-v's V, else 1."""
+        if self is ScheduleKind.INTERLEAVED_1F1B:
+            return virtual
+        return 2 if self is ScheduleKind.ZB_V else 1
+
 
 class ScheduleError(ValueError):
     """An invalid schedule; the message ends with a step-by-rank table marking ``action`` (when known)."""

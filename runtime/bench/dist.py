@@ -113,7 +113,7 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, DistPeerBuilder], l
     variants = []
     with shared_init(spec, cfg.seed) as params:
         for ours in cfg.schedules:
-            per_rank = 2 if ours.kind in (ScheduleKind.INTERLEAVED_1F1B, ScheduleKind.ZB_V) else 1
+            per_rank = ours.kind.stages_per_rank(2)
             ranges = resolve_ranges(spec, p * per_rank, "uniform", rows)
             pcfg = pipeline_config(spec, ranges, ours, m, str(device), cfg.dtype, cfg.seed, per_rank)
             pipe = Pipeline(pcfg, sgd_frozen, DistTransport(backend, cfg.timeout), [world.rank], init=params)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from partition.schedule.actions import Op, ScheduleKind
+from partition.schedule.actions import Op
 from partition.schedule.simulate import SimResult, simulate
 from partition.spec import MLPSpec
-from partition.timing import LinkModel, StageCost
+from partition.timing import LinkModel, StageCost, range_costs
 from runtime.bench.dist import join_world, measure_world
 from runtime.bench.flops import describe_rate, device_peak, step_flops, throughput
 from runtime.bench.models import bench_spec, make_batch, sgd_frozen, shared_init
@@ -29,7 +29,7 @@ from runtime.bench.timing import Measured, Variant, measure
 from runtime.comm import Backend, DistTransport, LocalTransport, Message, WorldInfo, all_reduce_sum, launched_by_torchrun
 from runtime.engine.pipeline import Pipeline
 from runtime.train.layout import resolve_ranges
-from runtime.train.measure import stage_costs as measured_stage_costs
+from runtime.train.measure import costs_from_records
 from runtime.train.profile import profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
@@ -53,17 +53,6 @@ class SimBenchConfig:
     cold_cache_bytes: int = 0  # > 0: profile with the CPU caches flushed before every timed call
     seed: int = 0
     timeout: float = 120.0
-
-
-def stage_costs(layers: Sequence[StageCost], ranges: Sequence[tuple[int, int]]) -> list[StageCost]:
-    """Per-stage F/B/W seconds: the profiled layer costs summed over each stage's layer range."""
-    return [StageCost(sum(c.f for c in layers[a:b]), sum(c.b for c in layers[a:b]), sum(c.w for c in layers[a:b]))
-            for a, b in ranges]
-
-
-def stages_per_rank(kind: ScheduleKind) -> int:
-    """2 for interleaved-1f1b (run with v = 2) and zb-v, else 1."""
-    return 2 if kind in (ScheduleKind.INTERLEAVED_1F1B, ScheduleKind.ZB_V) else 1
 
 
 def measure_link(world: WorldInfo, backend: Backend, device: torch.device, nbytes: int, timeout: float,
@@ -118,7 +107,7 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
     cases, skipped = [], {}
     with shared_init(spec, cfg.seed) as params:
         for ours in cfg.schedules:
-            per = stages_per_rank(ours.kind)
+            per = ours.kind.stages_per_rank(2)
             if p * per > spec.num_layers:
                 skipped[ours.name] = f"needs {p * per} stages, the model has {spec.num_layers} layers"
                 continue
@@ -126,7 +115,7 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
             pcfg = pipeline_config(spec, ranges, ours, m, str(device), cfg.dtype, cfg.seed, per)
             transport = DistTransport(backend, cfg.timeout) if distributed else LocalTransport()
             pipe = Pipeline(pcfg, sgd_frozen, transport, [world.rank] if distributed else None, init=params)
-            cases.append(_Case(ours.name, pipe, len(ranges), simulate(pipe.schedule, stage_costs(layers, ranges), link,
+            cases.append(_Case(ours.name, pipe, len(ranges), simulate(pipe.schedule, range_costs(layers, ranges), link,
                                                                       act_bytes[: len(ranges)] if act_bytes else None)))
     if not distributed or world.rank == 0:
         where = f"{p} ranks (torchrun)" if distributed else "one process"
@@ -142,7 +131,7 @@ def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> di
         rec = measured[case.name]
         per_rank = torch.tensor([sum(b.values()) for b in case.busy[-cfg.repeats:]] or [0.0], dtype=torch.float64)
         timed = [r for step in case.records[-cfg.repeats:] for r in step]  # medians over every timed step's actions
-        costs = torch.tensor([[c.f, c.b, c.w] for c in measured_stage_costs(timed, case.stages)], dtype=torch.float64)
+        costs = torch.tensor([[c.f, c.b, c.w] for c in costs_from_records(timed, case.stages)], dtype=torch.float64)
         if distributed:
             per_rank = all_reduce_sum(per_rank)  # every rank's busy time summed, per step
             costs = all_reduce_sum(costs)  # each rank timed only its own stages

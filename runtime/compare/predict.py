@@ -35,14 +35,13 @@ from partition.schedule.simulate import simulate
 from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
 from partition.timing import StageCost
-from runtime.comm import all_reduce_sum
 from runtime.compare.plan import uses_split_backward
 from runtime.compare.run import RunContext, build, step_inputs
 from runtime.compare.types import Candidate
 from runtime.ops.functions import l2_term
 from runtime.ops.model import init_parameters
 from runtime.train.config import TrainConfig
-from runtime.train.measure import stage_costs
+from runtime.train.measure import costs_from_records
 from runtime.train.profile import profile_layers
 from runtime.train.trainer import optimizer_factory
 
@@ -116,7 +115,7 @@ def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, 
         if i >= 2:
             times.append(time.perf_counter() - t0)
             records += out.records
-    costs = stage_costs(records, cand.num_stages)
+    costs = costs_from_records(records, cand.num_stages)
     if ctx.spans_processes(cand):  # each process timed only its own stages
         table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
         costs = [StageCost(*map(float, row)) for row in table]
@@ -162,10 +161,6 @@ class Prediction:
     timeline: tuple[TraceEvent, ...]
 
 
-def _sum(costs: tuple[StageCost, ...]) -> StageCost:
-    return StageCost(sum(c.f for c in costs), sum(c.b for c in costs), sum(c.w for c in costs))
-
-
 def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra: float, distributed: bool) -> Prediction:
     """The candidate's predicted step time here, on K devices, and its K-device timeline."""
     n, m = cand.microbatch_size, cand.microbatches
@@ -174,7 +169,7 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
     split = uses_split_backward(sched)
     costs = []
     for (a, b), measured in zip(cand.ranges, calib.stage_costs):
-        p, q = _sum(real[a:b]), _sum(skel[a:b])
+        p, q = StageCost.summed(real[a:b]), StageCost.summed(skel[a:b])
         over_b = measured.b - q.b - (0.0 if split else q.w)
         over_w = measured.w - q.w if split else 0.0
         costs.append(StageCost(p.f + max(0.0, measured.f - q.f), p.b + max(0.0, over_b), p.w + max(0.0, over_w)))

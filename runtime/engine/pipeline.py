@@ -51,11 +51,7 @@ class PipelineConfig:
     @property
     def stages_per_rank(self) -> int:
         """How many stages each rank holds: v for interleaving, 2 for the V-shaped zero-bubble schedule."""
-        if self.schedule is ScheduleKind.INTERLEAVED_1F1B:
-            return self.virtual
-        if self.schedule.value == "zb-v":
-            return 2
-        return 1
+        return self.schedule.stages_per_rank(self.virtual)
 
     @property
     def num_ranks(self) -> int:

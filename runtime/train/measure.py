@@ -16,7 +16,7 @@ from runtime.comm import all_reduce_sum, gather_to_all
 from runtime.engine.executor import ActionRecord
 
 
-def stage_costs(records: Sequence[ActionRecord], num_stages: int) -> list[StageCost]:
+def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list[StageCost]:
     """Median seconds of F, B and W per stage from one timed step (a fused BW counts as B, W = 0)."""
     times: dict[tuple[int, str], list[float]] = {}
     for r in records:
@@ -40,7 +40,7 @@ def step_figures(pipe: object, records: Sequence[ActionRecord], step_times: Sequ
                  distributed: bool) -> dict:
     """Measured vs predicted step time for the run, and the Chrome trace when ``cfg.trace`` is set."""
     n = pipe.cfg.num_stages
-    costs = stage_costs(records, n)
+    costs = costs_from_records(records, n)
     if distributed:  # every rank measured only its own stages
         table = torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64)
         table = all_reduce_sum(table)
