@@ -35,6 +35,7 @@ from partition.schedule.simulate import simulate
 from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
 from partition.timing import StageCost
+from runtime.comm import all_reduce_sum
 from runtime.compare.plan import uses_split_backward
 from runtime.compare.run import RunContext, build, step_inputs
 from runtime.compare.types import Candidate
