@@ -13,6 +13,8 @@ from partition.memory import (
 )
 from partition.spec import MLPSpec
 from partition.units import format_bytes, parse_bytes
+from runtime.ops.model import PipeModel, forward_layers, loss_term
+from runtime.ops.wgrad import WeightGradStore
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -155,9 +157,8 @@ def test_memory_matches_bytes_saved_by_torch_autograd_squared_error(widths, bias
 @pytest.mark.parametrize("widths,bias,batch,dtype", CASES)
 @pytest.mark.parametrize("loss", ["cross-entropy", "squared-error"])
 def test_memory_matches_runtime_saved_bytes(widths, bias, batch, dtype, loss):
-    model_mod = pytest.importorskip("runtime.ops.model")
     spec = MLPSpec(widths, bias=bias, l2=0.01, loss=loss)
-    model = model_mod.PipeModel.from_spec(spec, seed=0, dtype=TORCH_DTYPES[dtype])
+    model = PipeModel.from_spec(spec, seed=0, dtype=TORCH_DTYPES[dtype])
     x, y = torch.randn(batch, widths[0], dtype=TORCH_DTYPES[dtype]), torch.randint(0, widths[-1], (batch,))
     measured, objective = _saved_bytes(lambda: model.objective(x, y), list(model.parameters()))
     assert measured == training_memory(spec, batch, dtype).saved_activations
@@ -166,17 +167,15 @@ def test_memory_matches_runtime_saved_bytes(widths, bias, batch, dtype, loss):
 
 @pytest.mark.parametrize("start,stop", [(0, 2), (1, 3), (2, 4), (0, 4), (3, 4)])
 def test_stage_memory_matches_runtime_stage_saved_and_deferred_bytes(start, stop):
-    model_mod = pytest.importorskip("runtime.ops.model")
-    wgrad = pytest.importorskip("runtime.ops.wgrad")
     spec = MLPSpec((6, 9, 4, 7, 3), activation="sigmoid", loss="squared-error")
-    model = model_mod.PipeModel.from_spec(spec, seed=1, dtype=torch.float32)
-    batch, store = 5, wgrad.WeightGradStore()
+    model = PipeModel.from_spec(spec, seed=1, dtype=torch.float32)
+    batch, store = 5, WeightGradStore()
     x = torch.randn(batch, spec.widths[start], requires_grad=start > 0)  # a received activation needs a gradient
     y = torch.randint(0, 3, (batch,))
 
     def stage_forward():
-        out = model_mod.forward_layers(spec, model.layer_params(start, stop), x, start, store)
-        return model_mod.loss_term(spec, out, y, batch) if stop == spec.num_layers else out
+        out = forward_layers(spec, model.layer_params(start, stop), x, start, store)
+        return loss_term(spec, out, y, batch) if stop == spec.num_layers else out
 
     measured, out = _saved_bytes(stage_forward, list(model.parameters()))
     report = stage_memory(spec, (start, stop), batch, "float32", inflight=1, deferred_w=1)
@@ -196,23 +195,21 @@ def test_stage_memory_matches_runtime_stage_saved_and_deferred_bytes(start, stop
 
 def cuda_peak_vs_model(dtype):
     """(measured, predicted) peak bytes of a whole-model stage: 8 microbatches in flight (GPipe), Adam."""
-    import runtime.ops.model as model_mod
-    import runtime.ops.wgrad as wgrad
 
     spec, batch, inflight = MLPSpec((2048, 8192, 8192, 8192, 2048)), 256, 8
     torch.cuda.empty_cache()
     start = torch.cuda.memory_allocated()
-    model = model_mod.PipeModel.from_spec(spec, seed=0, dtype=TORCH_DTYPES[dtype], device="cuda")
+    model = PipeModel.from_spec(spec, seed=0, dtype=TORCH_DTYPES[dtype], device="cuda")
     optimizer = torch.optim.Adam(model.parameters(), foreach=False)
 
     def step():
         pending = []
         for _ in range(inflight):  # F of every microbatch; each keeps its saved tensors
-            store = wgrad.WeightGradStore()
+            store = WeightGradStore()
             x = torch.randn(batch, spec.widths[0], device="cuda", dtype=TORCH_DTYPES[dtype])
             y = torch.randint(0, spec.widths[-1], (batch,), device="cuda")
-            o = model_mod.forward_layers(spec, model.layer_params(), x, 0, store)
-            pending.append((model_mod.loss_term(spec, o, y, batch * inflight), store))
+            o = forward_layers(spec, model.layer_params(), x, 0, store)
+            pending.append((loss_term(spec, o, y, batch * inflight), store))
         while pending:  # B then W, microbatch by microbatch
             loss, store = pending.pop(0)
             loss.backward()
@@ -236,7 +233,6 @@ def cuda_peak_vs_model(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_stage_memory_within_5_percent_of_cuda_max_memory_allocated(dtype):
-    pytest.importorskip("runtime.ops.model")
     measured, predicted = cuda_peak_vs_model(dtype)
     assert abs(measured - predicted) <= 0.05 * predicted, (measured, predicted)
 

@@ -60,7 +60,8 @@ def test_functions_bench_fields_and_equal_losses():
     for dtype, tol in (("float32", 1e-6), ("bfloat16", 2e-2)):
         losses = [r["loss"] for r in rows if r["dtype"] == dtype]
         assert max(losses) - min(losses) <= tol * abs(losses[0])
-    assert isinstance(verdicts(res), list)
+    lines = verdicts(res)
+    assert lines == [] if res["machine"]["device"] == "cpu" else len(lines) == 2, lines  # CPU targets start at width 1024
 
 
 def test_pipeline_bench_peers_compute_our_loss():

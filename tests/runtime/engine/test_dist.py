@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,11 +61,8 @@ def test_processes_match_single_process(tmp_path, world, schedule, extra):
 @pytest.mark.parametrize("mode", ["kill", "raise"])
 def test_lost_rank_ends_every_process_naming_it(mode):
     args = COMMON + ["--stages", "2", "--microbatches", "4", "--epochs", "50", "--timeout", "30"]
-    start = time.monotonic()
     procs = launch(2, args, {"PIPEGRAPH_FAULT": f"1:3:{mode}"})
-    outs = [p.communicate(timeout=120) for p in procs]
-    elapsed = time.monotonic() - start
+    outs = [p.communicate(timeout=60) for p in procs]  # a survivor that hangs fails here (TimeoutExpired)
     assert all(p.returncode != 0 for p in procs)
     assert "rank 1" in outs[0][1], outs[0][1]
     assert "Traceback" not in outs[0][1], outs[0][1]
-    assert elapsed < 60, elapsed

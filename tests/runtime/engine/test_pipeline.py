@@ -60,9 +60,8 @@ CASES = [
     (ScheduleKind.INTERLEAVED_1F1B, ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)), 3, 2),
     (ScheduleKind.ZB_H1, ((0, 2), (2, 4), (4, 6)), 6, 1),
     (ScheduleKind.ZB_H1, ((0, 3), (3, 6)), 2, 1),
+    (ScheduleKind.ZB_V, ((0, 1), (1, 2), (2, 3), (3, 6)), 4, 1),
 ]
-if hasattr(ScheduleKind, "ZB_V"):
-    CASES.append((ScheduleKind.ZB_V, ((0, 1), (1, 2), (2, 3), (3, 6)), 4, 1))
 
 
 @pytest.mark.parametrize("kind,ranges,m,virtual", CASES, ids=lambda v: getattr(v, "value", str(v)))
