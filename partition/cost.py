@@ -100,7 +100,7 @@ def layer_costs(
     costs = []
     for layer in range(spec.num_layers):
         out_f, in_f = spec.layer_shape(layer)
-        bias = out_f if spec.bias else 0
+        bias = out_f if spec.layer_has_bias(layer) else 0
         phi = out_f if spec.has_activation(layer) else 0
         input_grad = 2 * out_f * in_f if layer > 0 else 0
         params = spec.num_parameters(layer) * size

@@ -123,7 +123,7 @@ def _rows(nodes: Sequence[Node], indent: str) -> list[str]:
 def _default_title(graph: Graph) -> str:
     spec = graph.spec
     widths = "-".join(str(w) for w in spec.widths)
-    bias = "bias" if spec.bias else "no bias"
+    bias = f"bias {spec.bias_name}"
     return (
         f"MLP {widths}, {spec.activation.value}, {bias}, {spec.loss.value}, "
         f"lambda = {spec.l2:g} ({graph.mode.value})"

@@ -146,7 +146,7 @@ def _phi_prime(activation: Activation) -> str:
 
 
 def _affine(spec: MLPSpec, k: int, source: str) -> str:
-    return f"W({k}) {source}" + (f" + b({k})" if spec.bias else "")
+    return f"W({k}) {source}" + (f" + b({k})" if spec.layer_has_bias(k - 1) else "")
 
 
 def _loss_formula(spec: MLPSpec) -> str:
@@ -183,9 +183,9 @@ def _forward_parts(spec: MLPSpec) -> tuple[list[Node], list[tuple[str, str]]]:
         rows, cols = spec.layer_shape(k - 1)
         formula = f"{out} = {_affine(spec, k, src)}"
         nodes.append(Node(w, kind.PARAMETER, w, f"W({k}) in R^({rows} x {cols})", k, home, (rows, cols)))
-        nodes.append(Node(f"op:{out}", kind.OPERATOR, "×+" if spec.bias else "×", formula, k, home))
+        nodes.append(Node(f"op:{out}", kind.OPERATOR, "×+" if spec.layer_has_bias(k - 1) else "×", formula, k, home))
         edges += [(src, f"op:{out}"), (w, f"op:{out}")]
-        if spec.bias:
+        if spec.layer_has_bias(k - 1):
             nodes.append(Node(f"b({k})", kind.PARAMETER, f"b({k})", f"b({k}) in R^{rows}", k, home, (rows,)))
             edges.append((f"b({k})", f"op:{out}"))
         nodes.append(Node(out, kind.VARIABLE, out, formula, k, home, (rows,)))
@@ -240,7 +240,7 @@ def _backward_parts(
         nodes.append(Node(dw, grad, dw, f"{dw} = {g} {src}^T + lambda W({k}), {lam}", k, home, (rows, cols)))
         edges += [(g, dw), ("dJ/ds", dw)]
         reads += [(src, dw), (f"W({k})", dw)]
-        if spec.bias:
+        if spec.layer_has_bias(k - 1):
             db = f"dJ/db({k})"
             nodes.append(Node(db, grad, db, f"{db} = sum over rows of {g}", k, home, (rows,)))
             edges.append((g, db))

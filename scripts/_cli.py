@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -40,3 +41,11 @@ def run_main(main: Callable[[], int | None], prog: str) -> None:
         sys.stderr.flush()
         os._exit(code or 0)
     sys.exit(code or 0)
+
+
+def add_bias_flags(group: argparse._ActionsContainer, default: str = "all") -> None:
+    """``--bias [all|hidden|none|0,2]`` (a bare --bias is all) and ``--no-bias`` (none), parsed by MLPSpec."""
+    group.add_argument("--bias", nargs="?", const="all", default=default, metavar="all|hidden|none|0,2",
+                       help="layers that add a bias b(l): all, hidden (every layer phi follows), none, "
+                            "or 0-based layer indices (default: %(default)s)")
+    group.add_argument("--no-bias", dest="bias", action="store_const", const="none", help="same as --bias none")

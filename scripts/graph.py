@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _cli import run_main
+from _cli import add_bias_flags, run_main
 
 from partition.dot import Direction, to_dot
 from partition.graph import GraphMode, build_graph
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("model (the chapter's MLP)")
     g.add_argument("--widths", required=True, help="layer widths, inputs first, e.g. 784,256,10 (one hidden layer)")
     g.add_argument("--activation", default="relu", choices=[a.value for a in Activation], help="phi (default %(default)s)")
-    g.add_argument("--no-bias", dest="bias", action="store_false", help="no b(l) terms, as in the chapter's example")
+    add_bias_flags(g)
     g.add_argument("--l2", type=float, default=0.0, help="lambda of s = lambda/2 sum ||W(l)||_F^2 (default %(default)s)")
     g.add_argument("--loss", default="cross-entropy", choices=[x.value for x in Loss], help="l(o, y) (default %(default)s)")
     g = p.add_argument_group("picture")

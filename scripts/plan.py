@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ahead of scripts/, where this file shadows `partition`
 
-from _cli import run_main
+from _cli import add_bias_flags, run_main
 
 from partition.cost import DType, Optimizer
 from partition.dot import to_dot
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("model")
     g.add_argument("--widths", default="784,4096,4096,1024,1024,10", help="layer widths, inputs first (default %(default)s)")
     g.add_argument("--activation", default="relu", choices=[a.value for a in Activation])
-    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias in every layer")
+    add_bias_flags(g)
     g.add_argument("--loss", default="cross-entropy", choices=[lo.value for lo in Loss])
     g.add_argument("--dtype", default="float32", choices=[d.value for d in DType])
     g.add_argument("--optimizer", default="sgd", choices=[o.value for o in Optimizer], help="state: 0, 1 or 2 x params")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.ranges:
         plans[None] = problem.evaluate(parse_ranges(a.ranges, spec.num_layers))
     chosen = plans[Method(a.method)]
-    print(f"MLP {'-'.join(map(str, spec.widths))} ({spec.activation.value}, {'bias' if spec.bias else 'no bias'}, "
+    print(f"MLP {'-'.join(map(str, spec.widths))} ({spec.activation.value}, bias {spec.bias_name}, "
           f"{spec.loss.value}), {a.dtype}, {a.optimizer}; {a.stages} stages, {m} microbatches of {a.microbatch}, "
           f"{kind.value}; times: {source}; link: {'free' if link.is_free else f'{a.latency:g} s + bytes / {a.bandwidth:g}'}")
     print(f"\nplan by {chosen.method.value}: layers {chosen.describe()}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _cli import run_main
+from _cli import add_bias_flags, run_main
 
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("model (the chapter's MLP)")
     g.add_argument("--widths", default="64,128,128,128,10", help="layer widths, inputs first (default %(default)s)")
     g.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid"])
-    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias in every layer")
+    add_bias_flags(g)
     g.add_argument("--l2", type=float, default=0.0, help="lambda of the l2 term s = lambda/2 sum ||W||^2")
     g.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-error"])
     g = p.add_argument_group("data and optimisation")

@@ -110,7 +110,7 @@ class CompareConfig:
 
 def _setup(cfg: CompareConfig, ctx: RunContext, n_train: int, n_test: int) -> dict:
     cap = cfg.cap_bytes()
-    return {"spec": {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias,
+    return {"spec": {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias_name,
                      "l2": cfg.spec.l2, "loss": cfg.spec.loss.value},
             "dataset": cfg.dataset, "train_samples": n_train, "test_samples": n_test, "batch": cfg.batch,
             "devices": cfg.devices, "memory_cap": cap, "memory_cap_text": cfg.memory_cap, "auto_cap_share": AUTO_CAP,

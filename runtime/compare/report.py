@@ -58,7 +58,7 @@ def _setup_text(r: dict) -> list[str]:
     else:
         cap_text = f"at most {format_bytes(cap)} each"
     widths = "-".join(str(w) for w in spec["widths"])
-    bias = "with biases" if spec["bias"] else "no biases"
+    bias = f"bias {spec['bias']}"  # all, hidden, none or layer indices (older files: true/false)
     return [f"The chapter's last exercise, measured: the {widths} MLP ({spec['activation']}, {bias}, "
             f"l2 {spec['l2']:g}, {spec['loss']}) on {s['dataset']} ({s['train_samples']} training / {s['test_samples']} "
             f"test samples), global batch B={s['batch']}, K={s['devices']} devices with {cap_text}. {s['dtype']} on "

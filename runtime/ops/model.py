@@ -23,7 +23,7 @@ def init_parameters(spec: MLPSpec, seed: int) -> list[tuple[torch.Tensor, torch.
         out_f, in_f = spec.layer_shape(layer)
         bound = 1.0 / math.sqrt(in_f)
         w = (torch.rand(out_f, in_f, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-        b = (torch.rand(out_f, generator=gen, dtype=torch.float64) * 2 - 1) * bound if spec.bias else None
+        b = (torch.rand(out_f, generator=gen, dtype=torch.float64) * 2 - 1) * bound if spec.layer_has_bias(layer) else None
         params.append((w, b))
     return params
 
@@ -71,9 +71,10 @@ class PipeModel(nn.Module):
             if tuple(w.shape) != spec.layer_shape(layer):
                 raise ValueError(f"widths: layer {layer} weight has shape {tuple(w.shape)}, spec says {spec.layer_shape(layer)}")
             self.weights.append(nn.Parameter(w.detach().clone()))
-            if spec.bias:
-                if b is None:
-                    raise ValueError(f"bias: spec has bias but layer {layer} has none")
+            if spec.layer_has_bias(layer) != (b is not None):
+                raise ValueError(f"bias: the spec gives layer {layer} {'a' if b is None else 'no'} bias, "
+                                 f"its parameters {'have none' if b is None else 'have one'}")
+            if b is not None:
                 self.biases.append(nn.Parameter(b.detach().clone()))
 
     @classmethod
@@ -87,7 +88,9 @@ class PipeModel(nn.Module):
     def layer_params(self, start: int = 0, stop: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(W, b) pairs of layers [start, stop)."""
         stop = self.spec.num_layers if stop is None else stop
-        return [(self.weights[i], self.biases[i] if self.spec.bias else None) for i in range(start, stop)]
+        biased = sorted(self.spec.bias)  # self.biases holds the biased layers only, in layer order
+        return [(self.weights[i], self.biases[biased.index(i)] if self.spec.layer_has_bias(i) else None)
+                for i in range(start, stop)]
 
     def forward(self, x: torch.Tensor, store: WeightGradStore | None = None) -> torch.Tensor:
         """The output o for inputs ``x`` (rows are examples)."""
@@ -129,6 +132,6 @@ class PipeModel(nn.Module):
         if unknown or len(kinds) > 1:
             raise ValueError(f"model: expected one activation among ReLU/Tanh/Sigmoid, found {sorted(a.__name__ for a in acts)}")
         widths = (linears[0].in_features, *[m.out_features for m in linears])
-        bias = linears[0].bias is not None
+        bias = frozenset(layer for layer, m in enumerate(linears) if m.bias is not None)
         spec = MLPSpec(widths, kinds[0] if kinds else Activation.RELU, bias, l2, loss)
         return cls(spec, [(m.weight, m.bias) for m in linears])

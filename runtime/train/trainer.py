@@ -74,7 +74,7 @@ def gather_layers(pipe: Pipeline, distributed: bool) -> list[tuple[torch.Tensor,
     for layer in range(spec.num_layers):
         rows, cols = spec.layer_shape(layer)
         w = torch.zeros(rows, cols, dtype=torch.float64)
-        b = torch.zeros(rows, dtype=torch.float64) if spec.bias else None
+        b = torch.zeros(rows, dtype=torch.float64) if spec.layer_has_bias(layer) else None
         out.append((w, b))
     for st in pipe.stages.values():
         for offset, (w, b) in enumerate(st.params):
@@ -96,7 +96,7 @@ def evaluate(pipe: Pipeline, data: Dataset, distributed: bool) -> float:
 
 def fingerprint(cfg: TrainConfig, pipe: Pipeline) -> dict:
     """What must not change between a run and its resumption (else the continuation would not be exact)."""
-    return {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias,
+    return {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias_name,
             "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "samples": cfg.samples,
             "batch_size": cfg.batch_size,
             "lr": cfg.lr, "optimizer": cfg.optimizer.value, "momentum": cfg.momentum, "seed": cfg.seed,

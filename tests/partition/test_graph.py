@@ -79,6 +79,16 @@ def test_bias_adds_b_nodes_edges_and_terms():
     assert ("dJ/dz(1)", "dJ/db(1)") in b.edges and ("dJ/do", "dJ/db(2)") in b.edges
 
 
+def test_bias_on_the_hidden_layer_only_draws_b1_and_its_gradient_only():
+    spec = MLPSpec((4, 3, 2), bias="hidden", l2=0.01)  # the chapter's exercise 2
+    f, b = forward_graph(spec), backward_graph(spec)
+    assert set(f.names) - CHAPTER_NAMES == {"b(1)"} and set(f.edges) - CHAPTER_EDGES == {("b(1)", "op:z(1)")}
+    assert f.node("z(1)").formula == "z(1) = W(1) x + b(1)" and f.node("o").formula == "o = W(2) h(1)"
+    assert f.node("op:z(1)").label == "×+" and f.node("op:o").label == "×"
+    assert [n for n in b.names if n.startswith("dJ/db")] == ["dJ/db(1)"]
+    assert "bias hidden" in to_dot(f)
+
+
 @pytest.mark.parametrize("widths", [(5, 3), (5, 4, 3), (6, 5, 4, 3), (7, 6, 5, 4, 3, 2)])
 def test_depth_scaling(widths):
     spec = MLPSpec(widths, bias=False)

@@ -29,7 +29,7 @@ def test_sequential_round_trip_is_bit_identical(act, bias):
     seq = nn.Sequential(nn.Linear(6, 9, bias=bias), mod(), nn.Linear(9, 4, bias=bias), mod(), nn.Linear(4, 2, bias=bias))
     model = PipeModel.from_sequential(seq)
     assert model.spec.widths == (6, 9, 4, 2)
-    assert model.spec.activation.value == act and model.spec.bias == bias
+    assert model.spec.activation.value == act and model.spec.bias_name == ("all" if bias else "none")
     back = model.to_sequential()
     for p, q in zip(seq.parameters(), back.parameters()):
         assert torch.equal(p, q)
@@ -43,3 +43,15 @@ def test_from_sequential_rejects_other_modules():
         PipeModel.from_sequential(nn.Sequential(nn.Linear(3, 3), nn.GELU(), nn.Linear(3, 2)))
     with pytest.raises(ValueError, match="model"):
         PipeModel.from_sequential(nn.Sequential(nn.ReLU()))
+
+
+def test_sequential_with_a_bias_on_some_layers_round_trips():
+    torch.manual_seed(1)
+    seq = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 4, bias=False), nn.Tanh(), nn.Linear(4, 2))
+    model = PipeModel.from_sequential(seq)
+    assert model.spec.bias_name == "0,2"
+    assert [b is None for _, b in model.layer_params()] == [False, True, False]
+    back = model.to_sequential()
+    assert [m.bias is None for m in back if isinstance(m, nn.Linear)] == [False, True, False]
+    x = torch.randn(3, 6)
+    assert torch.equal(seq(x), back(x))
