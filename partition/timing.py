@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,42 @@ class LinkModel:
     def is_free(self) -> bool:
         """True when transfers take no time at all."""
         return self.latency == 0.0 and math.isinf(self.bandwidth)
+
+    @classmethod
+    def fit(cls, sizes: Sequence[float], seconds: Sequence[float]) -> LinkModel:
+        """The least-squares line seconds = latency + size / bandwidth through one-way transfer times.
+
+        ``sizes`` (bytes) need at least two distinct values; a fitted slope <= 0 (time does not grow with size)
+        gives an infinite bandwidth, a negative intercept a zero latency.
+        """
+        n, t = np.asarray(sizes, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+        if n.shape != t.shape or n.ndim != 1 or len(np.unique(n)) < 2 or not np.all(np.isfinite(t)):
+            raise ValueError(f"LinkModel.fit: expected finite times for at least two distinct sizes, got {list(n)}")
+        slope, intercept = np.polyfit(n, t, 1)
+        return cls(max(float(intercept), 0.0), 1.0 / float(slope) if slope > 0 else math.inf)
+
+    def describe(self) -> str:
+        """E.g. '12.0 us + bytes / 1.25 GB/s'."""
+        bw = "free" if math.isinf(self.bandwidth) else f"{self.bandwidth / 1e9:.3g} GB/s"
+        return f"{self.latency * 1e6:.3g} us + bytes / {bw}"
+
+
+class LinkPreset(Enum):
+    """Named links for predictions on devices one does not have: nominal figures, not measurements.
+
+    nvlink: GPU to GPU within one node (3 us, 300 GB/s); pcie: GPU to GPU through PCIe 4.0 x16 (10 us, 25 GB/s);
+    ethernet: between nodes on 10 GbE (50 us, 1.25 GB/s).
+    """
+
+    NVLINK = "nvlink"
+    PCIE = "pcie"
+    ETHERNET = "ethernet"
+
+    @property
+    def link(self) -> LinkModel:
+        """The preset's latency and bandwidth."""
+        return {LinkPreset.NVLINK: LinkModel(3e-6, 300e9), LinkPreset.PCIE: LinkModel(10e-6, 25e9),
+                LinkPreset.ETHERNET: LinkModel(50e-6, 1.25e9)}[self]
 
 
 def range_costs(layers: Sequence[StageCost], ranges: Sequence[tuple[int, int]]) -> list[StageCost]:

@@ -1,13 +1,17 @@
 """Profiler: measured F, B and W seconds per layer on a device (warm-up, CUDA events on GPU, medians), as JSON.
 
-Each layer is timed with the same tensor operations as the runtime's Functions, on random data:
+Each layer is timed with the runtime's own kernels (``runtime.ops.equations`` and the deferred weight gradient of
+``runtime.ops.wgrad``), on random data:
 
-* F: z = x W^T (+ b), then h = phi(z) when an activation follows;
-* B: g = dJ/dh * phi'(h) when an activation follows, then dJ/dx = g W (not on layer 0, whose input
-  is data and needs no gradient);
-* W: dJ/dW = g^T x (+ dJ/db = sum_rows g).
+* F: z = x W^T + b (one addmm), then h = phi(z) when an activation follows;
+* B: g = dJ/dh * phi'(h) when an activation follows (threshold_backward for ReLU), then dJ/dx = g W (not on
+  layer 0, whose input is data and needs no gradient);
+* W: dJ/dW += g^T x (addmm_ into the gradient), dJ/db += sum_rows g.
 
-These are the pieces ``partition.cost`` counts FLOPs for, so a profile can replace FLOP-based times.
+By default the CPU caches are flushed before every timed call (cold cache): inside a pipeline the other layers
+and stages run in between, so a layer's weights come from memory; timed hot, layers come out 8-26% faster than
+a pipelined step runs them. These are the pieces ``partition.cost`` counts FLOPs for, so a profile can replace
+FLOP-based times.
 """
 
 from __future__ import annotations
@@ -18,20 +22,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 
 from partition.cost import as_dtype
-from partition.spec import Activation, MLPSpec
+from partition.spec import MLPSpec
 from partition.timing import StageCost
+from runtime.ops.equations import activation_backward, activation_forward, linear_forward, linear_grad_input
+from runtime.ops.wgrad import DeferredGrad
+from runtime.output import write_json
 
-PHI = MappingProxyType({Activation.RELU: torch.relu, Activation.TANH: torch.tanh, Activation.SIGMOID: torch.sigmoid})
-PHI_GRAD = MappingProxyType({  # dJ/dz from dJ/dh and h, as the runtime's Functions compute it
-    Activation.RELU: lambda g, h: g * (h > 0).to(g.dtype),
-    Activation.TANH: lambda g, h: g * (1 - h * h),
-    Activation.SIGMOID: lambda g, h: g * (h * (1 - h)),
-})
+COLD_CACHE_BYTES = 64 << 20  # the default flush buffer: twice a 32 MiB last-level cache
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,14 @@ class Profile:
     layers: tuple[StageCost, ...]
     widths: tuple[int, ...] = ()
     device_name: str = ""
+    cold_cache_bytes: int = 0  # > 0: timed with the CPU caches flushed before every call (the pipelined regime)
 
     def save(self, path: str | Path) -> None:
         """Write this profile as JSON."""
         data = {"device": self.device, "device_name": self.device_name, "dtype": self.dtype,
-                "microbatch": self.microbatch, "widths": list(self.widths),
+                "microbatch": self.microbatch, "widths": list(self.widths), "cold_cache_bytes": self.cold_cache_bytes,
                 "layers": [{"f": c.f, "b": c.b, "w": c.w} for c in self.layers]}
-        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+        write_json(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -60,7 +62,8 @@ class Profile:
             return cls(device=str(data["device"]), dtype=str(data["dtype"]), microbatch=int(data["microbatch"]),
                        layers=tuple(StageCost(float(c["f"]), float(c["b"]), float(c["w"])) for c in data["layers"]),
                        widths=tuple(int(w) for w in data.get("widths", ())),
-                       device_name=str(data.get("device_name", "")))
+                       device_name=str(data.get("device_name", "")),
+                       cold_cache_bytes=int(data.get("cold_cache_bytes", 0)))
         except OSError as err:
             raise ValueError(f"profile: cannot read {path}: {err.strerror}") from None
         except (ValueError, KeyError, TypeError) as err:
@@ -114,13 +117,12 @@ def profile_layers(
     repeats: int = 10,
     warmup: int = 3,
     seed: int = 0,
-    cold_cache_bytes: int = 0,
+    cold_cache_bytes: int = COLD_CACHE_BYTES,
 ) -> Profile:
     """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring).
 
-    ``cold_cache_bytes`` > 0 (CPU only; e.g. 64 MiB, over the last-level cache) times every call with cold
-    caches; by default the layer's tensors stay hot across repeats, which times a layer faster than it
-    runs inside a pipeline.
+    ``cold_cache_bytes`` > 0 (CPU only; over the last-level cache) overwrites the caches before every timed call,
+    the regime of a pipelined step; 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
     """
     if microbatch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"microbatch/repeats/warmup: expected >= 1, >= 1, >= 0, got {microbatch}, {repeats}, {warmup}")
@@ -134,31 +136,33 @@ def profile_layers(
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, device=dev, dtype=torch_dtype)
 
-    phi, phi_grad = PHI[spec.activation], PHI_GRAD[spec.activation]
+    kind = spec.activation
     flush = torch.zeros(cold_cache_bytes // 4, dtype=torch.float32) if cold_cache_bytes > 0 and dev.type == "cpu" else None
     layers = []
     with torch.no_grad():
         for layer in range(spec.num_layers):
             out_f, in_f = spec.layer_shape(layer)
-            x, w, g_h = rand(microbatch, in_f), rand(out_f, in_f), rand(microbatch, out_f)
-            b = rand(out_f) if spec.bias else None
+            x, g_h = rand(microbatch, in_f), rand(microbatch, out_f)
+            w = torch.nn.Parameter(rand(out_f, in_f))
+            b = torch.nn.Parameter(rand(out_f)) if spec.layer_has_bias(layer) else None
+            for p in (w, b):  # accumulated into, as from the second microbatch of a step on
+                if p is not None:
+                    p.grad = torch.zeros_like(p)
             act = spec.has_activation(layer)
-            h = phi(x.matmul(w.t())) if act else None
+            h = activation_forward(kind, linear_forward(x, w, b)) if act else None
 
             def forward(x=x, w=w, b=b, act=act) -> torch.Tensor:
-                z = x.matmul(w.t())
-                z = z + b if b is not None else z
-                return phi(z) if act else z
+                z = linear_forward(x, w, b)
+                return activation_forward(kind, z) if act else z
 
             def backward_input(g_h=g_h, h=h, w=w, first=layer == 0) -> torch.Tensor | None:
-                g = phi_grad(g_h, h) if h is not None else g_h
-                return g if first else g.matmul(w)
+                g = activation_backward(kind, g_h, h) if h is not None else g_h
+                return g if first else linear_grad_input(g, w)
 
-            def backward_weight(g=g_h, x=x, bias=spec.bias) -> tuple[torch.Tensor, torch.Tensor | None]:
-                return g.t().matmul(x), g.sum(0) if bias else None
-
+            weight_grad = DeferredGrad(w, b, g_h, x)
             layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush)
-                                      for fn in (forward, backward_input, backward_weight))))
+                                      for fn in (forward, backward_input, weight_grad.run))))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Profile(device=str(dev), dtype=name, microbatch=microbatch, layers=tuple(layers),
-                   widths=tuple(spec.widths), device_name=device_name)
+                   widths=tuple(spec.widths), device_name=device_name,
+                   cold_cache_bytes=cold_cache_bytes if flush is not None else 0)

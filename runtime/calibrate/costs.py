@@ -1,0 +1,92 @@
+"""The cost model of a training step: profiled layer times plus measured host overheads and link, each with its origin.
+
+A step of a pipeline is predicted from these terms (see ``runtime.calibrate.forecast``):
+
+* ``layers``: F, B and W seconds of every layer for one microbatch, from the profiler (cold caches on the CPU);
+* ``action_overhead``: per stage, what an F, B or W action costs beyond its arithmetic (Python, the engine, the
+  executor, the loss on the last stage), measured on a skeleton of the run (hidden widths 1, same shape);
+* ``step_overhead``: per step, what the skeleton's step costs beyond its actions (executor loop, posting messages,
+  zeroing gradients, the regulariser and optimizer on the skeleton's parameters);
+* ``optimizer``: the optimizer step (and l2 term) on the real parameters, beyond the same on the skeleton's;
+* ``loss_all_reduce``: the per-step all-reduce that checks every stage's outputs were finite (under torchrun);
+* ``link``: latency + bytes / bandwidth of one transfer between ranks, fitted from ping-pongs on the transport the
+  run uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from partition.timing import LinkModel, StageCost, range_costs
+
+
+class Origin(Enum):
+    """Where a figure of the cost model comes from."""
+
+    MEASURED = "measured"  # timed on this machine by this process (overheads, optimizer, link)
+    PROFILED = "profiled"  # the profiler's per-layer compute times
+    GIVEN = "given"  # supplied by the user (flags, a saved profile)
+    DEFAULT = "default"  # nothing to measure here (e.g. no process group): a fixed value
+
+
+@dataclass(frozen=True)
+class Term:
+    """One figure of the cost model: seconds, where it comes from, and a short note."""
+
+    seconds: float
+    origin: Origin
+    note: str = ""
+
+    def to_json(self) -> dict:
+        """``{"seconds", "origin", "note"}``."""
+        return {"seconds": self.seconds, "origin": self.origin.value, "note": self.note}
+
+
+ZERO = Term(0.0, Origin.DEFAULT, "not modelled")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Everything a step's prediction is computed from (see the module docstring for each term)."""
+
+    layers: tuple[StageCost, ...]
+    layers_origin: Origin = Origin.PROFILED
+    action_overhead: tuple[StageCost, ...] = ()  # per stage; empty: none
+    overhead_origin: Origin = Origin.DEFAULT
+    step_overhead: Term = ZERO
+    optimizer: Term = ZERO
+    loss_all_reduce: Term = ZERO
+    link: LinkModel = LinkModel()
+    link_origin: Origin = Origin.DEFAULT
+    link_note: str = "free: no transfers modelled"
+
+    def compute_costs(self, ranges: Sequence[tuple[int, int]]) -> list[StageCost]:
+        """Per stage: the profiled arithmetic of its layers."""
+        return range_costs(self.layers, ranges)
+
+    def stage_costs(self, ranges: Sequence[tuple[int, int]]) -> list[StageCost]:
+        """Per stage: the arithmetic of its layers plus the host overhead of each of its actions."""
+        over = self.action_overhead or (StageCost(0.0, 0.0, 0.0),) * len(ranges)
+        if len(over) != len(ranges):
+            raise ValueError(f"action_overhead: measured for {len(over)} stages, the plan has {len(ranges)}")
+        return [StageCost(c.f + o.f, c.b + o.b, c.w + o.w) for c, o in zip(self.compute_costs(ranges), over)]
+
+    @property
+    def per_step(self) -> float:
+        """Seconds every step adds beyond its actions: step overhead + optimizer + loss all-reduce."""
+        return self.step_overhead.seconds + self.optimizer.seconds + self.loss_all_reduce.seconds
+
+    def to_json(self) -> dict:
+        """Every term with its origin, JSON-ready."""
+        bw = self.link.bandwidth
+        return {
+            "layers": {"origin": self.layers_origin.value, "seconds": [{"f": c.f, "b": c.b, "w": c.w} for c in self.layers]},
+            "action_overhead": {"origin": self.overhead_origin.value,
+                                "seconds": [{"f": c.f, "b": c.b, "w": c.w} for c in self.action_overhead]},
+            "step_overhead": self.step_overhead.to_json(), "optimizer": self.optimizer.to_json(),
+            "loss_all_reduce": self.loss_all_reduce.to_json(),
+            "link": {"latency": self.link.latency, "bandwidth": None if bw == float("inf") else bw,
+                     "origin": self.link_origin.value, "note": self.link_note},
+        }
