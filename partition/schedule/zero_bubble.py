@@ -33,56 +33,60 @@ def _zb_h1_rank(p: int, m: int, r: int) -> list[Action]:
 def zb_v_lists(p: int, m: int) -> list[list[Action]]:
     """ZB-V ("Pipeline Parallelism with Controllable Memory", Qi et al., 2024): 2p stages in a V over p ranks.
 
-    Stage s is on rank s for s < p and on rank 2p-1-s after, so rank 0 holds the first and the last stage. The
-    order comes from replaying the pipeline with unit F, B and W: at each tick a free rank starts, in this priority,
-    the oldest ready B, else the ready F of its later stage then its earlier one (while the rank holds fewer than
-    2p stage-activations, the same bytes as 1F1B's p microbatches of full-rank activations), else its oldest
-    deferred W. Deferred W fill what would be bubbles, so for m >= 2p the bubble is near zero.
+    Stage s is on rank s for s < p and on rank 2p-1-s after, so rank r holds an early stage r and a late stage
+    2p-1-r, and rank 0 holds the first and the last. Each rank follows the paper's three phases:
+
+    - warm-up: 2(p-r)-1 forwards of the early stage; then r pairs (late F, early F); then p-r rounds of the late
+      stage's F, B, W;
+    - steady state: early F, early B, early W, then late F, B, W, until every forward has run;
+    - cool-down: the remaining input gradients B, early stage first in each round, each W held back until 2r
+      more B have run (the B chain back to rank 0 is the critical path; the held W fill the waits), the last
+      held W at the end.
+
+    With T_F = T_B = T_W and m >= 2p the bubble is near zero, and a rank holds at most the activations of 1F1B's
+    rank 0. The order equals the paper's figure (as torch.distributed.pipelining's ScheduleZBVZeroBubble builds
+    it) except, at most, the order of the W that run after a rank's last B, which changes no finish time.
     """
-    stages, cap, never = 2 * p, 2 * p, 1 << 62
-    f_end = [never] * (stages * m)  # tick at which F(s, k) ends, at index s * m + k
-    b_end = [never] * (stages * m + m)  # the same for B; one extra row: "B" past the last stage ends at 0
-    b_end[stages * m:] = [0] * m
-    next_f, next_b = [0] * stages, [0] * stages
-    pending_w: list[deque[tuple[int, int]]] = [deque() for _ in range(p)]
-    held = [0] * p
-    lists: list[list[Action]] = [[] for _ in range(p)]
-    remaining, tick = 3 * stages * m, 0
-    while remaining:
-        started = 0
-        for r in range(p):
-            late = stages - 1 - r
-            ke, kl = next_b[r], next_b[late]
-            b_early = ke < m and f_end[r * m + ke] <= tick and b_end[(r + 1) * m + ke] <= tick
-            b_late = kl < m and f_end[late * m + kl] <= tick and b_end[(late + 1) * m + kl] <= tick
-            if b_early and (not b_late or ke <= kl):
-                s, op, k = r, Op.B, ke
-            elif b_late:
-                s, op, k = late, Op.B, kl
-            else:
-                kl, ke = next_f[late], next_f[r]
-                if held[r] < cap and kl < m and f_end[(late - 1) * m + kl] <= tick:
-                    s, op, k = late, Op.F, kl
-                elif held[r] < cap and ke < m and (r == 0 or f_end[(r - 1) * m + ke] <= tick):
-                    s, op, k = r, Op.F, ke
-                elif pending_w[r]:
-                    (s, k), op = pending_w[r].popleft(), Op.W
-                else:
-                    continue
-            lists[r].append(Action(s, op, k))
-            started += 1
-            if op is Op.F:
-                f_end[s * m + k] = tick + 1
-                next_f[s] += 1
-                held[r] += 1
-            elif op is Op.B:
-                b_end[s * m + k] = tick + 1
-                next_b[s] += 1
-                pending_w[r].append((s, k))
-            else:
-                held[r] -= 1
-        if not started:  # every action lasts one tick, so nothing is running: waiting cannot help
-            raise RuntimeError(f"zb-v generator stalled at tick {tick} for p={p}, m={m}")  # a bug, not bad input
-        remaining -= started
-        tick += 1
-    return lists
+    return [_zb_v_rank(p, m, r) for r in range(p)]
+
+
+def _zb_v_rank(p: int, m: int, r: int) -> list[Action]:
+    early, late = r, 2 * p - 1 - r
+    acts: list[Action] = []
+    f, b = {early: 0, late: 0}, {early: 0, late: 0}
+
+    def forward(s: int) -> bool:
+        if f[s] == m:
+            return False
+        acts.append(Action(s, Op.F, f[s]))
+        f[s] += 1
+        return True
+
+    def backward(s: int) -> None:
+        acts.extend((Action(s, Op.B, b[s]), Action(s, Op.W, b[s])))
+        b[s] += 1
+
+    for _ in range(2 * (p - r) - 1):
+        forward(early)
+    for _ in range(r):
+        forward(late)
+        forward(early)
+    for _ in range(p - r):
+        if forward(late):
+            backward(late)
+    while f[early] < m or f[late] < m:  # B of the early stage needs the late stage's B of that microbatch
+        forward(early)
+        if b[early] < min(f[early], b[late]):
+            backward(early)
+        if forward(late):
+            backward(late)
+    held: deque[Action] = deque()
+    while b[early] < m or b[late] < m:
+        for s in (early, late):
+            if b[s] < m and (s == late or b[early] < b[late]):
+                acts.append(Action(s, Op.B, b[s]))
+                held.append(Action(s, Op.W, b[s]))
+                b[s] += 1
+                if len(held) > 2 * r or (r == 0 and held):
+                    acts.append(held.popleft())
+    return acts + list(held)

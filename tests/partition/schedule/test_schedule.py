@@ -94,6 +94,80 @@ step | rank 0 | rank 1 | rank 2
    5 | 0BW2   | 1BW2   | 2BW2
 """
 
+# Interleaved 1F1B (Narayanan et al. 2021, section 2.2 and fig. 4), p=2, v=2, m=4: rank r runs stages r and r+p;
+# microbatches go through a stage in groups of p; warm-up has (p-r-1)*2 + (v-1)*p forwards (4 on rank 0, 2 on
+# rank 1), then one forward and one backward in turn, backwards of the later stage first in each group. The same
+# order is what torch.distributed.pipelining's ScheduleInterleaved1F1B builds (its B is our BW).
+INTERLEAVED_P2_M4_V2 = """
+step | rank 0 | rank 1
+-----+--------+-------
+   0 | 0F0    | 1F0
+   1 | 0F1    | 1F1
+   2 | 2F0    | 3F0
+   3 | 2F1    | 3BW0
+   4 | 0F2    | 3F1
+   5 | 2BW0   | 3BW1
+   6 | 0F3    | 1F2
+   7 | 2BW1   | 1BW0
+   8 | 2F2    | 1F3
+   9 | 0BW0   | 1BW1
+  10 | 2F3    | 3F2
+  11 | 0BW1   | 3BW2
+  12 | 2BW2   | 3F3
+  13 | 2BW3   | 3BW3
+  14 | 0BW2   | 1BW2
+  15 | 0BW3   | 1BW3
+"""
+# ZB-H1 (Qi et al., ICLR 2024, section 3.1 and fig. 3), p=3, m=4: 1F1B's order of F and B, each W right after
+# its B on rank 0 and r microbatches later on rank r, so that every rank holds p microbatches, rank 0's peak.
+ZB_H1_P3_M4 = """
+step | rank 0 | rank 1 | rank 2
+-----+--------+--------+-------
+   0 | 0F0    | 1F0    | 2F0
+   1 | 0F1    | 1F1    | 2B0
+   2 | 0F2    | 1B0    | 2F1
+   3 | 0B0    | 1F2    | 2B1
+   4 | 0W0    | 1B1    | 2F2
+   5 | 0F3    | 1W0    | 2B2
+   6 | 0B1    | 1F3    | 2W0
+   7 | 0W1    | 1B2    | 2F3
+   8 | 0B2    | 1W1    | 2B3
+   9 | 0W2    | 1B3    | 2W1
+  10 | 0B3    | 1W2    | 2W2
+  11 | 0W3    | 1W3    | 2W3
+"""
+# ZB-V (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory", fig. of ZB-V), p=2, m=4: rank 0 holds
+# stages 0 and 3, rank 1 stages 1 and 2; warm-up, steady F-B-W and cool-down phases as the paper draws them
+# (torch.distributed.pipelining's ScheduleZBVZeroBubble builds the same order; its I is our B).
+ZB_V_P2_M4 = """
+step | rank 0 | rank 1
+-----+--------+-------
+   0 | 0F0    | 1F0
+   1 | 0F1    | 2F0
+   2 | 0F2    | 1F1
+   3 | 3F0    | 2F1
+   4 | 3B0    | 2B0
+   5 | 3W0    | 2W0
+   6 | 3F1    | 1F2
+   7 | 3B1    | 1B0
+   8 | 3W1    | 1W0
+   9 | 0F3    | 2F2
+  10 | 0B0    | 2B1
+  11 | 0W0    | 2W1
+  12 | 3F2    | 1F3
+  13 | 3B2    | 1B1
+  14 | 3W2    | 1W1
+  15 | 0B1    | 2F3
+  16 | 0W1    | 2B2
+  17 | 3F3    | 2W2
+  18 | 3B3    | 1B2
+  19 | 3W3    | 2B3
+  20 | 0B2    | 1B3
+  21 | 0W2    | 1W2
+  22 | 0B3    | 2W3
+  23 | 0W3    | 1W3
+"""
+
 
 @pytest.mark.parametrize(
     ("kind", "p", "m", "table"),
@@ -102,12 +176,41 @@ step | rank 0 | rank 1 | rank 2
         (ScheduleKind.GPIPE, 3, 3, GPIPE_P3_M3),
         (ScheduleKind.ONE_F_ONE_B, 2, 4, ONE_F_ONE_B_P2_M4),
         (ScheduleKind.ONE_F_ONE_B, 3, 3, ONE_F_ONE_B_P3_M3),
+        (ScheduleKind.INTERLEAVED_1F1B, 2, 4, INTERLEAVED_P2_M4_V2),
+        (ScheduleKind.ZB_H1, 3, 4, ZB_H1_P3_M4),
+        (ScheduleKind.ZB_V, 2, 4, ZB_V_P2_M4),
     ],
 )
 def test_literal_tables_from_the_papers(kind, p, m, table):
-    schedule = generate(kind, p, m)
+    schedule = generate(kind, p, m, virtual=2 if kind is ScheduleKind.INTERLEAVED_1F1B else 1)
     assert format_table(schedule) == table.strip("\n")
     assert parse_table(table) == dict(schedule.actions)
+
+
+# ZB-V, p=3, m=6, as the paper (and ScheduleZBVZeroBubble) orders it, I written as B. Ours differs only in the
+# order of the W that follow a rank's last B (rank 1: 4W5 1W4 for the paper's 1W4 4W5; rank 2: 2W4 3W5 for 3W5
+# 2W4). Nothing waits for those W and the rank runs all of them back to back, so every finish time is the same
+# and the held activations only shrink: no slower, no more memory. We keep ours (first held, first run).
+ZB_V_P3_M6_PAPER = (
+    "0F0 0F1 0F2 0F3 0F4 5F0 5B0 5W0 5F1 5B1 5W1 5F2 5B2 5W2 0F5 0B0 0W0 5F3 5B3 5W3 0B1 0W1 5F4 5B4 5W4 0B2 0W2 "
+    "5F5 5B5 5W5 0B3 0W3 0B4 0W4 0B5 0W5",
+    "1F0 1F1 1F2 4F0 1F3 4F1 4B0 4W0 4F2 4B1 4W1 1F4 1B0 1W0 4F3 4B2 4W2 1F5 1B1 1W1 4F4 4B3 4W3 1B2 1W2 4F5 4B4 "
+    "4W4 1B3 4B5 1B4 1W3 1B5 1W4 4W5 1W5",
+    "2F0 3F0 2F1 3F1 2F2 3F2 3B0 3W0 2F3 2B0 2W0 3F3 3B1 3W1 2F4 2B1 2W1 3F4 3B2 3W2 2F5 2B2 2W2 3F5 3B3 3W3 2B3 "
+    "3B4 2B4 3B5 2B5 2W3 3W4 3W5 2W4 2W5",
+)
+
+
+def test_zb_v_follows_the_paper_up_to_the_order_of_trailing_weight_gradients():
+    ours = generate(ScheduleKind.ZB_V, 3, 6)
+    paper = ours.with_actions({r: tuple(Action.parse(a) for a in row.split()) for r, row in enumerate(ZB_V_P3_M6_PAPER)})
+    validate(paper)
+    for r in range(3):
+        mine, theirs = list(ours.actions[r]), list(paper.actions[r])
+        last_b = max(i for i, a in enumerate(theirs) if a.op is Op.B)
+        assert mine[: last_b + 1] == theirs[: last_b + 1]
+        assert sorted(mine[last_b + 1:]) == sorted(theirs[last_b + 1:]) and all(a.op is Op.W for a in mine[last_b + 1:])
+    assert [list(ours.actions[0]), list(ours.actions[1])[:29]] == [list(paper.actions[0]), list(paper.actions[1])[:29]]
 
 
 def test_table_marks_and_crops_around_the_marked_action():
@@ -278,3 +381,14 @@ def test_schedule_checks_its_fields():
     assert s.actions[1] == () and isinstance(s.actions[0], tuple)
     with pytest.raises(TypeError):
         s.actions[0] = ()
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 6])
+def test_zb_v_rank_never_holds_more_than_1f1b_rank_0(p):
+    for m in (1, p, 2 * p, 4 * p + 1):
+        for acts in generate(ScheduleKind.ZB_V, p, m).actions.values():
+            held = peak = 0
+            for a in acts:  # F brings a stage's activations in, W frees them (the stage holds half a rank's layers)
+                held += (a.op is Op.F) - (a.op is Op.W)
+                peak = max(peak, held)
+            assert peak <= 2 * p and held == 0
