@@ -6,12 +6,25 @@ from torch.autograd import Function
 
 from partition.memory import (
     MemoryReport,
+    MicrobatchBytes,
     inference_memory,
+    layer_memory,
     plan_memory,
     stage_memory,
     training_memory,
 )
+from partition.recompute import (
+    NO_RECOMPUTE,
+    RECOMPUTE_ALL,
+    Recompute,
+    RecomputeKind,
+    parse_recompute,
+    per_stage,
+    recompute_forward,
+    recompute_stage_cost,
+)
 from partition.spec import MLPSpec
+from partition.timing import StageCost
 from partition.units import format_bytes, parse_bytes
 from runtime.ops.model import PipeModel, forward_layers, loss_term
 from runtime.ops.wgrad import WeightGradStore
@@ -25,8 +38,44 @@ def test_training_and_inference_by_hand():
     assert train == MemoryReport(parameters=104, gradients=104, optimizer=208, saved_activations=10 * (12 + 32))
     assert train.total == 856
     infer = inference_memory(MLPSpec((3, 4, 2)), batch=10, dtype="float32")
-    assert infer == MemoryReport(parameters=104, live_activations=10 * (3 + 4) * 4)
+    # the input x (3) stays held while layer 0's z and h = relu(z) (4 + 4) are both live
+    assert infer == MemoryReport(parameters=104, live_activations=10 * (3 + 4 + 4) * 4)
     assert infer.total < train.total
+
+
+def test_recompute_phases_by_hand():
+    # widths 3 -> 4 -> 5 -> 2, float32, cross-entropy, microbatch 10: x bytes 120, 160, 200; h bytes 160, 200;
+    # g bytes 160, 200, 80; o 80 and the int64 class index target 80
+    layers = layer_memory(MLPSpec((3, 4, 5, 2)), 10, "float32")
+    none = layers.microbatch(0, 2)
+    assert none == MicrobatchBytes(forward=120 + 160 + 200, backward=480, deferred=120 + 160 + 160 + 200)
+    full = layers.microbatch(0, 2, RECOMPUTE_ALL)  # keeps x; B rebuilds x(1) and h(2)
+    assert full == MicrobatchBytes(forward=120, backward=480, deferred=640, recomputed=2)
+    part = layers.microbatch(0, 2, Recompute.parse("first:1"))  # keeps x, x(1) = h(1), h(2); B rebuilds h(1) again
+    assert part == MicrobatchBytes(forward=120 + 160 + 200, backward=480 + 160, deferred=640, recomputed=1)
+    last = layers.microbatch(1, 3, RECOMPUTE_ALL)  # keeps x(1) and the target; B rebuilds x(2), o
+    assert last == MicrobatchBytes(forward=160 + 80, backward=160 + 200 + 80 + 80, deferred=160 + 200 + 200 + 80,
+                                   recomputed=2)
+    assert layers.microbatch(1, 3, Recompute.parse("first:5")) == last
+    # counts: two in flight (one in its recompute window), one of them deferred
+    report = layers.stage(0, 2, inflight=2, deferred_w=1, recompute=RECOMPUTE_ALL)
+    assert report.saved_activations == 2 * 120 + (480 - 120) and report.deferred_w == 160 + 200 + 160
+    assert report.total >= report.parameters + report.gradients + report.communication + 120 + 640
+
+
+def test_recompute_choices_parse_and_cost():
+    assert parse_recompute("none") == (NO_RECOMPUTE,) and str(Recompute.parse("First:3")) == "first:3"
+    assert parse_recompute("all,none,first:2") == (RECOMPUTE_ALL, NO_RECOMPUTE, Recompute(RecomputeKind.FIRST, 2))
+    assert per_stage((), 2) == (NO_RECOMPUTE,) * 2 and per_stage((RECOMPUTE_ALL,), 3) == (RECOMPUTE_ALL,) * 3
+    for bad in ("some", "first:0", "first:x"):
+        with pytest.raises(ValueError, match="recompute"):
+            parse_recompute(bad)
+    with pytest.raises(ValueError, match="one per stage"):
+        per_stage((NO_RECOMPUTE, RECOMPUTE_ALL), 3)
+    costs = [StageCost(1.0, 2.0, 3.0), StageCost(10.0, 20.0, 30.0), StageCost(100.0, 200.0, 300.0)]
+    assert recompute_forward(costs, 0, 3, Recompute.parse("first:2")) == 11.0
+    assert recompute_stage_cost(costs, 1, 3, RECOMPUTE_ALL) == StageCost(110.0, 220.0 + 110.0, 330.0)
+    assert recompute_stage_cost(costs, 1, 3, NO_RECOMPUTE) == StageCost(110.0, 220.0, 330.0)
 
 
 def test_stage_peaks_by_hand():
