@@ -11,7 +11,8 @@
 --stages is the pipeline depth p, the number of ranks. gpipe, 1f1b and zb-h1 place one stage per rank;
 interleaved-1f1b places --virtual (v) stages per rank, p*v stages in all (stage s on rank s % p); zb-v always
 places two stages per rank in a V (2p stages). Costs are seconds per microbatch per stage (F, input-gradient B,
-weight-gradient W; a fused backward BW costs B + W); every stage gets the same costs. The trace opens in
+weight-gradient W; a fused backward BW costs B + W); every stage gets the same costs. In torch.distributed.pipelining's
+letters our B (input gradient) is I and our BW (whole backward) is B; tables here use ours. The trace opens in
 chrome://tracing or https://ui.perfetto.dev; --png needs matplotlib.
 """
 

@@ -1,4 +1,10 @@
-"""Pipeline schedules as data: actions like ``2F0``, per-rank action lists, and their step-by-rank table."""
+"""Pipeline schedules as data: actions like ``2F0``, per-rank action lists, and their step-by-rank table.
+
+The letters: F = forward, B = input gradient (dJ/dx, the backward that the previous stage waits for), W = weight
+gradient (dJ/dW, db; deferrable), BW = the whole backward (B then W). torch.distributed.pipelining writes the input
+gradient as I and the whole backward as B; ``Action.parse`` accepts its ``I`` (``"1I3"`` is our ``1B3``), but its
+``B`` would mean our BW, so a table written in torch's letters must spell full backwards as ``BW``.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ class Op(Enum):
         return names.index(self.name) < names.index(other.name)
 
 
-_ACTION_RE = re.compile(r"(\d+)(SEND_F|RECV_F|SEND_B|RECV_B|BW|F|B|W)(\d+)")
+_ACTION_RE = re.compile(r"(\d+)(SEND_F|RECV_F|SEND_B|RECV_B|BW|F|B|I|W)(\d+)")
 
 
 @dataclass(frozen=True, order=True, slots=True, repr=False)
@@ -58,11 +64,14 @@ class Action:
 
     @classmethod
     def parse(cls, text: str) -> Action:
-        """The inverse of ``str``: ``Action.parse("1B3") == Action(1, Op.B, 3)``; ValueError on anything else."""
+        """The inverse of ``str``: ``Action.parse("1B3") == Action(1, Op.B, 3)``; torch's ``"1I3"`` is the same action.
+
+        ValueError on anything else.
+        """
         match = _ACTION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
         if match is None:
             raise ValueError(f"not an action: {text!r} (expected <stage><op><microbatch> such as '2F0', '1BW3', '0SEND_F2')")
-        return cls(int(match[1]), Op(match[2]), int(match[3]))
+        return cls(int(match[1]), Op.B if match[2] == "I" else Op(match[2]), int(match[3]))
 
 
 class ScheduleKind(Enum):

@@ -1,7 +1,7 @@
 """Benchmark `functions`: one forward + backward of the hand-derived Functions vs nn.Sequential under autograd.
 
 Contenders, per width and dtype, all on the same seeded weights and batch (no optimizer update: it would
-be the same on every side, and the DESIGN's reference figure excludes it):
+be the same on every side, and the GPU reference figure excludes it):
 
 * ``autograd``: ``nn.Sequential`` of ``nn.Linear`` + ``nn.ReLU`` and torch's loss, plain autograd;
 * ``compiled``: the same under ``torch.compile`` (reported as failed where it cannot compile);
@@ -19,10 +19,11 @@ import torch
 from partition.spec import MLPSpec
 from runtime.bench.flops import describe_rate, device_peak, step_flops, throughput
 from runtime.bench.models import Params, bench_spec, device_params, make_batch, reference_loss, reference_sequential
-from runtime.bench.report import dtype_name, machine, ms, ratio, table
+from runtime.bench.report import dtype_name, machine, ms, ratio
 from runtime.bench.timing import Measured, Variant, measure, paired_ratio, release_memory
 from runtime.ops.model import PipeModel, init_parameters, loss_term
 from runtime.ops.wgrad import WeightGradStore
+from runtime.output import text_table
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,10 @@ def run_functions(cfg: FunctionsConfig, log: Callable[[str], None] = print,
                              describe_rate(r), ratio(r["speedup_vs_autograd"]), _loss_text(r["loss"])])
             torch.compiler.reset()
             release_memory(device)
-            out["table"] = table(headers, rows)
+            out["table"] = text_table(headers, rows)
             if partial is not None:
                 partial(out)
-    out["table"] = table(headers, rows)
+    out["table"] = text_table(headers, rows)
     return out
 
 

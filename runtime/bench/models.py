@@ -17,7 +17,7 @@ Params = list[tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def bench_spec(width: int, layers: int, loss: Loss = Loss.SQUARED_ERROR) -> MLPSpec:
-    """``layers`` Linear(width, width) with ReLU between them (the DESIGN's 8 x 8192 shape, or smaller)."""
+    """``layers`` Linear(width, width) with ReLU between them (the 8 x 8192 shape of the GPU reference figures, or smaller)."""
     if width < 1 or layers < 1:
         raise ValueError(f"width/layers: expected >= 1, got {width} and {layers}")
     return MLPSpec((width,) * (layers + 1), Activation.RELU, True, 0.0, loss)

@@ -31,6 +31,7 @@ def test_action_prints_and_parses():
         a = Action(12, op, 34)
         assert Action.parse(str(a)) == a
     assert Action.parse(" 1BW2 ") == Action(1, Op.BW, 2)
+    assert Action.parse("1I3") == Action(1, Op.B, 3) and str(Action.parse("1I3")) == "1B3"  # torch's letter for B
     with pytest.raises(TypeError, match="expected an Op"):
         Action(0, "F", 0)
 
