@@ -62,146 +62,186 @@ def replay(
 
     ``actions`` are the schedule's lists (the timeline holds those objects); ``record=False`` skips the timeline.
     """
-    S, M, cross = enc.num_stages, enc.num_microbatches, enc.cross
-    SM = S * M
-    has_comms = enc.has_comms
-    rows = enc.codes
-    p = len(rows)
-    end_f, end_b = [-1.0] * SM, [-1.0] * SM
-    arr_f, arr_b = [-1.0] * SM, [-1.0] * SM  # arrival of stage s's input / output gradient, by receiver index
-    # what a compute action reads: the arrival itself, or with send/recv actions its RECV's completion
-    in_f, in_b = ([-1.0] * SM, [-1.0] * SM) if has_comms else (arr_f, arr_b)
-    src_f, src_b = [-1] * SM, [-1] * SM  # the compute action whose end set that arrival
-    bcode = [-1] * SM  # the code of (s, m)'s backward once it ran
-    pred = [-1] * (4 * SM)  # the compute action whose end set this one's start
-    start_of = [-1.0] * (4 * SM)
-    held, peak_h, deferred, peak_d = [0] * S, [0] * S, [0] * S, [0] * S
-    busy = [0.0] * p
-    clock, cpred, ptr = [0.0] * p, [-1] * p, [0] * p
-    gstart = [0.0] * p  # when the rank reached its current group of sends/receives
-    waiting: dict[int, int] = {}  # idx (input) or SM + idx (gradient) -> the rank waiting for its arrival
-    timeline: list[list[TimedAction]] = [[] for _ in range(p)]
-    transfers: list[TimedAction] = []
-    last_end, last_code = 0.0, -1
-    stack = list(reversed(range(p)))
-    while stack:
-        r = stack.pop()
-        row, acts, i = rows[r], actions[r], ptr[r]
-        t, cp = clock[r], cpred[r]
+    return _Replayer(enc, actions, cf, cb, cw, tl, record).run()
+
+
+class _Replayer:
+    """The state of one replay; ``run`` advances each rank until an input is missing (see the module docstring)."""
+
+    def __init__(self, enc: Encoded, actions: Mapping[int, Sequence[Action]], cf: Sequence[float],
+                 cb: Sequence[float], cw: Sequence[float], tl: Sequence[float], record: bool) -> None:
+        self.enc, self.actions, self.cf, self.cb, self.cw, self.tl, self.record = enc, actions, cf, cb, cw, tl, record
+        S, M = enc.num_stages, enc.num_microbatches
+        self.S, self.M, self.SM, self.cross, self.has_comms = S, M, S * M, enc.cross, enc.has_comms
+        SM, p = S * M, len(enc.codes)
+        self.end_f, self.end_b = [-1.0] * SM, [-1.0] * SM
+        self.arr_f, self.arr_b = [-1.0] * SM, [-1.0] * SM  # arrival of stage s's input / output gradient, by receiver
+        # what a compute action reads: the arrival itself, or with send/recv actions its RECV's completion
+        self.in_f, self.in_b = ([-1.0] * SM, [-1.0] * SM) if enc.has_comms else (self.arr_f, self.arr_b)
+        self.src_f, self.src_b = [-1] * SM, [-1] * SM  # the compute action whose end set that arrival
+        self.bcode = [-1] * SM  # the code of (s, m)'s backward once it ran
+        self.pred = [-1] * (4 * SM)  # the compute action whose end set this one's start
+        self.start_of = [-1.0] * (4 * SM)
+        self.held, self.peak_h, self.deferred, self.peak_d = [0] * S, [0] * S, [0] * S, [0] * S
+        self.busy = [0.0] * p
+        self.clock, self.cpred, self.ptr = [0.0] * p, [-1] * p, [0] * p
+        self.gstart = [0.0] * p  # when the rank reached its current group of sends/receives
+        self.waiting: dict[int, int] = {}  # idx (input) or SM + idx (gradient) -> the rank waiting for its arrival
+        self.timeline: list[list[TimedAction]] = [[] for _ in range(p)]
+        self.transfers: list[TimedAction] = []
+        self.last_end, self.last_code = 0.0, -1
+        self.stack = list(reversed(range(p)))
+
+    def run(self) -> Replay:
+        """Advance ranks from the stack until none can move; a rank that stops waits for an arrival to wake it."""
+        while self.stack:
+            self._advance(self.stack.pop())
+        return Replay(self.ptr, self.start_of, self.pred, self.busy, self.last_end, self.last_code, self.peak_h,
+                      self.peak_d, self.timeline, self.transfers)
+
+    def _advance(self, r: int) -> None:
+        """Run rank ``r``'s list from where it stopped until an action's input is missing."""
+        row, SM, M = self.enc.codes[r], self.SM, self.M
+        i, t, cp = self.ptr[r], self.clock[r], self.cpred[r]
         while i < len(row):
             code = row[i]
             op, idx = divmod(code, SM)
             s = idx // M
             if op >= SEND_F:
                 if op == SEND_F or op == SEND_B:
-                    if op == SEND_F:
-                        at, prod, key, fly = idx + M, end_f[idx], idx + M, tl[s]
-                    else:
-                        at, prod, key, fly = idx - M, end_b[idx], SM + idx - M, tl[s - 1]
-                    if prod < 0:
-                        break  # sending before the producer ran: never runs (validate explains)
-                    post = max(gstart[r], prod)
-                    arrival = post + fly
-                    who = idx if op == SEND_F else bcode[idx]
-                    if op == SEND_F:
-                        arr_f[at], src_f[at] = arrival, who
-                    else:
-                        arr_b[at], src_b[at] = arrival, who
-                    if fly > 0 and record:
-                        transfers.append(TimedAction(r, acts[i], post, arrival))
-                    w = waiting.pop(key, None)
-                    if w is not None:
-                        stack.append(w)
-                else:
-                    arrival = arr_f[idx] if op == RECV_F else arr_b[idx]
-                    if arrival < 0:
-                        waiting[idx if op == RECV_F else SM + idx] = r
+                    if not self._send(r, i, op, idx, s):
                         break
-                    if op == RECV_F:
-                        in_f[idx] = arrival
-                    else:
-                        in_b[idx] = arrival
-                    if arrival > t:
-                        t, cp = arrival, (src_f[idx] if op == RECV_F else src_b[idx])
+                else:
+                    moved = self._receive(r, op, idx, t, cp)
+                    if moved is None:
+                        break
+                    t, cp = moved
                 i += 1
                 continue
-            # compute: find when its input is there, and which action that was
-            if op == F:
-                avail, dep = 0.0, -1
-                if s > 0:
-                    if cross[s - 1]:
-                        avail, dep = in_f[idx], src_f[idx]
-                        if avail < 0:
-                            if not has_comms:
-                                waiting[idx] = r
-                            break
-                    else:
-                        avail, dep = end_f[idx - M], idx - M
-                        if avail < 0:
-                            break
-                cost = cf[s]
-            elif op == W:
-                avail, dep, cost = end_b[idx], bcode[idx], cw[s]
-                if avail < 0:
-                    break
-            else:
-                avail, dep = end_f[idx], idx
-                if avail < 0:
-                    break
-                if s < S - 1:
-                    if cross[s]:
-                        grad, gdep = in_b[idx], src_b[idx]
-                        if grad < 0:
-                            if not has_comms:
-                                waiting[SM + idx] = r
-                            break
-                    else:
-                        grad, gdep = end_b[idx + M], bcode[idx + M]
-                        if grad < 0:
-                            break
-                    if grad > avail:
-                        avail, dep = grad, gdep
-                cost = cb[s] + cw[s] if op == BW else cb[s]
+            ready = self._inputs(r, op, idx, s)
+            if ready is None:
+                break
+            avail, dep, cost = ready
             if avail > t:
                 t, cp = avail, dep
             start, t = t, t + cost
-            pred[code], cp, start_of[code] = cp, code, start
-            busy[r] += cost
-            gstart[r] = t
-            if record:
-                timeline[r].append(TimedAction(r, acts[i], start, t))
-            if t >= last_end:
-                last_end, last_code = t, code
-            if op == F:
-                end_f[idx] = t
-                held[s] += 1
-                if held[s] > peak_h[s]:
-                    peak_h[s] = held[s]
-                if not has_comms and s < S - 1 and cross[s]:
-                    arr_f[idx + M], src_f[idx + M] = t + tl[s], code
-                    if record and tl[s] > 0:
-                        transfers.append(TimedAction(r, Action(s, Op.SEND_F, idx - s * M), t, t + tl[s]))
-                    w = waiting.pop(idx + M, None)
-                    if w is not None:
-                        stack.append(w)
-            elif op == W:
-                held[s] -= 1
-                deferred[s] -= 1
-            else:
-                end_b[idx], bcode[idx] = t, code
-                if op == BW:
-                    held[s] -= 1
-                else:
-                    deferred[s] += 1
-                    if deferred[s] > peak_d[s]:
-                        peak_d[s] = deferred[s]
-                if not has_comms and s > 0 and cross[s - 1]:
-                    arr_b[idx - M], src_b[idx - M] = t + tl[s - 1], code
-                    if record and tl[s - 1] > 0:
-                        transfers.append(TimedAction(r, Action(s, Op.SEND_B, idx - s * M), t, t + tl[s - 1]))
-                    w = waiting.pop(SM + idx - M, None)
-                    if w is not None:
-                        stack.append(w)
+            self.pred[code], cp, self.start_of[code] = cp, code, start
+            self._finish(r, i, code, op, idx, s, start, t, cost)
             i += 1
-        ptr[r], clock[r], cpred[r] = i, t, cp
-    return Replay(ptr, start_of, pred, busy, last_end, last_code, peak_h, peak_d, timeline, transfers)
+        self.ptr[r], self.clock[r], self.cpred[r] = i, t, cp
+
+    def _send(self, r: int, i: int, op: int, idx: int, s: int) -> bool:
+        """A SEND leaves when the rank reaches its group and the producer has run; False if the producer never ran."""
+        M, SM = self.M, self.SM
+        if op == SEND_F:
+            at, prod, key, fly, who = idx + M, self.end_f[idx], idx + M, self.tl[s], idx
+        else:
+            at, prod, key, fly, who = idx - M, self.end_b[idx], SM + idx - M, self.tl[s - 1], self.bcode[idx]
+        if prod < 0:
+            return False  # sending before the producer ran: never runs (validate explains)
+        post = max(self.gstart[r], prod)
+        arrival = post + fly
+        if op == SEND_F:
+            self.arr_f[at], self.src_f[at] = arrival, who
+        else:
+            self.arr_b[at], self.src_b[at] = arrival, who
+        if fly > 0 and self.record:
+            self.transfers.append(TimedAction(r, self.actions[r][i], post, arrival))
+        self._wake(key)
+        return True
+
+    def _receive(self, r: int, op: int, idx: int, t: float, cp: int) -> tuple[float, int] | None:
+        """A RECV completes at the arrival; None (and the rank waits) if nothing has been sent yet."""
+        arrival = self.arr_f[idx] if op == RECV_F else self.arr_b[idx]
+        if arrival < 0:
+            self.waiting[idx if op == RECV_F else self.SM + idx] = r
+            return None
+        if op == RECV_F:
+            self.in_f[idx] = arrival
+        else:
+            self.in_b[idx] = arrival
+        if arrival > t:
+            return arrival, (self.src_f[idx] if op == RECV_F else self.src_b[idx])
+        return t, cp
+
+    def _inputs(self, r: int, op: int, idx: int, s: int) -> tuple[float, int, float] | None:
+        """When a compute action's inputs are there, which action delivered the last, and its cost; None if missing."""
+        M, S = self.M, self.S
+        if op == F:
+            avail, dep = 0.0, -1
+            if s > 0:
+                if self.cross[s - 1]:
+                    avail, dep = self.in_f[idx], self.src_f[idx]
+                    if avail < 0:
+                        if not self.has_comms:
+                            self.waiting[idx] = r
+                        return None
+                else:
+                    avail, dep = self.end_f[idx - M], idx - M
+                    if avail < 0:
+                        return None
+            return avail, dep, self.cf[s]
+        if op == W:
+            avail = self.end_b[idx]
+            return None if avail < 0 else (avail, self.bcode[idx], self.cw[s])
+        avail, dep = self.end_f[idx], idx
+        if avail < 0:
+            return None
+        if s < S - 1:
+            if self.cross[s]:
+                grad, gdep = self.in_b[idx], self.src_b[idx]
+                if grad < 0:
+                    if not self.has_comms:
+                        self.waiting[self.SM + idx] = r
+                    return None
+            else:
+                grad, gdep = self.end_b[idx + M], self.bcode[idx + M]
+                if grad < 0:
+                    return None
+            if grad > avail:
+                avail, dep = grad, gdep
+        return avail, dep, (self.cb[s] + self.cw[s] if op == BW else self.cb[s])
+
+    def _finish(self, r: int, i: int, code: int, op: int, idx: int, s: int, start: float, t: float,
+                cost: float) -> None:
+        """Book-keeping once a compute action ran: ends, held activations, and (without send/recv) its transfer."""
+        M, S = self.M, self.S
+        self.busy[r] += cost
+        self.gstart[r] = t
+        if self.record:
+            self.timeline[r].append(TimedAction(r, self.actions[r][i], start, t))
+        if t >= self.last_end:
+            self.last_end, self.last_code = t, code
+        if op == F:
+            self.end_f[idx] = t
+            self.held[s] += 1
+            self.peak_h[s] = max(self.peak_h[s], self.held[s])
+            if not self.has_comms and s < S - 1 and self.cross[s]:
+                self._transfer(r, Op.SEND_F, s, idx, idx + M, self.arr_f, self.src_f, t, self.tl[s], code, idx + M)
+        elif op == W:
+            self.held[s] -= 1
+            self.deferred[s] -= 1
+        else:
+            self.end_b[idx], self.bcode[idx] = t, code
+            if op == BW:
+                self.held[s] -= 1
+            else:
+                self.deferred[s] += 1
+                self.peak_d[s] = max(self.peak_d[s], self.deferred[s])
+            if not self.has_comms and s > 0 and self.cross[s - 1]:
+                self._transfer(r, Op.SEND_B, s, idx, idx - M, self.arr_b, self.src_b, t, self.tl[s - 1], code,
+                               self.SM + idx - M)
+
+    def _transfer(self, r: int, op: Op, s: int, idx: int, at: int, arrivals: list[float], sources: list[int],
+                  t: float, fly: float, code: int, key: int) -> None:
+        """Without send/recv actions, an output leaves as soon as it is made and arrives ``fly`` later."""
+        arrivals[at], sources[at] = t + fly, code
+        if self.record and fly > 0:
+            self.transfers.append(TimedAction(r, Action(s, op, idx - s * self.M), t, t + fly))
+        self._wake(key)
+
+    def _wake(self, key: int) -> None:
+        """Put the rank that waits for arrival ``key`` (if any) back on the stack."""
+        w = self.waiting.pop(key, None)
+        if w is not None:
+            self.stack.append(w)
