@@ -1,9 +1,9 @@
 """The experiment scheduler: partition the model over K devices, or train on one device with a smaller minibatch?
 
-``compare(cfg)`` plans every candidate under the memory cap (``compare_plan``), predicts its step time and memory
-(``compare_predict``, from profiles measured before any run), measures its memory in one instrumented step
-(``compare_memory``) and trains it with the same seed on the same samples (``compare_run``), then recommends one
-(``compare_recommend``) and writes the report (``compare_report``: Markdown, JSON, CSV and PNG plots).
+``compare(cfg)`` plans every candidate under the memory cap (``plan``), predicts its step time and memory
+(``predict``, from profiles measured before any run), measures its memory in one instrumented step
+(``memory``) and trains it with the same seed on the same samples (``run``), then recommends one
+(``recommend``) and writes the report (``report``: Markdown, JSON, CSV and PNG plots).
 ``regenerate`` rewrites the report from its JSON alone.
 """
 
