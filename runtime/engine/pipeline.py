@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from partition.recompute import Recompute, per_stage
 from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.transforms import defer_all_w
@@ -42,6 +43,7 @@ class PipelineConfig:
     fuse_w: bool = True
     defer_w: bool = False
     engine: Engine = Engine.AUTOGRAD
+    recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
 
     @property
     def num_stages(self) -> int:
@@ -57,6 +59,10 @@ class PipelineConfig:
     def num_ranks(self) -> int:
         """Number of pipeline ranks the schedule runs on."""
         return self.num_stages // self.stages_per_rank
+
+    def stage_recompute(self) -> tuple[Recompute, ...]:
+        """Each stage's recomputation choice."""
+        return per_stage(self.recompute, self.num_stages)
 
     def build_schedule(self) -> Schedule:
         """The compute schedule, checked against the stage count."""
@@ -97,6 +103,7 @@ class Pipeline:
         elif len(init) != cfg.spec.num_layers:
             raise ValueError(f"init: expected {cfg.spec.num_layers} layers of parameters, got {len(init)}")
         self.stages: dict[int, Stage] = {}
+        recompute = cfg.stage_recompute()
         for s, (start, stop) in enumerate(cfg.ranges):
             if self.schedule.placement[s] not in self.ranks:
                 continue
@@ -108,7 +115,7 @@ class Pipeline:
                 )
                 for w, b in init[start:stop]
             ]
-            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine)
+            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine, recompute[s])
         self.optimizers = {s: make_optimizer(st.parameters()) for s, st in self.stages.items()}
         self.executor = Executor(self.schedule, self.stages, transport, self.ranks, fuse_w=cfg.fuse_w)
         self.first = self.stages.get(0)

@@ -8,9 +8,11 @@ from enum import Enum
 
 import torch
 
+from partition.recompute import NO_RECOMPUTE, Recompute
 from partition.spec import MLPSpec
 from runtime.engine import direct as direct_engine
-from runtime.ops.functions import l2_term
+from runtime.ops.equations import loss_forward
+from runtime.ops.functions import l2_term, loss
 from runtime.ops.model import forward_layers, loss_target, loss_term
 from runtime.ops.wgrad import WeightGradStore
 
@@ -24,13 +26,24 @@ class Engine(Enum):
 
 @dataclass
 class _Saved:
-    """What one microbatch keeps between its F, B and W on this stage."""
+    """What one microbatch keeps between its F, B and W on this stage.
+
+    ``inp``: the leaf whose gradient B returns (autograd engine; the recomputed head's input while recomputing);
+    ``out``: the tail's output (or L) whose graph B runs; ``direct``: the tail's saved tensors (direct engine).
+    With recomputation, ``kept`` is the stage input (and ``target`` the last stage's, when every layer is
+    recomputed) until B, which puts the rebuilt head in ``head`` (its output, or its saved tensors).
+    """
 
     inp: torch.Tensor | None
     out: torch.Tensor | None
     store: WeightGradStore
     direct: direct_engine.DirectSaved | None = None
     b_done: bool = False
+    kept: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    head: torch.Tensor | direct_engine.DirectSaved | None = None
+    mid: torch.Tensor | None = None
+    denom: float = 1.0
 
 
 class Stage:
@@ -39,6 +52,8 @@ class Stage:
     ``forward`` keeps what the chapter's backward needs (each layer's input, each activation's output);
     ``backward_input`` runs the input-gradient half and leaves the weight-gradient half in a store;
     ``backward_weight`` runs that half and frees the microbatch. The last stage computes the loss L.
+    With ``recompute``, the first k layers (the head) keep only the stage input from F to B; B first runs
+    their forward again (``recompute``) with the same equations, then the backward of the whole stage.
     """
 
     def __init__(
@@ -50,6 +65,7 @@ class Stage:
         params: Sequence[tuple[torch.nn.Parameter, torch.nn.Parameter | None]],
         device: torch.device | str,
         engine: Engine = Engine.AUTOGRAD,
+        recompute: Recompute = NO_RECOMPUTE,
     ) -> None:
         if not 0 <= start < stop <= spec.num_layers or len(params) != stop - start:
             raise ValueError(f"partition: stage {index} layers [{start}, {stop}) do not fit {spec.num_layers} layers")
@@ -60,6 +76,8 @@ class Stage:
         self.device = torch.device(device)
         self.params = list(params)
         self.engine = engine
+        self.recompute_choice = recompute
+        self.recomputed = recompute.count(stop - start)
         self.is_first = start == 0
         self.is_last = stop == spec.num_layers
         self._saved: dict[int, _Saved] = {}
@@ -91,31 +109,62 @@ class Stage:
             raise RuntimeError(f"stage {self.index}: microbatch {mb} already has a forward pending")
         if self.is_last and y is None:
             raise ValueError(f"stage {self.index}: the last stage needs targets")
-        store = WeightGradStore()
-        if self.engine is Engine.DIRECT:
-            out, dsaved = direct_engine.forward(self.spec, self.params, x, self.start)
-            saved = _Saved(None, None, store, dsaved)
+        k, saved = self.recomputed, _Saved(None, None, WeightGradStore(), denom=denom)
+        if k:  # the head: no graph, nothing saved but its input
+            saved.kept = x
+            with torch.no_grad():
+                x = self._head_forward(x)
+        if k == len(self.params):
+            out = x
             if self.is_last:
                 self._count_correct(out, y)
-                out = direct_engine.loss(self.spec, dsaved, out, loss_target(self.spec, out, y), denom)
+                saved.target = loss_target(self.spec, out, y)
+                with torch.no_grad():
+                    out = loss_forward(self.spec.loss, out, saved.target, denom)
+        elif self.engine is Engine.DIRECT:
+            out, saved.direct = direct_engine.forward(self.spec, self.params[k:], x, self.start + k)
+            if self.is_last:
+                self._count_correct(out, y)
+                out = direct_engine.loss(self.spec, saved.direct, out, loss_target(self.spec, out, y), denom)
         else:
-            inp = None
-            if not self.is_first:
-                inp = x.detach().requires_grad_(True)
-                x = inp
-            out = forward_layers(self.spec, self.params, x, self.start, store)
+            if k or not self.is_first:
+                saved.inp = x.detach().requires_grad_(True)
+                x = saved.inp
+            out = forward_layers(self.spec, self.params[k:], x, self.start + k, saved.store)
             if self.is_last:
                 self._count_correct(out, y)
                 out = loss_term(self.spec, out, y, denom)
-            saved = _Saved(inp, out, store)
+            saved.out = out
         with torch.no_grad():
             self.finite &= torch.isfinite(out).all()
         self._saved[mb] = saved
         return out.detach()
 
+    def _head_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The recomputed layers' forward, saving nothing (called without a graph)."""
+        if self.engine is Engine.DIRECT:
+            return direct_engine.forward(self.spec, self.params[: self.recomputed], x, self.start)[0]
+        return forward_layers(self.spec, self.params[: self.recomputed], x, self.start)
+
     @torch.no_grad()
     def _count_correct(self, o: torch.Tensor, y: torch.Tensor) -> None:
         self.correct += (o.argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum()
+
+    def recompute(self, mb: int) -> None:
+        """The first part of a recomputing stage's B: the head's forward again, from the kept input, saving as usual."""
+        saved = self._saved[mb]
+        head = self.params[: self.recomputed]
+        whole_last = self.is_last and self.recomputed == len(self.params)
+        if self.engine is Engine.DIRECT:
+            o, saved.head = direct_engine.forward(self.spec, head, saved.kept, self.start)
+            if whole_last:
+                direct_engine.loss(self.spec, saved.head, o, saved.target, saved.denom)
+            return
+        with torch.enable_grad():
+            saved.mid = saved.kept.detach().requires_grad_(not self.is_first)
+            saved.head = forward_layers(self.spec, head, saved.mid, self.start, saved.store)
+            if whole_last:
+                saved.head = loss(saved.head, saved.target, saved.denom, self.spec.loss)
 
     def backward_input(self, mb: int, grad: torch.Tensor | None = None, with_weights: bool = False) -> torch.Tensor | None:
         """B: dJ/d(input) for microbatch ``mb`` given dJ/d(output) (None on the last stage: dJ/dL = 1).
@@ -126,26 +175,42 @@ class Stage:
         saved = self._saved.get(mb)
         if saved is None or saved.b_done:
             raise RuntimeError(f"stage {self.index}: backward for microbatch {mb} without a pending forward")
+        if not self.is_last and grad is None:
+            raise ValueError(f"stage {self.index}: backward of microbatch {mb} needs the output gradient")
         saved.store.immediate = with_weights
         saved.b_done = True
+        k = self.recomputed
+        if k:
+            self.recompute(mb)
+            saved.kept = saved.target = None
+        if k < len(self.params):  # the tail, as without recomputation
+            grad = self._tail_backward(saved, grad, need_input_grad=k > 0 or not self.is_first)
+        if k:
+            grad = self._head_backward(saved, grad)
+        return None if self.is_first else grad
+
+    def _tail_backward(self, saved: _Saved, grad: torch.Tensor | None, need_input_grad: bool) -> torch.Tensor | None:
+        k = self.recomputed
         if saved.direct is not None:
-            if not self.is_last and grad is None:
-                raise ValueError(f"stage {self.index}: backward of microbatch {mb} needs the output gradient")
-            grad_in = direct_engine.backward(self.spec, self.params, saved.direct, grad, self.start, saved.store,
-                                             not self.is_first)
+            grad_in = direct_engine.backward(self.spec, self.params[k:], saved.direct, grad, self.start + k,
+                                             saved.store, need_input_grad)
             saved.direct = None
             return grad_in
-        if self.is_last:
-            saved.out.backward()
-        else:
-            if grad is None:
-                raise ValueError(f"stage {self.index}: backward of microbatch {mb} needs the output gradient")
-            saved.out.backward(grad)
+        saved.out.backward(grad)
         saved.out = None
-        if saved.inp is None:
-            return None
-        grad_in = saved.inp.grad
+        grad_in = None if saved.inp is None else saved.inp.grad
         saved.inp = None
+        return grad_in
+
+    def _head_backward(self, saved: _Saved, grad: torch.Tensor | None) -> torch.Tensor | None:
+        if self.engine is Engine.DIRECT:
+            grad_in = direct_engine.backward(self.spec, self.params[: self.recomputed], saved.head, grad, self.start,
+                                             saved.store, not self.is_first)
+            saved.head = None
+            return grad_in
+        saved.head.backward(grad)
+        saved.head = None
+        grad_in, saved.mid = saved.mid.grad, None
         return grad_in
 
     def backward_weight(self, mb: int) -> None:
