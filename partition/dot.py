@@ -17,7 +17,7 @@ from enum import Enum
 
 from partition.graph import Graph, Node, NodeKind
 
-__all__ = ["Direction", "check_stages", "node_stages", "to_dot"]
+__all__ = ["Direction", "check_stages", "drawing_row", "node_stages", "to_dot"]
 
 
 class Direction(Enum):
@@ -79,7 +79,7 @@ def _node_attrs(node: Node) -> dict[str, str]:
         attrs.update(peripheries="2")
     elif node.kind is NodeKind.GRADIENT:
         attrs.update(
-            label=node.formula.replace(", ", "\n"),
+            label=node.formula.replace(", ", "\n") + (f"\n{shape_text}" if shape_text else ""),
             style="filled,dashed",
             fillcolor="#fdecea",
             color=_GRADIENT_COLOUR,
@@ -93,7 +93,7 @@ def _edge_line(graph: Graph, src: str, dst: str, show_reads: bool) -> str | None
     dst_grad = graph.node(dst).kind is NodeKind.GRADIENT
     if src_grad and dst_grad:
         attrs = {"style": "dashed", "color": _GRADIENT_COLOUR}
-        if _row(graph.node(src)) == _row(graph.node(dst)):
+        if drawing_row(graph.node(src)) == drawing_row(graph.node(dst)):
             return f"  {_quote(src)} -> {_quote(dst)} {_attrs(attrs)};"
         attrs["dir"] = "back"
         return f"  {_quote(dst)} -> {_quote(src)} {_attrs(attrs)};"
@@ -105,17 +105,17 @@ def _edge_line(graph: Graph, src: str, dst: str, show_reads: bool) -> str | None
     return f"  {_quote(src)} -> {_quote(dst)};"
 
 
-def _row(node: Node) -> int:
+def drawing_row(node: Node) -> int:
     """Drawing row: the home layer, except x, which sits below layer 0 as every layer's input does."""
     return -1 if node.name == "x" else node.home
 
 
 def _rows(nodes: Sequence[Node], indent: str) -> list[str]:
     lines: list[str] = []
-    for row in sorted({_row(n) for n in nodes}):
+    for row in sorted({drawing_row(n) for n in nodes}):
         lines.append(f"{indent}subgraph row_{'in' if row < 0 else row} {{")
         lines.append(f"{indent}  rank=same;")
-        lines += [f"{indent}  {_quote(n.name)} {_attrs(_node_attrs(n))};" for n in nodes if _row(n) == row]
+        lines += [f"{indent}  {_quote(n.name)} {_attrs(_node_attrs(n))};" for n in nodes if drawing_row(n) == row]
         lines.append(f"{indent}}}")
     return lines
 

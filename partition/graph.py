@@ -16,7 +16,7 @@ with the chapter's formula. Conventions:
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cached_property
 
@@ -24,7 +24,7 @@ from partition.spec import Activation, Loss, MLPSpec
 
 __all__ = [
     "Activation", "Graph", "GraphMode", "Loss", "MLPSpec", "Node", "NodeKind",
-    "backward_graph", "build_graph", "forward_graph", "full_graph",
+    "backward_graph", "build_graph", "forward_graph", "full_graph", "with_batch",
 ]
 
 
@@ -51,7 +51,8 @@ class GraphMode(Enum):
 class Node:
     """One node; ``layer`` is the chapter's 1-based layer number, ``home`` the 0-based layer
     whose stage computes the node (``num_layers`` for L, s, J and their gradients, which sit
-    after the last layer and are staged with it)."""
+    after the last layer and are staged with it). ``shape`` is that of one example; ``per_example``
+    nodes (x, y, z, h, o and their gradients) get one row per example in a minibatch (``with_batch``)."""
 
     name: str
     kind: NodeKind
@@ -60,6 +61,7 @@ class Node:
     layer: int | None
     home: int
     shape: tuple[int, ...] = ()
+    per_example: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def _source(k: int) -> str:
 
 def _forward_parts(spec: MLPSpec) -> tuple[list[Node], list[tuple[str, str]]]:
     n, kind = spec.num_layers, NodeKind
-    nodes = [Node("x", kind.INPUT, "x", "x: one example, a row of the minibatch", None, 0, (spec.widths[0],))]
+    nodes = [Node("x", kind.INPUT, "x", "x: one example, a row of the minibatch", None, 0, (spec.widths[0],), True)]
     edges: list[tuple[str, str]] = []
     for k in range(1, n + 1):
         home, out, w, src = k - 1, _pre(spec, k), f"W({k})", _source(k)
@@ -188,18 +190,18 @@ def _forward_parts(spec: MLPSpec) -> tuple[list[Node], list[tuple[str, str]]]:
         if spec.layer_has_bias(k - 1):
             nodes.append(Node(f"b({k})", kind.PARAMETER, f"b({k})", f"b({k}) in R^{rows}", k, home, (rows,)))
             edges.append((f"b({k})", f"op:{out}"))
-        nodes.append(Node(out, kind.VARIABLE, out, formula, k, home, (rows,)))
+        nodes.append(Node(out, kind.VARIABLE, out, formula, k, home, (rows,), True))
         edges.append((f"op:{out}", out))
         if spec.has_activation(k - 1):
             h, phi = f"h({k})", spec.activation.value
             formula = f"{h} = phi(z({k})), phi = {phi}"
             nodes.append(Node(f"op:{h}", kind.OPERATOR, "φ", formula, k, home))
-            nodes.append(Node(h, kind.VARIABLE, h, formula, k, home, (rows,)))
+            nodes.append(Node(h, kind.VARIABLE, h, formula, k, home, (rows,), True))
             edges += [(out, f"op:{h}"), (f"op:{h}", h)]
     label_shape = () if spec.loss is Loss.CROSS_ENTROPY else (spec.widths[-1],)
     label_text = "class index" if spec.loss is Loss.CROSS_ENTROPY else "target vector"
     nodes += [
-        Node("y", kind.INPUT, "y", f"y: the example's label ({label_text})", None, n - 1, label_shape),
+        Node("y", kind.INPUT, "y", f"y: the example's label ({label_text})", None, n - 1, label_shape, True),
         Node("op:L", kind.OPERATOR, "l", _loss_formula(spec), None, n - 1),
         Node("L", kind.OBJECTIVE, "L", _loss_formula(spec), None, n),
         Node("op:s", kind.OPERATOR, "‖·‖²", _reg_formula(spec), None, n),
@@ -228,7 +230,7 @@ def _backward_parts(
     nodes = [
         Node("dJ/dL", grad, "dJ/dL", "dJ/dL = 1", None, n),
         Node("dJ/ds", grad, "dJ/ds", "dJ/ds = 1", None, n),
-        Node("dJ/do", grad, "dJ/do", _dloss_formula(spec), n, n - 1, out_shape),
+        Node("dJ/do", grad, "dJ/do", _dloss_formula(spec), n, n - 1, out_shape, True),
     ]
     edges = [("dJ/dL", "dJ/do")]
     reads = [("J", "dJ/dL"), ("J", "dJ/ds"), ("o", "dJ/do"), ("y", "dJ/do")]
@@ -247,9 +249,9 @@ def _backward_parts(
         if k > 1:
             dh, dz, z = f"dJ/dh({k - 1})", f"dJ/dz({k - 1})", f"z({k - 1})"
             phi_prime = _phi_prime(spec.activation)
-            nodes.append(Node(dh, grad, dh, f"{dh} = W({k})^T {g}", k - 1, home, (cols,)))
+            nodes.append(Node(dh, grad, dh, f"{dh} = W({k})^T {g}", k - 1, home, (cols,), True))
             nodes.append(
-                Node(dz, grad, dz, f"{dz} = {dh} ⊙ phi'({z}), phi'(z) = {phi_prime}", k - 1, k - 2, (cols,))
+                Node(dz, grad, dz, f"{dz} = {dh} ⊙ phi'({z}), phi'(z) = {phi_prime}", k - 1, k - 2, (cols,), True)
             )
             edges += [(g, dh), (dh, dz)]
             reads += [(f"W({k})", dh), (z, dz)]
@@ -279,3 +281,15 @@ def build_graph(spec: MLPSpec, mode: GraphMode = GraphMode.FORWARD) -> Graph:
     """The forward, backward or combined graph of ``spec``."""
     builders = {GraphMode.FORWARD: forward_graph, GraphMode.BACKWARD: backward_graph, GraphMode.BOTH: full_graph}
     return builders[GraphMode(mode)](spec)
+
+
+def with_batch(graph: Graph, n: int) -> Graph:
+    """The same graph with the shapes of a minibatch of ``n`` examples, stored as rows as the runtime does.
+
+    Per-example nodes gain a leading n (x is n x d, z(l) and dJ/dz(l) n x h, y n or n x q); parameters and their
+    gradients keep their shapes whatever n is (dJ/dW(1) is h x d: the sum over the rows); L, s, J stay scalars.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"batch: expected an integer >= 1, got {n!r}")
+    nodes = tuple(replace(node, shape=(n, *node.shape)) if node.per_example else node for node in graph.nodes)
+    return replace(graph, nodes=nodes)

@@ -59,7 +59,14 @@ class LinearFn(Function):
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, store: WeightGradStore | None = None
 ) -> torch.Tensor:
-    """Apply :class:`LinearFn`; with ``store`` the weight gradient is deferred into it."""
+    """Apply :class:`LinearFn`; with ``store`` the weight gradient is deferred into it.
+
+    ``x`` is a minibatch (n, in) or one example (in,), the chapter's x, computed as a minibatch of one row.
+    """
+    if x.dim() == 1:
+        return LinearFn.apply(x.unsqueeze(0), weight, bias, store).squeeze(0)
+    if x.dim() != 2:
+        raise ValueError(f"linear: x must be one example (in,) or a minibatch (n, in), got shape {tuple(x.shape)}")
     return LinearFn.apply(x, weight, bias, store)
 
 

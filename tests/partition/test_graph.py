@@ -308,3 +308,27 @@ def test_partition_graph_needs_no_torch_and_reexports_the_spec():
 def test_spec_rejects_bad_fields_naming_them(kwargs, field):
     with pytest.raises(ValueError, match=rf"^{field}:"):
         MLPSpec(**kwargs)
+
+
+def test_with_batch_gives_per_example_nodes_n_rows_and_keeps_parameter_shapes():
+    spec = MLPSpec((4, 5, 3), bias="all", loss="squared-error")
+    g = graph_module.with_batch(full_graph(spec), 7)
+    expected = {"x": (7, 4), "W(1)": (5, 4), "b(1)": (5,), "z(1)": (7, 5), "h(1)": (7, 5), "o": (7, 3), "y": (7, 3),
+                "J": (), "dJ/do": (7, 3), "dJ/dW(2)": (3, 5), "dJ/db(2)": (3,), "dJ/dh(1)": (7, 5), "dJ/dz(1)": (7, 5),
+                "dJ/dW(1)": (5, 4)}
+    assert {name: g.node(name).shape for name in expected} == expected
+    assert graph_module.with_batch(forward_graph(CHAPTER), 2).node("y").shape == (2,)  # class indices
+    with pytest.raises(ValueError, match="batch"):
+        graph_module.with_batch(g, 0)
+
+
+def test_matplotlib_picture_needs_no_system_program(tmp_path):
+    pytest.importorskip("matplotlib")
+    from partition.draw import layout, write_graph_png
+
+    g = graph_module.with_batch(full_graph(CHAPTER), 3)
+    pos = layout(g)
+    assert set(pos) == set(g.names) and len(set(pos.values())) == len(pos)
+    assert pos["x"][1] < pos["z(1)"][1] < pos["o"][1] < pos["J"][1]  # rows climb from x to J
+    out = write_graph_png(g, tmp_path / "g.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
