@@ -18,6 +18,7 @@ import sys
 
 from _cli import add_bias_flags, run_main
 
+from partition.recompute import parse_recompute
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
 from runtime.engine.stage import Engine
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--engine", default="autograd", choices=[e.value for e in Engine],
                    help="autograd: the hand-derived Functions driven by autograd's engine; direct: the same "
                         "equations called without building a graph (less overhead per action)")
+    g.add_argument("--recompute", default="none",
+                   help="activation recomputation: none, all, first:K (the first K layers of every stage), or one "
+                        "per stage, comma-separated, e.g. all,none,first:1 (default %(default)s)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write results (config, per-epoch loss/accuracy, timings) here")
@@ -79,7 +83,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         device=a.device, stages=a.stages, schedule=ScheduleKind(a.schedule), microbatches=a.microbatches,
         virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, checkpoint_dir=a.checkpoint_dir,
         resume=a.resume, json=a.json, progress=a.progress and sys.stderr.isatty(), timeout=a.timeout, fuse_w=a.fuse_w,
-        defer_w=a.defer_w, engine=Engine(a.engine),
+        defer_w=a.defer_w, engine=Engine(a.engine), recompute=parse_recompute(a.recompute),
     )
 
 

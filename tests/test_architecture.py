@@ -23,7 +23,7 @@ LAYERS = (
     ("runtime.comm", "runtime.stats", "runtime.output", "runtime.threads"),
     ("runtime.ops",),
     ("runtime.engine",),
-    ("runtime.train",),
+    ("runtime.train", "runtime.calibrate"),
     ("runtime.compare", "runtime.bench"),
     ("runtime.chapter",),
 )

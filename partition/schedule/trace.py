@@ -16,12 +16,16 @@ _COLOURS = (("F", "#4c72b0"), ("B", "#dd8452"), ("W", "#55a868"), ("BW", "#c44e5
 
 @dataclass(frozen=True)
 class TraceEvent:
-    """One span on one rank's row: ``name`` (e.g. "2F0") from ``start`` to ``end`` seconds."""
+    """One span on one rank's row: ``name`` (e.g. "2F0") from ``start`` to ``end`` seconds.
+
+    ``lane`` names a second row of the rank (e.g. "transfers"); "" is the rank's compute row.
+    """
 
     rank: int
     name: str
     start: float
     end: float
+    lane: str = ""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.start) and math.isfinite(self.end) and self.end >= self.start):
@@ -52,14 +56,22 @@ def write_chrome_trace(
         timeline = list(timeline)
         trace.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}})
         trace.append({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
-        for rank in sorted({e.rank for e in timeline}):
-            trace.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": rank, "args": {"name": f"rank {rank}"}})
-            trace.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": rank, "args": {"sort_index": rank}})
+        for rank, lane in sorted({(e.rank, e.lane) for e in timeline}):
+            tid = _tid(rank, lane)
+            name = f"rank {rank} {lane}" if lane else f"rank {rank}"
+            trace.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
+            trace.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid,
+                          "args": {"sort_index": 2 * rank + (1 if lane else 0)}})
         for e in timeline:
-            trace.append({"name": e.name, "cat": op_of(e.name) or "other", "ph": "X", "pid": pid, "tid": e.rank,
+            trace.append({"name": e.name, "cat": op_of(e.name) or "other", "ph": "X", "pid": pid, "tid": _tid(e.rank, e.lane),
                           "ts": e.start * 1e6, "dur": (e.end - e.start) * 1e6})
     with open(path, "w") as f:
         json.dump({"traceEvents": trace, "displayTimeUnit": "ms"}, f)
+
+
+def _tid(rank: int, lane: str) -> int:
+    """A rank's compute row is its number; its other lane sits 100000 above."""
+    return rank + (100_000 if lane else 0)
 
 
 def write_gantt_png(path: str | os.PathLike, events: Iterable[TraceEvent], title: str) -> None:

@@ -55,16 +55,13 @@ def this_run(schedule: Schedule, model: CostModel, ranges: Sequence[tuple[int, i
     """The step as it will run here: ``concurrent`` ranks (torchrun) overlap, else they run in turn on one device."""
     costs = model.stage_costs(ranges)
     compute = model.compute_costs(ranges)
+    body, sim = step_body(schedule, costs, model.link, activation_bytes, concurrent)
     if concurrent:
-        sim = simulate(schedule, costs, model.link, activation_bytes)
-        body, basis = sim.makespan, f"this run: {schedule.num_ranks} processes overlap, transfers over the measured link"
+        basis = f"this run: {schedule.num_ranks} processes overlap, transfers over the measured link"
         timeline, transfers = sim.timeline, sim.transfers
     else:
-        sim = simulate(schedule, costs)
-        timeline = emulated_timeline(schedule, costs)
-        copies = _copies(schedule, model.link, activation_bytes)  # in-process copies between devices, in turn
-        body, basis = sum(sim.busy) + copies, "this run: every stage in this one process, one after another"
-        transfers = ()
+        basis = "this run: every stage in this one process, one after another"
+        timeline, transfers = emulated_timeline(schedule, costs), ()
     arithmetic, with_overhead = _serial(schedule, compute), _serial(schedule, costs)
     busiest = max(sim.busy) if concurrent else with_overhead  # one process: all the work is on one device
     share = busiest / with_overhead if with_overhead > 0 else 0.0  # under torchrun: the busiest rank's share
@@ -72,6 +69,20 @@ def this_run(schedule: Schedule, model: CostModel, ranges: Sequence[tuple[int, i
              "transfers and waits": body - busiest, "step overhead": model.step_overhead.seconds,
              "optimizer": model.optimizer.seconds, "loss all-reduce": model.loss_all_reduce.seconds}
     return Forecast(body + model.per_step, basis, terms, tuple(costs), sim, tuple(timeline), tuple(transfers))
+
+
+def step_body(schedule: Schedule, costs: Sequence[StageCost], link: LinkModel, activation_bytes: Sequence[float] | None,
+              concurrent: bool) -> tuple[float, SimResult]:
+    """Seconds of the step's actions and transfers (no per-step terms), and the simulation behind it.
+
+    Overlapping ranks: the simulator's makespan over ``link``. One process: every action and every in-process copy
+    one after another.
+    """
+    if concurrent:
+        sim = simulate(schedule, costs, link, activation_bytes)
+        return sim.makespan, sim
+    sim = simulate(schedule, costs)
+    return sum(sim.busy) + _copies(schedule, link, activation_bytes), sim
 
 
 def on_k_devices(schedule: Schedule, model: CostModel, ranges: Sequence[tuple[int, int]], link: LinkModel,

@@ -7,6 +7,7 @@ from enum import Enum
 
 import torch
 
+from partition.recompute import Recompute, per_stage
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.engine.stage import Engine
@@ -60,6 +61,7 @@ class TrainConfig:
     fuse_w: bool = True
     defer_w: bool = False
     engine: Engine = Engine.AUTOGRAD
+    recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +82,7 @@ class TrainConfig:
             raise ValueError(f"microbatches: {self.microbatches} microbatches do not divide --batch-size {self.batch_size}")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume: needs --checkpoint-dir")
+        per_stage(self.recompute, self.stages)
         parse_dtype(self.dtype)
 
     @property

@@ -1,19 +1,27 @@
-"""Measured step figures: per-stage costs from a timed step, the simulator's prediction, and the trace file."""
+"""Measured step figures: per-stage costs from timed steps, the error of the run's prediction, Gantt chart and trace."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from partition.schedule.actions import Op
+from partition.schedule.actions import Action, Op
 from partition.schedule.simulate import simulate
-from partition.schedule.timeline import format_timeline
-from partition.schedule.trace import TraceEvent, write_chrome_trace
+from partition.schedule.timeline import TimeUnit, format_timeline
 from partition.timing import StageCost
-from runtime.comm import all_reduce_sum, gather_to_all
+from runtime.calibrate.explain import explain
+from runtime.calibrate.timelines import measured_events, write_timelines
+from runtime.comm import all_reduce_sum, gather_rows
 from runtime.engine.executor import ActionRecord
+from runtime.engine.pipeline import Pipeline
+from runtime.stats import spread_json
+
+if TYPE_CHECKING:
+    from runtime.calibrate.run import RunPrediction
+    from runtime.train.config import TrainConfig
 
 
 def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list[StageCost]:
@@ -27,42 +35,66 @@ def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list
     return [StageCost(med.get((s, "f"), 0.0), med.get((s, "b"), 0.0), med.get((s, "w"), 0.0)) for s in range(num_stages)]
 
 
-def spread(values: Sequence[float]) -> dict:
-    """Median, quartiles and extremes of repeated timings (seconds)."""
-    vals = sorted(values)
-    if not vals:
-        return {"median": None, "p25": None, "p75": None, "min": None, "max": None, "n": 0}
-    q = statistics.quantiles(vals, n=4) if len(vals) > 1 else [vals[0]] * 3
-    return {"median": statistics.median(vals), "p25": q[0], "p75": q[2], "min": vals[0], "max": vals[-1], "n": len(vals)}
+def gather_records(records: Sequence[ActionRecord], distributed: bool) -> list[ActionRecord]:
+    """Every rank's records of one step (this process's alone without a process group)."""
+    if not distributed:
+        return list(records)
+    ops = list(Op)
+    rows = torch.tensor([[r.rank, r.action.stage, ops.index(r.action.op), r.action.microbatch, r.fused, r.start, r.end]
+                         for r in records] or torch.zeros(0, 7), dtype=torch.float64).reshape(-1, 7)
+    out = []
+    for part in gather_rows(rows):
+        for rank, stage, op, mb, fused, start, end in part.tolist():
+            out.append(ActionRecord(int(rank), Action(int(stage), ops[int(op)], int(mb)), start, end, int(fused)))
+    return out
 
 
-def step_figures(pipe: object, records: Sequence[ActionRecord], step_times: Sequence[float], cfg: object,
-                 distributed: bool) -> dict:
-    """Measured vs predicted step time for the run, and the Chrome trace when ``cfg.trace`` is set."""
+def measured_peaks(pipe: Pipeline, distributed: bool) -> dict[int, int] | None:
+    """Peak CUDA bytes allocated per rank (None on the CPU, where the device does not report it)."""
+    per = torch.zeros(pipe.schedule.num_ranks, dtype=torch.float64)
+    cuda = False
+    for s, st in pipe.stages.items():
+        if st.device.type == "cuda":
+            cuda = True
+            per[pipe.schedule.placement[s]] = float(torch.cuda.max_memory_allocated(st.device))
+    flag = torch.tensor([1.0 if cuda else 0.0], dtype=torch.float64)
+    if distributed:
+        per, flag = all_reduce_sum(per), all_reduce_sum(flag)
+    return {r: int(v) for r, v in enumerate(per.tolist())} if float(flag[0]) > 0 else None
+
+
+def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequence[ActionRecord],
+                 step_times: Sequence[float], cfg: TrainConfig, distributed: bool, prediction: RunPrediction) -> dict:
+    """Both predictions (made before the run), the measured step, the error and its largest contributors; the
+    Gantt chart and Chrome trace of the traced step when ``cfg.gantt`` / ``cfg.trace`` ask for them.
+
+    ``recent``: this process's action records of the last timed steps (their medians are the measured action times).
+    """
     n = pipe.cfg.num_stages
-    costs = costs_from_records(records, n)
+    costs = costs_from_records(recent, n)
     if distributed:  # every rank measured only its own stages
-        table = torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64)
-        table = all_reduce_sum(table)
+        table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
         costs = [StageCost(*map(float, row)) for row in table]
-    sim = simulate(pipe.schedule, costs)
-    m = pipe.cfg.microbatches
-    serial = sum(m * c.total for c in costs)
-    measured = spread(list(step_times[1:]) or list(step_times))
+    measured = spread_json(list(step_times[1:]) or list(step_times))
     unit = simulate(pipe.schedule, [StageCost(1.0, 1.0, 1.0)] * n)
+    explained = explain(prediction.here, pipe.schedule, prediction.model, prediction.activation_bytes,
+                        prediction.concurrent, costs, measured["median"] or 0.0)
     figures = {
-        "timeline_chart": format_timeline(unit.timeline, pipe.schedule.num_ranks),
-        "stage_costs": [{"f": c.f, "b": c.b, "w": c.w} for c in costs],
+        "timeline_chart": format_timeline(unit.timeline, pipe.schedule.num_ranks, unit=TimeUnit.COST),
+        **prediction.to_json(),
         "measured_step_time": measured,
-        "predicted_step_time": sim.makespan,
-        "predicted_bubble_fraction": sim.bubble_fraction,
-        "predicted_emulated_step_time": None if distributed else serial,
+        "measured_stage_costs": [{"f": c.f, "b": c.b, "w": c.w} for c in costs],
+        "prediction_error": explained["prediction_error"],
+        "prediction_explained": explained,
     }
-    if cfg.trace:
-        mine = [(r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.start, r.end) for r in records]
-        everyone = [e for part in (gather_to_all(mine) if distributed else [mine]) for e in part]
+    if cfg.trace or cfg.gantt:
+        everyone = gather_records(traced, distributed)
+        peaks = measured_peaks(pipe, distributed)
         if everyone and pipe.last is not None:  # one writer: the process holding the last stage
-            t0 = min(e[2] for e in everyone)  # ranks share one host clock under the tests; across hosts: approximate
-            events = [TraceEvent(rank, name, start - t0, end - t0) for rank, name, start, end in everyone]
-            write_chrome_trace(cfg.trace, {"measured (this run)": events, "predicted (simulator)": sim.trace_events()})
+            rows = [(r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.action.op.is_comm,
+                     r.start, r.end) for r in everyone]  # ranks share one host clock under the tests; across hosts: approximate
+            title = (f"{pipe.cfg.schedule.value}, {pipe.schedule.num_ranks} ranks, {pipe.cfg.microbatches} microbatches: "
+                     f"measured {measured['median'] * 1e3:.3g} ms (median), predicted {prediction.here.step_time * 1e3:.3g} ms")
+            write_timelines(cfg.gantt, cfg.trace, measured_events(rows), prediction.here,
+                            dict(enumerate(prediction.peak_memory)), peaks, title)
     return figures

@@ -8,10 +8,11 @@ Each layer is timed with the runtime's own kernels (``runtime.ops.equations`` an
   layer 0, whose input is data and needs no gradient);
 * W: dJ/dW += g^T x (addmm_ into the gradient), dJ/db += sum_rows g.
 
-By default the CPU caches are flushed before every timed call (cold cache): inside a pipeline the other layers
-and stages run in between, so a layer's weights come from memory; timed hot, layers come out 8-26% faster than
-a pipelined step runs them. These are the pieces ``partition.cost`` counts FLOPs for, so a profile can replace
-FLOP-based times.
+By default the CPU caches are overwritten before every timed call with as many bytes as the whole step touches
+(weights, gradients, a microbatch's activations; at most 64 MiB): inside a pipeline the other layers and stages
+run in between, so a large layer's weights come from memory (timed hot, layers of width 1024 come out 8-26%
+faster than a pipelined step runs them), while a small model stays in cache either way. These are the pieces
+``partition.cost`` counts FLOPs for, so a profile can replace FLOP-based times.
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ from runtime.ops.equations import activation_backward, activation_forward, linea
 from runtime.ops.wgrad import DeferredGrad
 from runtime.output import write_json
 
-COLD_CACHE_BYTES = 64 << 20  # the default flush buffer: twice a 32 MiB last-level cache
+COLD_CACHE_BYTES = 64 << 20  # the largest flush buffer: twice a 32 MiB last-level cache
+
+
+def working_set_bytes(spec: MLPSpec, microbatch: int, itemsize: int) -> int:
+    """Bytes a step touches between two uses of one layer: every layer's weights and their gradients, and one
+    microbatch's input, output and gradient of each layer (the default flush size, at most COLD_CACHE_BYTES)."""
+    total = 0
+    for layer in range(spec.num_layers):
+        out_f, in_f = spec.layer_shape(layer)
+        total += 2 * out_f * (in_f + 1) + microbatch * (in_f + 2 * out_f)
+    return min(total * itemsize, COLD_CACHE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -117,12 +128,13 @@ def profile_layers(
     repeats: int = 10,
     warmup: int = 3,
     seed: int = 0,
-    cold_cache_bytes: int = COLD_CACHE_BYTES,
+    cold_cache_bytes: int | None = None,
 ) -> Profile:
     """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring).
 
-    ``cold_cache_bytes`` > 0 (CPU only; over the last-level cache) overwrites the caches before every timed call,
-    the regime of a pipelined step; 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
+    ``cold_cache_bytes`` > 0 (CPU only) overwrites that many bytes of cache before every timed call, as the rest of
+    a pipelined step does between two uses of a layer; None (the default) flushes the step's working set
+    (``working_set_bytes``, at most 64 MiB); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
     """
     if microbatch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"microbatch/repeats/warmup: expected >= 1, >= 1, >= 0, got {microbatch}, {repeats}, {warmup}")
@@ -137,6 +149,8 @@ def profile_layers(
         return torch.randn(*shape, generator=gen, device=dev, dtype=torch_dtype)
 
     kind = spec.activation
+    if cold_cache_bytes is None:
+        cold_cache_bytes = working_set_bytes(spec, microbatch, torch.finfo(torch_dtype).bits // 8)
     flush = torch.zeros(cold_cache_bytes // 4, dtype=torch.float32) if cold_cache_bytes > 0 and dev.type == "cpu" else None
     layers = []
     with torch.no_grad():

@@ -46,7 +46,7 @@ def build_pipeline(cfg: TrainConfig) -> tuple[Pipeline, bool]:
     if not distributed:
         devices = resolve_devices(cfg.device, cfg.devices, cfg.stages)
         pcfg = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, devices, cfg.torch_dtype, cfg.seed,
-                              cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
+                              cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine, cfg.recompute)
         pcfg.build_schedule()
         return Pipeline(pcfg, optimizer_factory(cfg), LocalTransport()), False
     backend = Backend.NCCL if cfg.device.startswith("cuda") else Backend.GLOO
@@ -56,7 +56,7 @@ def build_pipeline(cfg: TrainConfig) -> tuple[Pipeline, bool]:
     if backend is Backend.NCCL:
         check_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     probe = PipelineConfig(cfg.spec, ranges, cfg.schedule, cfg.microbatches, ("cpu",) * cfg.stages, cfg.torch_dtype,
-                           cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine)
+                           cfg.seed, cfg.virtual, cfg.fuse_w, cfg.defer_w, cfg.engine, cfg.recompute)
     probe.build_schedule()
     world = init_world(backend, cfg.timeout)
     if world.world_size != probe.num_ranks:

@@ -104,7 +104,7 @@ def test_trace_holds_measured_and_predicted_rows(tmp_path):
     names = {e["name"] for e in measured}
     assert {"0F0", "2B2"} <= names and any(n.startswith("0W") for n in names)
     assert all(e["dur"] >= 0 for e in spans)
-    assert len(res["stage_costs"]) == 3 and all(c["f"] > 0 and c["w"] > 0 for c in res["stage_costs"])
+    assert len(res["measured_stage_costs"]) == 3 and all(c["f"] > 0 and c["w"] > 0 for c in res["measured_stage_costs"])
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,0 +1,97 @@
+"""Calibrating a run before its timed steps: profile, link, skeleton overheads, optimizer and all-reduce, with origins."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from partition.timing import LinkModel, StageCost
+from runtime.calibrate import link as links
+from runtime.calibrate.costs import CostModel, Origin, Term
+from runtime.calibrate.overhead import (
+    action_overheads,
+    all_reduce_seconds,
+    parameter_seconds,
+    skeleton_pipeline,
+    slowest,
+    world_size,
+)
+from runtime.comm import DistTransport, LocalTransport, all_reduce_sum
+from runtime.engine.pipeline import OptimizerFactory, Pipeline
+from runtime.train.profile import profile_layers
+
+
+def activation_bytes(pipe: Pipeline, rows: int) -> list[float]:
+    """Bytes leaving each stage per microbatch (its output activation; its gradient travels back the same size)."""
+    widths, size = pipe.cfg.spec.widths, torch.finfo(pipe.cfg.dtype).bits // 8
+    return [float(rows * widths[b] * size) for _, b in pipe.cfg.ranges]
+
+
+def fresh_transport(pipe: Pipeline, timeout: float) -> object:
+    """A new transport of the kind ``pipe`` uses (for its skeleton)."""
+    t = pipe.executor.transport
+    return DistTransport(t.backend, timeout, t.peers, t.name_failure) if isinstance(t, DistTransport) else LocalTransport()
+
+
+def profiled_layers(pipe: Pipeline, rows: int, repeats: int, concurrent: bool) -> tuple[StageCost, ...]:
+    """The model's per-layer costs at ``rows`` samples on this process's device (the mean over ranks under torchrun)."""
+    dev = next(iter(pipe.stages.values())).device
+    dtype = str(pipe.cfg.dtype).removeprefix("torch.")
+    layers = profile_layers(pipe.cfg.spec, rows, str(dev), dtype, repeats=repeats, seed=pipe.cfg.seed).layers
+    if not concurrent:
+        return layers
+    table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))
+    ranks = world_size()
+    return tuple(StageCost(*(float(v) / ranks for v in row)) for row in table)
+
+
+def measure_link(pipe: Pipeline, rows: int, concurrent: bool, timeout: float) -> tuple[LinkModel, str, list]:
+    """The link of this run's transport: (model, what was measured, ping-pong points); cached when not trivial."""
+    nbytes = max(activation_bytes(pipe, rows))
+    devices = [torch.device(d) for d in pipe.cfg.devices]
+    if concurrent:
+        t = pipe.executor.transport
+        rank = t.rank  # the global rank: global ranks 0 and 1 ping, whatever the grid
+        link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout)
+        what = f"{t.backend.value} between processes" + (", staged through host memory" if t.backend.value == "gloo"
+                                                         and devices[0].type == "cuda" else "")
+        name = t.backend.value
+    else:
+        pair = next(((a, b) for a, b in zip(devices, devices[1:]) if a != b), (devices[0], devices[0]))
+        link, points = links.local_link(pair[0], pair[1], 2 * nbytes)
+        what = f"in-process copies {pair[0]} -> {pair[1]}" if points else f"in-process, one device ({devices[0]}): no copies"
+        name = "local"
+    if points:
+        links.store(links.conditions(name, list(pipe.cfg.devices), world_size()), link, points)
+    return link, what, points
+
+
+def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torch.Tensor, y: torch.Tensor, batch: int,
+                       concurrent: bool, timeout: float = 60.0, steps: int = 8, profile_repeats: int = 10,
+                       layers: Sequence[StageCost] | None = None) -> tuple[CostModel, list]:
+    """The cost model of ``pipe``'s step on this hardware, measured now (every rank calls this under torchrun).
+
+    ``layers`` given (e.g. a saved profile) are used as they are instead of profiling. Returns the model and the
+    link's ping-pong points.
+    """
+    rows = batch // pipe.cfg.microbatches
+    origin = Origin.GIVEN if layers is not None else Origin.PROFILED
+    layers = tuple(layers) if layers is not None else profiled_layers(pipe, rows, profile_repeats, concurrent)
+    link, what, points = measure_link(pipe, rows, concurrent, timeout)
+    skel = skeleton_pipeline(pipe, fresh_transport(pipe, timeout), make_optimizer)
+    over, step_extra = action_overheads(skel, x, y, batch, steps, concurrent, link)
+    l2 = pipe.cfg.spec.l2
+    real = [p for st in pipe.stages.values() for p in st.parameters()]
+    tiny = [p for st in skel.stages.values() for p in st.parameters()]
+    optimizer = max(0.0, parameter_seconds(real, make_optimizer, l2) - parameter_seconds(tiny, make_optimizer, l2))
+    if concurrent:
+        optimizer = slowest(optimizer)
+        reduce = Term(all_reduce_seconds(pipe.cfg.num_stages), Origin.MEASURED, "finite-check all-reduce per step")
+    else:
+        reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce")
+    model = CostModel(layers, origin, over, Origin.MEASURED,
+                      Term(step_extra, Origin.MEASURED, "skeleton step beyond its actions"),
+                      Term(optimizer, Origin.MEASURED, "optimizer step on the real parameters beyond the skeleton's"),
+                      reduce, link, Origin.MEASURED, what)
+    return model, points

@@ -1,0 +1,126 @@
+"""Host overheads measured once per process: per-action and per-step costs of a skeleton run, optimizer, all-reduce.
+
+The skeleton is the run's own pipeline (same stages, layer ranges, schedule, microbatches, engine, transport and
+optimizer) with every hidden width 1: its actions do next to no arithmetic, so what they take is what the runtime
+adds to every action. Its per-action times minus its own profile are the action overheads; its step time minus
+its actions (or, with overlapping ranks, minus the simulated skeleton step) is the step overhead.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+
+from partition.schedule.actions import Op
+from partition.schedule.simulate import simulate
+from partition.spec import MLPSpec
+from partition.timing import LinkModel, StageCost
+from runtime.comm import all_reduce_sum, gather_rows
+from runtime.engine.pipeline import OptimizerFactory, Pipeline
+from runtime.ops.functions import l2_term
+from runtime.train.measure import costs_from_records
+from runtime.train.profile import profile_layers
+
+COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
+
+
+def skeleton_spec(spec: MLPSpec) -> MLPSpec:
+    """The model with every hidden width 1: the same actions, data and loss, next to no arithmetic in the layers."""
+    widths = (spec.widths[0],) + (1,) * (spec.num_layers - 1) + (spec.widths[-1],)
+    return replace(spec, widths=widths)
+
+
+def skeleton_pipeline(pipe: Pipeline, transport: object, make_optimizer: OptimizerFactory) -> Pipeline:
+    """A pipeline shaped like ``pipe`` (same ranks of this process) over the skeleton of its model."""
+    return Pipeline(replace(pipe.cfg, spec=skeleton_spec(pipe.cfg.spec)), make_optimizer, transport, pipe.ranks)
+
+
+def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, batch: int,
+                     steps: int, concurrent: bool, link: LinkModel) -> tuple[tuple[StageCost, ...], float]:
+    """(per-stage action overheads, step overhead) from ``steps`` timed steps of the skeleton (after two untimed).
+
+    Under torchrun (``concurrent``) every rank takes part; the figures are shared, the step overhead taken from
+    the slowest rank.
+    """
+    records, times, outside = [], [], []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        out = skel.step(x, y, batch, i, sync_timing=True)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+            records += out.records
+            outside.append(times[-1] - sum(r.end - r.start for r in out.records if r.action.op in COMPUTE))
+    cfg = skel.cfg
+    rows = batch // cfg.microbatches
+    dev = next(iter(skel.stages.values())).device
+    own = profile_layers(cfg.spec, rows, str(dev), _dtype_name(cfg.dtype), repeats=10, warmup=2, cold_cache_bytes=0)
+    costs = costs_from_records(records, cfg.num_stages)
+    over = torch.zeros(cfg.num_stages, 3, dtype=torch.float64)
+    for s, st in skel.stages.items():
+        q = StageCost.summed(own.layers[st.start:st.stop])
+        over[s] = torch.tensor([max(0.0, costs[s].f - q.f), max(0.0, costs[s].b - q.b), max(0.0, costs[s].w - q.w)])
+    if concurrent:
+        over = all_reduce_sum(over)
+        measured = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
+        skel_costs = [StageCost(*map(float, row)) for row in measured]
+        widths = cfg.spec.widths
+        nbytes = [rows * widths[b] * torch.finfo(cfg.dtype).bits / 8 for _, b in cfg.ranges]
+        body = simulate(skel.schedule, skel_costs, link, nbytes).makespan
+        step = slowest(statistics.median(times))
+        extra = max(0.0, step - body)
+    else:
+        extra = max(0.0, statistics.median(outside))
+    return tuple(StageCost(*map(float, row)) for row in over), extra
+
+
+def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerFactory, l2: float,
+                      repeats: int = 20) -> float:
+    """Median seconds of one optimizer step (and the l2 term with its gradient when ``l2`` > 0) over copies of
+    ``params`` whose gradients are ones."""
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p in copies:
+        p.grad = torch.ones_like(p)
+    opt = make_optimizer(copies)
+    weights = [p for p in copies if p.dim() == 2]
+    times = []
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        if l2 and weights:
+            l2_term(l2, weights).backward()
+        opt.step()
+        if copies and copies[0].device.type == "cuda":
+            torch.cuda.synchronize(copies[0].device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) if times else 0.0
+
+
+def all_reduce_seconds(num_stages: int, repeats: int = 20, reduce: Callable[[torch.Tensor], torch.Tensor] = all_reduce_sum
+                       ) -> float:
+    """Median seconds of the per-step all-reduce of ``num_stages`` flags (the slowest rank's, shared)."""
+    flags = torch.zeros(num_stages, dtype=torch.float64)
+    times = []
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        reduce(flags)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return slowest(statistics.median(times))
+
+
+def slowest(seconds: float) -> float:
+    """The largest of every rank's ``seconds`` (``seconds`` itself without a process group)."""
+    return max(float(part.max()) for part in gather_rows(torch.tensor([[seconds]], dtype=torch.float64)))
+
+
+def world_size() -> int:
+    """Processes in the group (1 without one)."""
+    return len(gather_rows(torch.zeros(1, 1, dtype=torch.float64)))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

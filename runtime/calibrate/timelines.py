@@ -1,0 +1,68 @@
+"""A run's measured and predicted step side by side: Gantt PNG and Chrome trace, per rank, transfers in own lanes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from partition.schedule.gantt import TRANSFER_LANE, Panel, write_comparison_gantt
+from partition.schedule.replay import TimedAction
+from partition.schedule.trace import TraceEvent, write_chrome_trace
+from partition.units import format_bytes
+from runtime.calibrate.forecast import Forecast
+
+
+def _bubbles(events: Sequence[TraceEvent]) -> dict[int, float]:
+    """Per rank: the share of the step's span its compute lane is idle."""
+    compute = [e for e in events if not e.lane]
+    if not compute:
+        return {}
+    span = max(e.end for e in compute) - min(e.start for e in compute)
+    busy: dict[int, float] = {}
+    for e in compute:
+        busy[e.rank] = busy.get(e.rank, 0.0) + e.end - e.start
+    return {r: 1.0 - b / span if span > 0 else 0.0 for r, b in busy.items()}
+
+
+def _labels(events: Sequence[TraceEvent], peaks: Mapping[int, int] | None) -> dict[int, str]:
+    out = {}
+    for r, bubble in _bubbles(events).items():
+        peak = f", peak {format_bytes(peaks[r])}" if peaks and r in peaks else ""
+        out[r] = f"bubble {bubble:.0%}{peak}"
+    return out
+
+
+def measured_events(records: Sequence[tuple[int, str, bool, float, float]]) -> list[TraceEvent]:
+    """(rank, name, is_transfer, start, end) rows from the clock of each process, shifted to start at 0."""
+    if not records:
+        return []
+    t0 = min(r[3] for r in records)
+    return [TraceEvent(rank, name, start - t0, end - t0, TRANSFER_LANE if comm else "")
+            for rank, name, comm, start, end in records]
+
+
+def predicted_events(forecast: Forecast) -> list[TraceEvent]:
+    """The forecast's compute timeline and its transfers (sender's lane) as trace events."""
+    def event(t: TimedAction, lane: str) -> TraceEvent:
+        return TraceEvent(t.rank, str(t.action), t.start, t.end, lane)
+
+    return [event(t, "") for t in forecast.timeline] + [event(t, TRANSFER_LANE) for t in forecast.transfers]
+
+
+def write_timelines(gantt: str | os.PathLike | None, trace: str | os.PathLike | None, measured: Sequence[TraceEvent],
+                    forecast: Forecast, predicted_peaks: Mapping[int, int], measured_peaks: Mapping[int, int] | None,
+                    title: str) -> None:
+    """Measured above predicted (this run), one ms axis: the PNG at ``gantt``, the Chrome trace at ``trace``."""
+    predicted = predicted_events(forecast)
+    panels = [Panel(f"measured (this run, one traced step: {_span(measured) * 1e3:.3g} ms)", tuple(measured),
+                    _labels(measured, measured_peaks)),
+              Panel(f"predicted before the run ({forecast.basis}; actions {_span(predicted) * 1e3:.3g} ms)",
+                    tuple(predicted), _labels(predicted, predicted_peaks))]
+    if gantt:
+        write_comparison_gantt(gantt, panels, title)
+    if trace:
+        write_chrome_trace(trace, {p.title: p.events for p in panels})
+
+
+def _span(events: Sequence[TraceEvent]) -> float:
+    return max((e.end for e in events), default=0.0) - min((e.start for e in events), default=0.0)
