@@ -21,6 +21,7 @@ from _cli import add_bias_flags, run_main
 from partition.recompute import parse_recompute
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
+from runtime.calibrate.run import LINK_HELP, format_predictions
 from runtime.engine.stage import Engine
 from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
 
@@ -67,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write results (config, per-epoch loss/accuracy, timings) here")
-    g.add_argument("--trace", default=None, help="Chrome trace of the last step, measured and predicted")
+    g.add_argument("--trace", default=None, help="Chrome trace of the last step, measured and predicted (this run)")
+    g.add_argument("--gantt", default=None, help="Gantt PNG of the last step, measured above predicted, per rank")
+    g.add_argument("--link", default="measured", help=f"{LINK_HELP} (default %(default)s)")
     g.add_argument("--checkpoint-dir", default=None, help="save every stage after each epoch (atomic)")
     g.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     g.add_argument("--no-progress", dest="progress", action="store_false")
@@ -81,7 +84,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         spec=spec, dataset=a.dataset, samples=a.samples, batch_size=a.batch_size, lr=a.lr,
         optimizer=OptimizerKind(a.optimizer), momentum=a.momentum, epochs=a.epochs, seed=a.seed, dtype=a.dtype,
         device=a.device, stages=a.stages, schedule=ScheduleKind(a.schedule), microbatches=a.microbatches,
-        virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, checkpoint_dir=a.checkpoint_dir,
+        virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, gantt=a.gantt, link=a.link,
+        checkpoint_dir=a.checkpoint_dir,
         resume=a.resume, json=a.json, progress=a.progress and sys.stderr.isatty(), timeout=a.timeout, fuse_w=a.fuse_w,
         defer_w=a.defer_w, engine=Engine(a.engine), recompute=parse_recompute(a.recompute),
     )
@@ -98,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print("the schedule in time (unit costs F = B = W = 1):")
         print(results["timeline_chart"])
         print(f"plan (layers per stage): {results['plan']}  devices: {results['devices']}  mode: {results['mode']}")
-        meas = results["measured_step_time"]["median"] or 0.0
-        pred = results["predicted_emulated_step_time"] or results["predicted_step_time"]
-        print(f"step time: measured {meas * 1e3:.2f} ms (median), predicted {pred * 1e3:.2f} ms here; "
-              f"on {results['num_ranks']} devices the simulator predicts {results['predicted_step_time'] * 1e3:.2f} ms "
-              f"(bubble {results['predicted_bubble_fraction']:.1%})")
+        print(format_predictions(results))
         last = results["epochs"][-1]
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy {last['test_accuracy']:.2%}, "
               f"{results['samples_per_second']:.0f} samples/s")

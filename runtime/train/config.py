@@ -53,6 +53,8 @@ class TrainConfig:
     partition: str = "uniform"
     devices: str | None = None
     trace: str | None = None
+    gantt: str | None = None  # PNG: the traced step measured above its prediction, per rank
+    link: str = "measured"  # the link of the K-device prediction (see runtime.calibrate.run.LINK_HELP)
     checkpoint_dir: str | None = None
     resume: bool = False
     json: str | None = None

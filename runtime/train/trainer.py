@@ -6,12 +6,14 @@ import os
 import signal
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, replace
 
 import torch
 
 from partition.schedule.actions import format_table
+from runtime.calibrate.run import predict_run, state_kind
 from runtime.comm import (
     Backend,
     DistTransport,
@@ -30,6 +32,8 @@ from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.layout import check_device, resolve_devices, resolve_ranges
 from runtime.train.measure import step_figures
 from runtime.train.progress import ProgressBar
+
+RECENT_STEPS = 32  # steps whose action records give the measured per-action times
 
 
 def optimizer_factory(cfg: TrainConfig) -> Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]:
@@ -143,9 +147,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"resume: the checkpoint in {cfg.checkpoint_dir} is already at epoch {start_epoch} of "
                          f"--epochs {cfg.epochs}; ask for more epochs to continue")
     steps_per_epoch = n // cfg.batch_size
+    prediction = predict_run(pipe, optimizer_factory(cfg), data.x_train[: cfg.batch_size], data.y_train[: cfg.batch_size],
+                             cfg.batch_size, distributed, cfg.timeout, cfg.link, state_kind(cfg.optimizer.value, cfg.momentum))
     bar = ProgressBar((cfg.epochs - start_epoch) * steps_per_epoch, "train", cfg.progress and reporter)
     step_times: list[float] = []
     records = []
+    recent: deque = deque(maxlen=RECENT_STEPS)  # action records of the last steps: the measured action times
     step = start_epoch * steps_per_epoch
     fault = planned_fault(pipe.ranks)
     for epoch in range(start_epoch, cfg.epochs):
@@ -159,6 +166,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             t0 = time.perf_counter()
             out = pipe.step(data.x_train[idx], data.y_train[idx], cfg.batch_size, step, traced, check)
             step_times.append(time.perf_counter() - t0)
+            recent.append(out.records)
             if traced:
                 records = out.records
             step += 1
@@ -176,7 +184,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         if cfg.checkpoint_dir:
             _save(cfg, pipe, epoch + 1, history, distributed)
     bar.close()
-    figures = step_figures(pipe, records, step_times, cfg, distributed)
+    figures = step_figures(pipe, records, [r for rs in recent for r in rs], step_times, cfg, distributed, prediction)
     results = {
         "config": {**asdict(cfg), "spec": {**asdict(cfg.spec), "activation": cfg.spec.activation.value,
                                             "loss": cfg.spec.loss.value}, "optimizer": cfg.optimizer.value,

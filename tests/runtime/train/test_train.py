@@ -11,6 +11,7 @@ import torch
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.engine.pipeline import NonFiniteLoss
+from runtime.train.checkpoint import load_checkpoint
 from runtime.train.config import TrainConfig
 from runtime.train.datasets import load_idx
 from runtime.train.trainer import train
@@ -40,11 +41,9 @@ def test_resume_gives_the_same_parameters_bitwise(tmp_path):
     res = train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "split"), resume=True))
     assert [e["epoch"] for e in res["epochs"]] == [1, 2, 3, 4]
     assert len(res["step_losses"]) == res["optimizer_steps"] == 4 * (1438 // 32)
-    for s in range(3):
-        a = torch.load(tmp_path / "straight" / f"stage{s}-epoch4.pt", weights_only=True)
-        b = torch.load(tmp_path / "split" / f"stage{s}-epoch4.pt", weights_only=True)
-        for x, y in zip(a["params"], b["params"]):
-            assert torch.equal(x, y)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    for x, y in zip(a.layers, b.layers, strict=True):
+        assert torch.equal(x.weight, y.weight) and torch.equal(x.bias, y.bias)
     assert not list((tmp_path / "split").glob("*epoch2.pt")), "older epochs are dropped once a newer one is complete"
     with pytest.raises(ValueError, match="already at epoch 4"):
         train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "split"), resume=True))
@@ -111,11 +110,10 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     base = dict(spec=MLPSpec((64, 32, 10)), stages=2, microbatches=2, progress=False, partition="uniform",
                 checkpoint_dir=str(tmp_path))
     train(TrainConfig(**base, epochs=1))
-    saved = torch.load(tmp_path / "stage0-epoch1.pt", weights_only=True)["params"]
+    saved = load_checkpoint(tmp_path).layers[0].weight
     with pytest.raises(ValueError, match="lr 0.1 .now 1e.30"):
         train(TrainConfig(**base, epochs=3, lr=1e30, resume=True))
     with pytest.raises(NonFiniteLoss, match=r"step \d+, first seen on stage \d"):
-        train(TrainConfig(**base, epochs=3, lr=1e30))
+        train(TrainConfig(**base, epochs=3, lr=1e30, overwrite=True))
     assert json.loads((tmp_path / "meta.json").read_text())["epoch"] == 1
-    again = torch.load(tmp_path / "stage0-epoch1.pt", weights_only=True)["params"]
-    assert all(torch.equal(a, b) for a, b in zip(saved, again))
+    assert torch.equal(load_checkpoint(tmp_path).layers[0].weight, saved)
