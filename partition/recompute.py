@@ -4,8 +4,9 @@ A stage that recomputes its first k layers keeps, from F to B, only its input x 
 keep what they always keep); its B first runs the forward of those k layers again from x with the same
 equations, then the backward of the whole stage. The extra compute is exactly one F of the k layers per
 microbatch, spent inside B. ``none`` is k = 0, ``all`` is every layer of the stage, ``first:K`` is min(K, layers).
-What it saves is the inputs of layers a+1 .. a+k-1 (layer a saves only x, kept anyway), so ``first:1`` saves
-nothing and costs, during B, a second copy of the first layer's output (``partition.memory.LayerMemory.microbatch``).
+What it saves is the inputs of layers a+1 .. a+k-1 (layer a saves only x, kept anyway), and the stage's output h
+(or o) when k is every layer; so on a stage of several layers ``first:1`` saves nothing and costs, during B, a second
+copy of the first layer's output (``partition.memory.LayerMemory.microbatch``).
 """
 
 from __future__ import annotations
