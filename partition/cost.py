@@ -123,6 +123,12 @@ def layer_costs(
     return tuple(costs)
 
 
+def step_flops(spec: MLPSpec, batch: int) -> int:
+    """FLOPs of one forward + backward over ``batch`` rows (F + B + W of every layer; layer 0 has no input
+    gradient, so this is 6 x params x batch less 2 x widths[0] x widths[1] x batch, plus the element-wise terms)."""
+    return sum(c.flops_f + c.flops_b + c.flops_w for c in layer_costs(spec)) * batch
+
+
 def flop_times(costs: Sequence[LayerCost], flops_per_second: float, microbatch: int) -> tuple[StageCost, ...]:
     """Per-layer F/B/W seconds for one microbatch on a device running ``flops_per_second``."""
     if not flops_per_second > 0:

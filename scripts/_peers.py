@@ -1,10 +1,11 @@
-"""The peer we compare against: torch.distributed.pipelining schedules, wrapped as benchmark contenders.
+"""The peer we compare against: every torch.distributed.pipelining schedule, wrapped as benchmark contenders.
 
 Kept under scripts/ because it imports torch.distributed (only runtime/comm.py may, in the library).
-One-rank builders (several stages in this process; a world of size 1 must exist, see ``local_world``) and
-per-rank builders (one stage per torchrun process) share one shape: given the stage module(s), the microbatch
-count, a per-microbatch loss and the device, return ``run(x, y)`` doing one forward + backward of the batch.
-The loss is already scaled by 1/microbatches, so ``scale_grads=False``: no extra pass over the gradients.
+``peers()`` gives each schedule as a ``runtime.bench.contenders.Peer``: its placement (one stage a rank,
+looped, or V-shaped with 2 stages a rank) and a builder that gets this rank's stage modules by stage index and
+returns ``run(x, y)`` doing one forward + backward of the batch. The loss is already scaled by 1/microbatches,
+so ``scale_grads=False``: no extra pass over the gradients. For one process, ``local_world`` makes the world of
+size 1 that the schedules need.
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import pipelining
 
+from runtime.bench.contenders import Peer, Placement
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# torch.distributed.pipelining schedules that hold several stages on one rank, by the name the bench prints.
-ONE_RANK = MappingProxyType({"looped-bfs": "ScheduleLoopedBFS", "interleaved-1f1b": "ScheduleInterleaved1F1B",
-                             "interleaved-zb": "ScheduleInterleavedZeroBubble"})
-# One stage per rank (torchrun): the schedules `bench.py dist` pairs with ours.
-PER_RANK = MappingProxyType({"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"})
+# Every schedule torch.distributed.pipelining offers, by the name the bench prints.
+SCHEDULES = MappingProxyType({
+    "gpipe": ("ScheduleGPipe", Placement.ONE),
+    "1f1b": ("Schedule1F1B", Placement.ONE),
+    "looped-bfs": ("ScheduleLoopedBFS", Placement.LOOP),
+    "interleaved-1f1b": ("ScheduleInterleaved1F1B", Placement.LOOP),
+    "interleaved-zb": ("ScheduleInterleavedZeroBubble", Placement.LOOP),
+    "zbv": ("ScheduleZBVZeroBubble", Placement.V),
+    "dualpipev": ("ScheduleDualPipeV", Placement.V),
+})
 
 
 @contextmanager
@@ -47,57 +55,33 @@ def local_world(device: torch.device) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def _losses_sum(losses: list[torch.Tensor]) -> torch.Tensor | None:
-    return torch.stack([loss.detach() for loss in losses]).sum() if losses else None
+def _builder(cls_name: str, placement: Placement) -> Callable:
+    cls = getattr(pipelining, cls_name)
 
-
-def one_rank_builder(name: str) -> Callable[[list[nn.Module], int, LossFn, torch.device], Callable]:
-    """Builder of the one-rank schedule ``name`` (a key of ONE_RANK) over all stage modules in this process."""
-    cls = getattr(pipelining, ONE_RANK[name])
-
-    def build(modules: list[nn.Module], microbatches: int, loss_fn: LossFn, device: torch.device) -> Callable:
-        stages = [pipelining.PipelineStage(mod, i, len(modules), device) for i, mod in enumerate(modules)]
-        schedule = cls(stages, microbatches, loss_fn=loss_fn, scale_grads=False)
-
-        def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-            losses: list[torch.Tensor] = []
-            schedule.step(x, target=y, losses=losses)
-            return _losses_sum(losses)
-
-        return run
-
-    return build
-
-
-def one_rank_builders(names: list[str] | None = None) -> dict[str, Callable]:
-    """Builders of the one-rank peers (all of ONE_RANK when ``names`` is None)."""
-    return {n: one_rank_builder(n) for n in (names if names is not None else ONE_RANK)}
-
-
-def per_rank_builder(name: str) -> Callable:
-    """Builder of the per-rank schedule ``name`` (a key of PER_RANK) for this torchrun process's stage."""
-    cls = getattr(pipelining, PER_RANK[name])
-
-    def build(module: nn.Module, rank: int, world: int, microbatches: int, loss_fn: LossFn,
+    def build(modules: dict[int, nn.Module], num_stages: int, microbatches: int, loss_fn: LossFn,
               device: torch.device) -> Callable:
-        stage = pipelining.PipelineStage(module, rank, world, device)
-        schedule = cls(stage, microbatches, loss_fn=loss_fn, scale_grads=False)
+        stages = [pipelining.PipelineStage(modules[s], s, num_stages, device) for s in sorted(modules)]
+        held = stages[0] if placement is Placement.ONE else stages
+        schedule = cls(held, microbatches, loss_fn=loss_fn, scale_grads=False)
+        first, last = 0 in modules, num_stages - 1 in modules
 
         def run(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
             losses: list[torch.Tensor] = []
-            if rank == 0:
-                schedule.step(x)
-            elif rank == world - 1:
-                schedule.step(target=y, losses=losses)
-            else:
-                schedule.step()
-            return _losses_sum(losses)
+            kwargs = {"target": y, "losses": losses} if last else {}
+            schedule.step(*((x,) if first else ()), **kwargs)
+            return torch.stack([loss.detach() for loss in losses]).sum() if losses else None
 
         return run
 
     return build
 
 
-def per_rank_builders() -> dict[str, Callable]:
-    """Builders of the per-rank peers, by name."""
-    return {n: per_rank_builder(n) for n in PER_RANK}
+def peers(names: list[str] | None = None, one_rank: bool = False) -> dict[str, Peer]:
+    """The peers by name (all of SCHEDULES when ``names`` is None; with ``one_rank``, those that can hold several
+    stages on one rank); ValueError names an unknown one."""
+    chosen = list(SCHEDULES) if names is None else names
+    unknown = [n for n in chosen if n not in SCHEDULES]
+    if unknown:
+        raise ValueError(f"peers: unknown {unknown[0]!r}; choose from {', '.join(SCHEDULES)}")
+    out = {n: Peer(SCHEDULES[n][0], SCHEDULES[n][1], _builder(*SCHEDULES[n])) for n in chosen}
+    return {n: p for n, p in out.items() if not (one_rank and p.placement is Placement.ONE)}

@@ -7,9 +7,6 @@ from enum import Enum
 
 import torch
 
-from partition.cost import layer_costs
-from partition.spec import MLPSpec
-
 TERA = 1e12
 
 
@@ -73,15 +70,6 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> Peak | None:
             value = peak.for_precision(precision)
             return Peak(value, f"{peak.label} {precision.value} dense peak {value / TERA:g} TFLOP/s ({name})")
     return None
-
-
-def step_flops(spec: MLPSpec, batch: int) -> int:
-    """FLOPs of one forward + backward over ``batch`` rows, as partition.cost counts them (F + B + W per layer).
-
-    Layer 0's input gradient is not computed (its input is data), so this is 6 * params * batch minus
-    2 * widths[0] * widths[1] * batch, plus the element-wise terms.
-    """
-    return sum(c.flops_f + c.flops_b + c.flops_w for c in layer_costs(spec)) * batch
 
 
 def throughput(flops: float, seconds: float | None, peak: Peak | None) -> dict:

@@ -16,14 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
+from partition.cost import step_flops
 from partition.spec import MLPSpec
-from runtime.bench.flops import describe_rate, device_peak, step_flops, throughput
+from runtime.bench.flops import describe_rate, device_peak, throughput
 from runtime.bench.models import Params, bench_spec, device_params, make_batch, reference_loss, reference_sequential
 from runtime.bench.report import dtype_name, machine, ms, ratio
-from runtime.bench.timing import Measured, Variant, measure, paired_ratio, release_memory
+from runtime.bench.timing import Group, Measured, Variant, measure, paired_ratio, release_memory
 from runtime.ops.model import PipeModel, init_parameters, loss_term
 from runtime.ops.wgrad import WeightGradStore
 from runtime.output import text_table
+
+STEP = "zero grads + forward + loss + backward, all timed (no optimizer update)"
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,15 @@ class FunctionsConfig:
     seed: int = 0
 
 
-def _clear(params: list[torch.nn.Parameter]) -> Callable[[], None]:
-    def clear() -> None:
+def _zeroed(params: list[torch.nn.Parameter], run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``run`` after setting the gradients to None, both inside the timed step."""
+
+    def step() -> torch.Tensor:
         for p in params:
             p.grad = None
+        return run()
 
-    return clear
+    return step
 
 
 def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.dtype, device: torch.device) -> list[Variant]:
@@ -74,7 +80,7 @@ def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.
         store.flush()
         return loss.detach()
 
-    out = [Variant("autograd", autograd_step, _clear(seq_params), "reference")]
+    out = [Variant("autograd", _zeroed(seq_params, autograd_step), group=Group.BASELINE)]
     if cfg.compile:
         torch.compiler.reset()
         compiled = torch.compile(lambda a, b: ref(seq(a), b))
@@ -84,9 +90,9 @@ def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.
             loss.backward()
             return loss.detach()
 
-        out.append(Variant("compiled", compiled_step, _clear(seq_params), "reference"))
-    out += [Variant("custom", custom_step, _clear(model_params), "ours"),
-            Variant("custom-split", split_step, _clear(model_params), "ours")]
+        out.append(Variant("compiled", _zeroed(seq_params, compiled_step), group=Group.BASELINE))
+    out += [Variant("custom", _zeroed(model_params, custom_step)),
+            Variant("custom-split", _zeroed(model_params, split_step))]
     return out
 
 
@@ -97,14 +103,13 @@ def run_functions(cfg: FunctionsConfig, log: Callable[[str], None] = print,
     ``partial`` gets the results so far after each width and dtype (to save them before a later part hangs).
     """
     device = torch.device(cfg.device)
-    rows, results = [], []
+    results: list[dict] = []
     peaks = {dtype_name(d): (p.assumed if (p := device_peak(device, d)) else None) for d in cfg.dtypes}
     out = {"benchmark": "functions", "machine": machine(device), "peaks": peaks,
            "config": {"widths": list(cfg.widths), "layers": cfg.layers, "batch": cfg.batch,
                       "dtypes": [dtype_name(d) for d in cfg.dtypes], "warmup": cfg.warmup, "repeats": cfg.repeats,
-                      "compile": cfg.compile, "step": "zero grads + forward + loss + backward (no optimizer update)"},
+                      "compile": cfg.compile, "step": STEP},
            "results": results}
-    headers = ["width", "dtype", "variant", "step (median [p25-p75])", "achieved", "speedup vs autograd (paired)", "loss"]
     for width in cfg.widths:
         spec = bench_spec(width, cfg.layers)
         params = init_parameters(spec, cfg.seed)
@@ -114,24 +119,28 @@ def run_functions(cfg: FunctionsConfig, log: Callable[[str], None] = print,
             measured = measure(_variants(cfg, spec, params, dtype, device), device, cfg.warmup, cfg.repeats)
             peak = device_peak(device, dtype)
             base = measured["autograd"]
-            for m in measured.values():
-                results.append(_row(m, base, width, dtype, flops, peak))
-                r = results[-1]
-                rows.append([width, dtype_name(dtype), m.name, ms(m.spread) if not m.error else f"failed: {m.error[:60]}",
-                             describe_rate(r), ratio(r["speedup_vs_autograd"]), _loss_text(r["loss"])])
+            results += [_row(m, base, width, dtype, flops, peak) for m in measured.values()]
             torch.compiler.reset()
             release_memory(device)
-            out["table"] = text_table(headers, rows)
+            out["table"] = table_text(out)
             if partial is not None:
                 partial(out)
-    out["table"] = text_table(headers, rows)
+    out["table"] = table_text(out)
     return out
+
+
+def table_text(result: dict) -> str:
+    """The `functions` table, from the result's JSON alone."""
+    body = [[r["width"], r["dtype"], r["variant"], ms(r["step_time"]) if not r["error"] else f"failed: {r['error'][:60]}",
+             describe_rate(r), ratio(r["speedup_vs_autograd"]), _loss_text(r["loss"])] for r in result["results"]]
+    return text_table(["width", "dtype", "variant", "step (median [p25-p75])", "achieved", "speedup vs autograd (paired)",
+                       "loss"], body)
 
 
 def _row(m: Measured, base: Measured, width: int, dtype: torch.dtype, flops: int, peak: object) -> dict:
     spread = m.spread
     speed = paired_ratio(base, m) if m is not base and not m.error and not base.error else None
-    return {"width": width, "dtype": dtype_name(dtype), "variant": m.name, "group": m.group, "error": m.error,
+    return {"width": width, "dtype": dtype_name(dtype), "variant": m.name, "group": m.group.value, "error": m.error,
             "step_time": spread.to_json() if spread else None, "flops": flops,
             **throughput(flops, spread.median if spread else None, peak),
             "speedup_vs_autograd": speed.to_json() if speed else None,

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from runtime.bench.flops import TERA, device_peak
-from runtime.bench.report import dtype_name, machine, table
+from runtime.bench.report import dtype_name, machine
 from runtime.bench.timing import synchronize
+from runtime.output import text_table
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def run_gemm_bench(cfg: GemmBenchConfig, log: Callable[[str], None] = print) -> 
     if cfg.batch % cfg.microbatches:
         raise ValueError(f"microbatches: {cfg.microbatches} do not divide the batch of {cfg.batch}")
     device = torch.device(cfg.device)
-    results, rows = [], []
+    results = []
     for dtype in cfg.dtypes:
         log(f"gemms: Linear({cfg.width}, {cfg.width}), batch {cfg.batch} = {cfg.microbatches} x "
             f"{cfg.batch // cfg.microbatches} rows, {dtype_name(dtype)} ...")
@@ -93,9 +94,18 @@ def run_gemm_bench(cfg: GemmBenchConfig, log: Callable[[str], None] = print) -> 
             rate = flops / sec if flops else None
             results.append({"dtype": dtype_name(dtype), "case": name, "seconds": sec, "flops": flops,
                             "flops_per_second": rate, "mfu": rate / peak.flops if rate and peak else None})
-            shown = "-" if rate is None else (f"{rate / TERA:.1f} TFLOP/s" if rate >= TERA else f"{rate / 1e9:.1f} GFLOP/s")
-            rows.append([dtype_name(dtype), name, f"{sec * 1e3:.3f} ms", shown])
-    return {"benchmark": "gemms", "machine": machine(device),
-            "config": {"width": cfg.width, "batch": cfg.batch, "microbatches": cfg.microbatches,
-                       "dtypes": [dtype_name(d) for d in cfg.dtypes], "warmup": cfg.warmup, "repeats": cfg.repeats},
-            "results": results, "table": table(["dtype", "case (one layer, one step)", "median", "rate"], rows)}
+    out = {"benchmark": "gemms", "machine": machine(device),
+           "config": {"width": cfg.width, "batch": cfg.batch, "microbatches": cfg.microbatches,
+                      "dtypes": [dtype_name(d) for d in cfg.dtypes], "warmup": cfg.warmup, "repeats": cfg.repeats},
+           "results": results}
+    return out | {"table": table_text(out)}
+
+
+def table_text(result: dict) -> str:
+    """The `gemms` table, from the result's JSON alone."""
+    rows = []
+    for r in result["results"]:
+        rate = r["flops_per_second"]
+        shown = "-" if rate is None else (f"{rate / TERA:.1f} TFLOP/s" if rate >= TERA else f"{rate / 1e9:.1f} GFLOP/s")
+        rows.append([r["dtype"], r["case"], f"{r['seconds'] * 1e3:.3f} ms", shown])
+    return text_table(["dtype", "case (one layer, one step)", "median", "rate"], rows)

@@ -1,18 +1,17 @@
-"""Benchmark output: the machine it ran on, plain-text tables, and the JSON file."""
+"""Benchmark output: the machine it ran on, dtypes by name, and the figures as table cells."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
-from collections.abc import Sequence
-from pathlib import Path
 from types import MappingProxyType
 
 import torch
 
-from runtime.bench.timing import Spread
+from runtime.comm import launched_by_torchrun
+from runtime.stats import Spread
+from runtime.train.layout import check_device
 
 BENCH_DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16})
 
@@ -68,19 +67,20 @@ def ratio(spread: Spread | dict | None) -> str:
     return f"{d['median']:.3f}x [{d['p25']:.3f}-{d['p75']:.3f}]"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A left-aligned text table with a rule under the header."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+def parse_dtype(name: str) -> torch.dtype:
+    """One benchmark dtype by name; ValueError names the flag."""
+    if name not in BENCH_DTYPES:
+        raise ValueError(f"dtype: unknown {name!r}; choose from {', '.join(BENCH_DTYPES)}")
+    return BENCH_DTYPES[name]
 
 
-def write_json(path: str | Path | None, data: dict) -> None:
-    """Write ``data`` to ``path`` (parents created); nothing when ``path`` is None."""
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+def setup_device(device: str, tf32: bool) -> str:
+    """Apply ``--tf32``, give ``cuda`` one explicit index (every contender on it; pipelining compares devices),
+    and check the device exists (under torchrun each rank picks its own GPU instead)."""
+    if tf32:
+        torch.set_float32_matmul_precision("high")
+    if device == "cuda" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"
+    if not launched_by_torchrun():
+        check_device(device)
+    return device

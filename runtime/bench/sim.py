@@ -10,24 +10,25 @@
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from partition.cost import step_flops
 from partition.schedule.actions import Op
 from partition.schedule.simulate import SimResult, simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost, range_costs
-from runtime.bench.dist import join_world, measure_world
-from runtime.bench.flops import describe_rate, device_peak, step_flops, throughput
+from runtime.bench.contenders import DEFAULT_SCHEDULES, OurSchedule, pipeline_config
+from runtime.bench.flops import describe_rate, device_peak, throughput
 from runtime.bench.models import bench_spec, make_batch, sgd_frozen, shared_init
-from runtime.bench.pipeline import DEFAULT_SCHEDULES, OurSchedule, pipeline_config
-from runtime.bench.report import dtype_name, machine, ms, table
+from runtime.bench.report import dtype_name, machine, ms
 from runtime.bench.timing import Measured, Variant, measure
-from runtime.comm import Backend, DistTransport, LocalTransport, Message, WorldInfo, all_reduce_sum, launched_by_torchrun
+from runtime.bench.world import join_world, measure_link, measure_world
+from runtime.comm import Backend, DistTransport, LocalTransport, WorldInfo, all_reduce_sum, launched_by_torchrun
 from runtime.engine.pipeline import Pipeline
+from runtime.output import text_table
 from runtime.train.layout import resolve_ranges
 from runtime.train.measure import costs_from_records
 from runtime.train.profile import profile_layers
@@ -55,100 +56,110 @@ class SimBenchConfig:
     timeout: float = 120.0
 
 
-def measure_link(world: WorldInfo, backend: Backend, device: torch.device, nbytes: int, timeout: float,
-                 repeats: int = 20) -> LinkModel:
-    """Latency and bandwidth between ranks 0 and 1 from ping-pongs of 4 bytes and of ``nbytes`` (DistTransport)."""
-    transport = DistTransport(backend, timeout)
-    found = torch.zeros(2, dtype=torch.float64)
-    for k, size in enumerate((4, max(nbytes, 8))):
-        buf = torch.zeros(size // 4, dtype=torch.float32, device=device)
-        trips = []
-        for i in range(repeats + 3):
-            tag = 1_000_000 + 4 * (k * (repeats + 3) + i)
-            other = 1 - world.rank  # the peer of ranks 0 and 1 (others only wait in the all-reduce below)
-            there, back = Message(("link", k, i, 0), tag, other), Message(("link", k, i, 1), tag + 1, other)
-            start = time.perf_counter()
-            if world.rank == 0:
-                transport.send(there, buf, device)
-                transport.recv(back, buf.shape, buf.dtype, device)
-            elif world.rank == 1:
-                got = transport.recv(there, buf.shape, buf.dtype, device)
-                transport.send(back, got, device)
-            transport.flush()
-            trips.append(time.perf_counter() - start)
-        if world.rank == 0:
-            found[k] = statistics.median(trips[3:]) / 2
-    t_small, t_big = (float(v) for v in all_reduce_sum(found))
-    extra = max(nbytes, 8) - 4
-    bandwidth = extra / (t_big - t_small) if t_big > t_small else float("inf")
-    return LinkModel(latency=max(t_small, 0.0), bandwidth=bandwidth)
+@dataclass(frozen=True)
+class _Where:
+    """Where the benchmark runs: the world under torchrun (None in one process), the device, the ranks."""
+
+    world: WorldInfo | None
+    device: torch.device
+    backend: Backend | None
+    ranks: int
+
+    @property
+    def distributed(self) -> bool:
+        """Under torchrun."""
+        return self.world is not None
+
+    @property
+    def reporter(self) -> bool:
+        """The process that logs (rank 0, or the only one)."""
+        return self.world is None or self.world.rank == 0
 
 
-def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Predicted vs measured step time (and bubble under torchrun) per schedule; JSON-ready, ``table`` holds the text."""
-    distributed = launched_by_torchrun()
-    world = None
-    if distributed:
+def _where(cfg: SimBenchConfig) -> _Where:
+    if launched_by_torchrun():
         world, device, backend = join_world(cfg.device, cfg.timeout)
-        p = world.world_size
-    else:
-        device, backend, p = torch.device(cfg.device), None, cfg.ranks
-    spec, m = bench_spec(cfg.width, cfg.layers), cfg.microbatches
-    if cfg.batch % m:
-        raise ValueError(f"microbatches: {m} do not divide the batch of {cfg.batch}")
-    rows = cfg.batch // m
-    layers = _profile(spec, rows, cfg, device, world)
-    link, act_bytes = LinkModel(), None
-    if distributed and p > 1:
-        nbytes = rows * cfg.width * torch.finfo(cfg.dtype).bits // 8
-        link = measure_link(world, backend, device, nbytes, cfg.timeout)
-        act_bytes = [float(nbytes)] * (2 * p)
-    data = make_batch(spec, cfg.batch, cfg.dtype, device)
+        return _Where(world, device, backend, world.world_size)
+    return _Where(None, torch.device(cfg.device), None, cfg.ranks)
+
+
+def _link(cfg: SimBenchConfig, where: _Where, rows: int) -> tuple[LinkModel, list[float] | None]:
+    """The measured link and the bytes crossing each stage boundary (a free link in one process)."""
+    if not where.distributed or where.ranks < 2:
+        return LinkModel(), None
+    nbytes = rows * cfg.width * torch.finfo(cfg.dtype).bits // 8
+    link = measure_link(where.world, where.backend, where.device, nbytes, cfg.timeout)
+    return link, [float(nbytes)] * (2 * where.ranks)
+
+
+def _cases(cfg: SimBenchConfig, spec: MLPSpec, where: _Where, layers: list, link: LinkModel,
+           act_bytes: list[float] | None, rows: int) -> tuple[list[_Case], dict[str, str]]:
+    """One pipeline per schedule that fits the model, with its profile-fed prediction; the skipped ones and why."""
     cases, skipped = [], {}
     with shared_init(spec, cfg.seed) as params:
         for ours in cfg.schedules:
             per = ours.kind.stages_per_rank(2)
-            if p * per > spec.num_layers:
-                skipped[ours.name] = f"needs {p * per} stages, the model has {spec.num_layers} layers"
+            if where.ranks * per > spec.num_layers:
+                skipped[ours.name] = f"needs {where.ranks * per} stages, the model has {spec.num_layers} layers"
                 continue
-            ranges = resolve_ranges(spec, p * per, "uniform", rows)
-            pcfg = pipeline_config(spec, ranges, ours, m, str(device), cfg.dtype, cfg.seed, per)
-            transport = DistTransport(backend, cfg.timeout) if distributed else LocalTransport()
-            pipe = Pipeline(pcfg, sgd_frozen, transport, [world.rank] if distributed else None, init=params)
-            cases.append(_Case(ours.name, pipe, len(ranges), simulate(pipe.schedule, range_costs(layers, ranges), link,
-                                                                      act_bytes[: len(ranges)] if act_bytes else None)))
-    if not distributed or world.rank == 0:
-        where = f"{p} ranks (torchrun)" if distributed else "one process"
-        log(f"simulator: {cfg.layers} x {cfg.width}, batch {cfg.batch}, {m} microbatches, {where} ...")
+            ranges = resolve_ranges(spec, where.ranks * per, "uniform", rows)
+            pcfg = pipeline_config(spec, ranges, ours, cfg.microbatches, str(where.device), cfg.dtype, cfg.seed, per)
+            transport = DistTransport(where.backend, cfg.timeout) if where.distributed else LocalTransport()
+            pipe = Pipeline(pcfg, sgd_frozen, transport, [where.world.rank] if where.distributed else None, init=params)
+            sim = simulate(pipe.schedule, range_costs(layers, ranges), link, act_bytes[: len(ranges)] if act_bytes else None)
+            cases.append(_Case(ours.name, pipe, len(ranges), sim))
+    return cases, skipped
+
+
+def run_sim_bench(cfg: SimBenchConfig, log: Callable[[str], None] = print) -> dict:
+    """Predicted vs measured step time (and bubble under torchrun) per schedule; JSON-ready, ``table`` holds the text."""
+    where = _where(cfg)
+    spec, m = bench_spec(cfg.width, cfg.layers), cfg.microbatches
+    if cfg.batch % m:
+        raise ValueError(f"microbatches: {m} do not divide the batch of {cfg.batch}")
+    rows = cfg.batch // m
+    layers = _profile(spec, rows, cfg, where.device, where.world)
+    link, act_bytes = _link(cfg, where, rows)
+    cases, skipped = _cases(cfg, spec, where, layers, link, act_bytes, rows)
+    data = make_batch(spec, cfg.batch, cfg.dtype, where.device)
+    if where.reporter:
+        place = f"{where.ranks} ranks (torchrun)" if where.distributed else "one process"
+        log(f"simulator: {cfg.layers} x {cfg.width}, batch {cfg.batch}, {m} microbatches, {place} ...")
     variants = [c.variant(data.x, data.y, cfg.batch) for c in cases]
-    if distributed:
-        measured = measure_world(variants, device, cfg.warmup, cfg.repeats, world)
+    if where.distributed:
+        measured = measure_world(variants, where.device, cfg.warmup, cfg.repeats, where.world)
     else:
-        measured = measure(variants, device, cfg.warmup, cfg.repeats)
-    results = []
-    flops, peak = step_flops(spec, cfg.batch), device_peak(device, cfg.dtype)
-    for case in cases:
-        rec = measured[case.name]
-        per_rank = torch.tensor([sum(b.values()) for b in case.busy[-cfg.repeats:]] or [0.0], dtype=torch.float64)
-        timed = [r for step in case.records[-cfg.repeats:] for r in step]  # medians over every timed step's actions
-        costs = torch.tensor([[c.f, c.b, c.w] for c in costs_from_records(timed, case.stages)], dtype=torch.float64)
-        if distributed:
-            per_rank = all_reduce_sum(per_rank)  # every rank's busy time summed, per step
-            costs = all_reduce_sum(costs)  # each rank timed only its own stages
-        in_step = simulate(case.pipe.schedule, [StageCost(*map(float, row)) for row in costs], link,
-                           act_bytes[: case.stages] if act_bytes else None)
-        row = _row(case.name, case.sim, in_step, rec, per_rank, p, distributed)
-        results.append(row | {"flops": flops, **throughput(flops, rec.spread.median if rec.spread else None, peak)})
-    return {"benchmark": "simulator", "machine": machine(device) | ({"world_size": p} if distributed else {}),
-            "peaks": {dtype_name(cfg.dtype): peak.assumed if peak else None},
-            "mode": "torchrun" if distributed else "one process",
-            "link": {"latency": link.latency, "bandwidth": link.bandwidth}, "skipped": skipped,
-            "profile": [{"f": c.f, "b": c.b, "w": c.w} for c in layers],
-            "config": {"width": cfg.width, "layers": cfg.layers, "ranks": p, "microbatches": m, "batch": cfg.batch,
-                       "dtype": dtype_name(cfg.dtype), "schedules": [s.name for s in cfg.schedules],
-                       "warmup": cfg.warmup, "repeats": cfg.repeats, "profile_repeats": cfg.profile_repeats,
-                       "cold_cache_bytes": cfg.cold_cache_bytes},
-            "results": results, "table": _table(results, distributed)}
+        measured = measure(variants, where.device, cfg.warmup, cfg.repeats)
+    flops, peak = step_flops(spec, cfg.batch), device_peak(where.device, cfg.dtype)
+    results = [_case_row(c, measured[c.name], cfg.repeats, link, act_bytes, where) | {
+        "flops": flops, **throughput(flops, measured[c.name].spread.median if measured[c.name].spread else None, peak)}
+        for c in cases]
+    world_size = {"world_size": where.ranks} if where.distributed else {}
+    out = {"benchmark": "simulator", "machine": machine(where.device) | world_size,
+           "peaks": {dtype_name(cfg.dtype): peak.assumed if peak else None},
+           "mode": "torchrun" if where.distributed else "one process",
+           "link": {"latency": link.latency, "bandwidth": link.bandwidth}, "skipped": skipped,
+           "profile": [{"f": c.f, "b": c.b, "w": c.w} for c in layers],
+           "config": {"width": cfg.width, "layers": cfg.layers, "ranks": where.ranks, "microbatches": m, "batch": cfg.batch,
+                      "dtype": dtype_name(cfg.dtype), "schedules": [s.name for s in cfg.schedules],
+                      "warmup": cfg.warmup, "repeats": cfg.repeats, "profile_repeats": cfg.profile_repeats,
+                      "cold_cache_bytes": cfg.cold_cache_bytes},
+           "results": results}
+    return out | {"table": table_text(out)}
+
+
+def _case_row(case: _Case, rec: Measured, repeats: int, link: LinkModel, act_bytes: list[float] | None,
+              where: _Where) -> dict:
+    """The prediction fed with the step's own action times next to the profile-fed one, and the measurement."""
+    per_rank = torch.tensor([sum(b.values()) for b in case.busy[-repeats:]] or [0.0], dtype=torch.float64)
+    timed = [r for step in case.records[-repeats:] for r in step]  # medians over every timed step's actions
+    costs = torch.tensor([[c.f, c.b, c.w] for c in costs_from_records(timed, case.stages)], dtype=torch.float64)
+    if where.distributed:
+        per_rank = all_reduce_sum(per_rank)  # every rank's busy time summed, per step
+        costs = all_reduce_sum(costs)  # each rank timed only its own stages
+    in_step = simulate(case.pipe.schedule, [StageCost(*map(float, row)) for row in costs], link,
+                       act_bytes[: case.stages] if act_bytes else None)
+    return _row(case.name, case.sim, in_step, rec, per_rank, where.ranks, where.distributed)
 
 
 @dataclass
@@ -175,11 +186,7 @@ class _Case:
             self.records.append(out.records)
             return out.loss
 
-        def clear() -> None:
-            for st in self.pipe.stages.values():
-                st.zero_grad()
-
-        return Variant(self.name, step, clear, "ours")
+        return Variant(self.name, step)
 
 
 def _profile(spec: MLPSpec, rows: int, cfg: SimBenchConfig, device: torch.device, world: WorldInfo | None) -> list:
@@ -217,7 +224,9 @@ def _row(name: str, sim: SimResult, in_step: SimResult, rec: Measured, busy: tor
     return row
 
 
-def _table(rows: Sequence[dict], distributed: bool) -> str:
+def table_text(result: dict) -> str:
+    """The `simulator` table, from the result's JSON alone."""
+    rows, distributed = result["results"], result["mode"] == "torchrun"
     body = []
     for r in rows:
         err = "-" if r["error_fraction"] is None else f"{r['error_fraction']:+.1%}"
@@ -231,5 +240,5 @@ def _table(rows: Sequence[dict], distributed: bool) -> str:
                      f"{r['predicted_makespan'] * 1e3:.2f} ms", describe_rate(r)])
     last = "measured bubble" if distributed else "outside actions"
     first = "predicted step" if distributed else "predicted (one device)"
-    return table(["schedule", first, "measured (median [p25-p75])", "error", "error (in-step costs)", "predicted bubble", last,
-                  "predicted makespan (ranks)", "achieved"], body)
+    return text_table(["schedule", first, "measured (median [p25-p75])", "error", "error (in-step costs)",
+                       "predicted bubble", last, "predicted makespan (ranks)", "achieved"], body)

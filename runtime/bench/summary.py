@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.bench.flops import describe_rate
-from runtime.bench.report import table
 from runtime.bench.verdict import verdicts
+from runtime.output import text_table
 
 
 def _ms(d: dict | None) -> str:
@@ -61,5 +61,5 @@ def summarize_files(paths: Sequence[str | Path]) -> str:
                      f"torch {machine.get('torch')}, {machine.get('date')}; peaks: {result.get('peaks')}")
         rows += _rows(result)
         lines += verdicts(result) if "summary" in result or result.get("benchmark") != "pipeline" else []
-    text = table(["bench", "dtype", "contender", "step", "achieved", "ratio", "ratio of"], rows)
+    text = text_table(["bench", "dtype", "contender", "step", "achieved", "ratio", "ratio of"], rows)
     return "\n".join(notes + ["", text, ""] + lines)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import gc
-import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
+
+from runtime.stats import Spread
+
+
+class Group(Enum):
+    """What a contender is to the tables: ours, a baseline (plain torch, no pipeline), or a peer's schedule."""
+
+    OURS = "ours"
+    BASELINE = "baseline"
+    PEER = "peer"
 
 
 def _nothing() -> None:
@@ -18,16 +27,19 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Variant:
-    """One contender: ``step()`` runs a full step and returns its loss (a float, a 0-dim tensor read only after
-    the timed region, or None); ``clear()`` frees its gradients outside the timed region."""
+    """One contender: ``step()`` runs a full step (zero grads included) and returns its loss (a float, a 0-dim
+    tensor read only after the timed region, or None); ``clear()`` runs after it, outside the timed region (a
+    barrier under torchrun); ``grads()`` returns the gradients the last step left, by (layer, "w" or "b"),
+    for the equal-math check (None: the contender cannot be checked)."""
 
     name: str
     step: Callable[[], object]
     clear: Callable[[], None] = _nothing
-    group: str = ""  # "ours", "reference", "peer": how tables sort and pair rows
+    group: Group = Group.OURS
+    grads: Callable[[], dict[tuple[int, str], torch.Tensor]] | None = None
 
     @classmethod
-    def failed(cls, name: str, group: str, exc: BaseException) -> Variant:
+    def failed(cls, name: str, group: Group, exc: BaseException) -> Variant:
         """A contender that could not be built: its step raises, so ``measure`` records the reason."""
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
@@ -37,41 +49,12 @@ class Variant:
         return cls(name, step, _nothing, group)
 
 
-@dataclass(frozen=True)
-class Spread:
-    """Median, quartiles and extremes of repeated measurements."""
-
-    median: float
-    p25: float
-    p75: float
-    min: float
-    max: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        """The spread of ``values`` (at least one)."""
-        vals = sorted(float(v) for v in values)
-        if not vals:
-            raise ValueError("spread: no values")
-        q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
-        return cls(statistics.median(vals), q[0], q[2], vals[0], vals[-1], len(vals))
-
-    def to_json(self) -> dict:
-        """The figures as a dict."""
-        return {"median": self.median, "p25": self.p25, "p75": self.p75, "min": self.min, "max": self.max, "n": self.n}
-
-    def rel_iqr(self) -> float:
-        """(p75 - p25) / median: how noisy the samples were."""
-        return (self.p75 - self.p25) / self.median if self.median else math.inf
-
-
 @dataclass
 class Measured:
     """A variant's step times (seconds) and the losses its steps returned."""
 
     name: str
-    group: str
+    group: Group
     times: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)  # which rotation round each time was taken in
     losses: list[float] = field(default_factory=list)

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from partition.units import format_bytes
 from runtime.compare.plots import FIGURES, write_plots
+from runtime.output import json_text, markdown_table, write_text
 
 FILES = MappingProxyType({"json": "compare.json", "markdown": "compare.md", "csv": "compare.csv"})
 CSV_COLUMNS = ("id", "label", "kind", "schedule", "devices", "stages", "microbatches", "microbatch_size", "minibatch", "lr",
@@ -36,14 +37,6 @@ def _pct(value: float | None) -> str:
 
 def _b(values: list) -> str:
     return " / ".join(format_bytes(v) for v in values) if values else "-"
-
-
-def _row(cells: list) -> str:
-    return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
 def _setup_text(r: dict) -> list[str]:
@@ -72,7 +65,7 @@ def _candidates(r: dict) -> list[str]:
     rows = [[f"`{e['id']}`", e["label"], f"{e['devices']} x {e['stages'] // e['devices'] or 1}",
              f"{e['microbatches']} x {e['microbatch_size']}", f"{e['lr']:.4g}", e["ranges"] or "-",
              "yes" if e["feasible"] else f"**no**: {e['reason']}"] for e in r["candidates"]]
-    return ["## Candidates", "", *_table(["candidate", "what", "devices x stages each", "m x microbatch", "lr",
+    return ["## Candidates", "", *markdown_table(["candidate", "what", "devices x stages each", "m x microbatch", "lr",
                                             "layers per stage", "fits the cap"], rows), ""]
 
 
@@ -93,8 +86,8 @@ def _step_times(r: dict) -> list[str]:
             "The predicted step is what the measuring process does (see *How the figures are made*); "
             f"the last column is the simulator's prediction on {k} real devices, which nothing measures in "
             "single-process emulation.", "",
-            *_table(["candidate", "predicted step", "measured step: median [p25, p75]", "error", "samples/s predicted / measured",
-                     f"on {k} devices (simulator): step, samples/s, bubble"], rows), ""]
+            *markdown_table(["candidate", "predicted step", "measured step: median [p25, p75]", "error",
+                             "samples/s predicted / measured", f"on {k} devices (simulator): step, samples/s, bubble"], rows), ""]
 
 
 def _memory(r: dict) -> list[str]:
@@ -111,7 +104,7 @@ def _memory(r: dict) -> list[str]:
         rows.append([f"`{e['id']}`", _b(predicted), measured, _pct((e["errors"] or {}).get("memory"))])
     cap = r["setup"]["memory_cap"]
     return [f"## Peak memory per device (cap {format_bytes(cap) if cap is not None else 'none'})", "",
-            *_table(["candidate", "predicted per device", "measured per device", "largest error"], rows), ""]
+            *markdown_table(["candidate", "predicted per device", "measured per device", "largest error"], rows), ""]
 
 
 def _curve(r: dict) -> list[str]:
@@ -129,7 +122,7 @@ def _curve(r: dict) -> list[str]:
             cells[i] = f"{h['train_loss']:.4f} @ {_t(elapsed)}"
         rows.append([f"`{e['id']}`", *(cells.get(i, "-") for i in picks)])
     return ["Mean training loss per epoch, and the training time spent by its end:", "",
-            *_table(["candidate", *(f"epoch {i + 1}" for i in picks)], rows), ""]
+            *markdown_table(["candidate", *(f"epoch {i + 1}" for i in picks)], rows), ""]
 
 
 def _training(r: dict) -> list[str]:
@@ -145,13 +138,13 @@ def _training(r: dict) -> list[str]:
     lines = ["## Training outcome", "",
              f"Target loss {target:.4g} ({r['setup']['target_source']}); time to target = training seconds until the "
              "first epoch whose mean training loss is at or below it." if target is not None else "No run.", "",
-             *_table(["candidate", "optimizer steps", "samples seen", "training time", "last epoch loss", "test accuracy",
+             *markdown_table(["candidate", "optimizer steps", "samples seen", "training time", "last epoch loss", "test accuracy",
                       "time to target"], rows), "", *_curve(r)]
     if sm["reference"] is not None:
         lines += ["Same math: every run whose step is the whole batch B (pipelines, accumulation, one device at B) "
                   f"computes the same steps; largest per-step loss difference against `{sm['reference']}` "
                   f"({r['setup']['dtype']} rounding only):", "",
-                  *_table(["candidate", "max abs loss difference per step"],
+                  *markdown_table(["candidate", "max abs loss difference per step"],
                           [[f"`{cid}`", f"{d:.2e}"] for cid, d in sm["max_abs_step_loss_difference"].items()]), ""]
     small = [e for e in r["candidates"] if e["training"] is not None and e["minibatch"] < r["setup"]["batch"]]
     if small:
@@ -202,7 +195,7 @@ def _overhead(r: dict) -> list[str]:
             f"Total {_t(t['total'])}. The scheduler's own work (planning, simulation, reporting) took {_t(t['overhead'])}, "
             f"{t['overhead_fraction']:.1%} of the run; with the measurements made for the predictions (profiling, skeleton "
             f"calibration, memory probes) everything but training took {t['non_training_fraction']:.1%}.", "",
-            *_table(["part", "seconds", "share"], rows), ""]
+            *markdown_table(["part", "seconds", "share"], rows), ""]
 
 
 def markdown(r: dict) -> str:
@@ -254,10 +247,10 @@ def write_report(r: dict, out: str | Path, started: float | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     data = json.loads(json.dumps(r))
-    (folder / FILES["csv"]).write_text(csv_text(data))
+    write_text(folder / FILES["csv"], csv_text(data))
     write_plots(data, folder)
     if started is not None:
         close_timings(r["timings"], started, time.perf_counter() - t)
-    text = json.dumps(r, indent=1) + "\n"
-    (folder / FILES["json"]).write_text(text)
-    (folder / FILES["markdown"]).write_text(markdown(json.loads(text)))
+    text = json_text(r)
+    write_text(folder / FILES["json"], text)
+    write_text(folder / FILES["markdown"], markdown(json.loads(text)))

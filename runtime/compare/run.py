@@ -21,10 +21,10 @@ from partition.spec import MLPSpec
 from runtime.comm import LocalTransport, all_reduce_sum
 from runtime.compare.types import Candidate
 from runtime.engine.pipeline import Pipeline, PipelineConfig
+from runtime.stats import spread_json
 from runtime.train.config import OptimizerKind, TrainConfig, parse_dtype
 from runtime.train.datasets import Dataset
 from runtime.train.layout import resolve_devices
-from runtime.train.measure import spread
 from runtime.train.trainer import build_pipeline, evaluate, optimizer_factory
 
 
@@ -129,7 +129,7 @@ def train_candidate(
     step_losses = share(step_losses, reporter, distributed)
     total = sum(step_seconds)
     samples = history[-1]["samples_seen"]
-    timing = spread(step_seconds[1:] or step_seconds)  # the first step allocates gradients and optimizer state
+    timing = spread_json(step_seconds[1:] or step_seconds)  # the first step allocates gradients and optimizer state
     return {
         "epochs": history,
         "step_losses": step_losses,
