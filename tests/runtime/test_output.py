@@ -1,0 +1,39 @@
+"""Result writing: the text and Markdown tables by hand, and atomic writes that leave no temporary file."""
+
+import json
+import os
+
+import pytest
+
+from runtime.output import atomic_write, json_text, markdown_table, text_table, write_json
+
+
+def test_text_table_by_hand():
+    assert text_table(["a", "long header"], [[1, "x"], ["wide cell", ""]]) == (
+        "a          long header\n"
+        "---------  -----------\n"
+        "1          x\n"
+        "wide cell")
+
+
+def test_markdown_table_by_hand():
+    assert markdown_table(["k", "v"], [["a|b", 2]]) == ["| k | v |", "| --- | --- |", "| a/b | 2 |"]
+
+
+def test_write_json_is_atomic_and_follows_the_umask(tmp_path):
+    path = tmp_path / "deep" / "r.json"
+    write_json(path, {"x": 1, "t": {1, 2} and "set"})
+    assert json.loads(path.read_text()) == {"x": 1, "t": "set"} and path.read_text() == json_text({"x": 1, "t": "set"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    write_json(None, {"x": 2})  # nothing to do
+
+    def broken(fh):
+        fh.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert json.loads(path.read_text()) == {"x": 1, "t": "set"}  # the old file survives
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # and no temporary file is left
