@@ -37,7 +37,7 @@ def ping_sizes(max_bytes: float) -> list[int]:
 
 
 def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: int, timeout: float,
-              repeats: int = 10) -> tuple[LinkModel, list[tuple[int, float]]]:
+              repeats: int = 20) -> tuple[LinkModel, list[tuple[int, float]]]:
     """Ping-pong between ranks 0 and 1 through ``DistTransport`` (every rank must call this; the others wait).
 
     Returns the fitted link, shared by every rank, and the (bytes, one-way seconds) medians it was fitted from.
@@ -46,11 +46,11 @@ def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: in
     sizes = ping_sizes(max_bytes)
     found = torch.zeros(len(sizes), dtype=torch.float64)
     if rank in (0, 1):
-        for k, size in enumerate(sizes):
+        for k, size in enumerate([4] + sizes):  # one round of 4-byte trips first: the pair's connection is set up
             buf = torch.zeros(size // 4, dtype=torch.float32, device=device)
             trips = []
             for i in range(repeats + 2):
-                tag = TAG_BASE + 2 * (k * (repeats + 2) + i)
+                tag = TAG_BASE + 2 * (k * (repeats + 2) + i)  # each message its own tag
                 there, back = Message(("link", k, i, 0), tag, 1 - rank), Message(("link", k, i, 1), tag + 1, 1 - rank)
                 start = time.perf_counter()
                 if rank == 0:
@@ -60,8 +60,8 @@ def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: in
                     transport.send(back, transport.recv(there, buf.shape, buf.dtype, device), device)
                 transport.flush()
                 trips.append(time.perf_counter() - start)
-            if rank == 0:
-                found[k] = statistics.median(trips[2:]) / 2
+            if rank == 0 and k > 0:
+                found[k - 1] = statistics.median(trips[2:]) / 2
     found = all_reduce_sum(found)
     points = [(s, float(t)) for s, t in zip(sizes, found)]
     return LinkModel.fit([p[0] for p in points], [p[1] for p in points]), points

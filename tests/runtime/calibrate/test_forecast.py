@@ -9,6 +9,7 @@ from partition.schedule.actions import ScheduleKind
 from partition.schedule.generators import generate
 from partition.timing import LinkModel, LinkPreset, StageCost
 from runtime.calibrate.costs import CostModel, Origin, Term
+from runtime.calibrate.explain import OUTSIDE, explain
 from runtime.calibrate.forecast import critical_chain, emulated_timeline, on_k_devices, this_run
 
 
@@ -82,3 +83,25 @@ def test_emulated_timeline_follows_the_executor_order():
     sched = generate(ScheduleKind.GPIPE, 2, 2)
     order = [str(t.action) for t in emulated_timeline(sched, [StageCost(1.0, 1.0, 1.0)] * 2)]
     assert order == ["0F0", "0F1", "1F0", "1F1", "1BW1", "1BW0", "0BW1", "0BW0"]
+
+
+def test_the_error_is_put_where_the_measurement_differs():
+    """Emulated 1F1B, 2 stages of one layer, 4 microbatches, F = B = W = 1 ms, 0.5 ms per step beyond the actions.
+
+    Predicted: 4 x 2 x 3 + 0.5 = 24.5 ms. Measured: stage 1's fused backward took 3 ms (predicted B + W = 2),
+    every other action as predicted, and the step 30 ms. Stage 1 BW explains 4 x 1 = 4 ms; the remaining
+    30 - 28.5 = 1.5 ms lies outside the actions.
+    """
+    ms = 1e-3
+    model = CostModel((StageCost(ms, ms, ms),) * 2, step_overhead=Term(0.5 * ms, Origin.GIVEN))
+    sched = generate(ScheduleKind.ONE_F_ONE_B, 2, 4)
+    fc = this_run(sched, model, [(0, 1), (1, 2)], None, concurrent=False)
+    assert fc.step_time == pytest.approx(24.5 * ms)
+    measured = [StageCost(ms, 2 * ms, 0.0), StageCost(ms, 3 * ms, 0.0)]  # records count a fused backward as B
+    out = explain(fc, sched, model, None, False, measured, 30 * ms)
+    assert out["prediction_error"] == pytest.approx((24.5 - 30) / 30)
+    top = out["contributors"]
+    assert [r["term"] for r in top] == ["stage 1 BW", OUTSIDE]
+    assert top[0]["effect"] == pytest.approx(4 * ms) and top[0]["per_step"] == 4
+    assert top[1]["effect"] == pytest.approx(1.5 * ms)
+    assert "stage 1 BW: measured 3 ms vs 2 predicted, x4 per step: +4 ms" in out["text"]

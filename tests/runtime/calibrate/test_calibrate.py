@@ -1,0 +1,54 @@
+"""Calibration in one process: every term measured with its origin, the prediction made of them, files written."""
+
+import json
+import math
+
+import pytest
+
+from partition.schedule.actions import ScheduleKind
+from partition.spec import MLPSpec
+from partition.timing import LinkPreset
+from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
+from runtime.calibrate.run import k_device_link
+from runtime.train.config import TrainConfig
+from runtime.train.trainer import train
+
+
+def test_an_emulated_run_predicts_from_its_calibration_and_draws_both_timelines(tmp_path):
+    gantt, trace = tmp_path / "g.png", tmp_path / "t.json"
+    res = train(TrainConfig(spec=MLPSpec((64, 24, 24, 10)), epochs=1, stages=3, microbatches=3, batch_size=48,
+                            progress=False, partition="uniform", schedule=ScheduleKind.ZB_H1, gantt=str(gantt),
+                            trace=str(trace), link="ethernet"))
+    terms = res["predicted_terms"]
+    assert res["predicted_step_time"] == pytest.approx(sum(terms.values()), rel=1e-9)
+    assert terms["transfers and waits"] == 0.0 and terms["loss all-reduce"] == 0.0 and terms["compute (profiled)"] > 0
+    assert res["prediction_basis"].startswith("this run: every stage in this one process")
+    assert "link ethernet" in res["prediction_basis_k_devices"]
+    assert math.isfinite(res["prediction_error"]) and res["measured_step_time"]["median"] > 0
+    model = res["cost_model"]
+    assert [model[k]["origin"] for k in ("layers", "action_overhead", "step_overhead", "optimizer", "loss_all_reduce")] \
+        == ["profiled", "measured", "measured", "measured", "default"]
+    assert model["link"] == {"latency": 0.0, "bandwidth": None, "origin": "measured",
+                             "note": "in-process, one device (cpu): no copies"}
+    assert len(res["predicted_peak_memory_per_rank"]) == 3 and all(b > 0 for b in res["predicted_peak_memory_per_rank"])
+    assert gantt.stat().st_size > 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert any(n.startswith("measured") for n in names) and any(n.startswith("predicted before the run") for n in names)
+    lanes = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert {"rank 0", "rank 0 transfers", "rank 2"} <= lanes
+
+
+def test_links_by_name_and_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPEGRAPH_CACHE", str(tmp_path))
+    assert k_device_link("nvlink", None)[0] == LinkPreset.NVLINK.link
+    link, name, origin = k_device_link("1e-5,2e9", None)
+    assert (link.latency, link.bandwidth, name, origin.value) == (1e-5, 2e9, "given", "given")
+    with pytest.raises(ValueError, match="no link measured"):
+        k_device_link("cached", None)
+    with pytest.raises(ValueError, match="link: expected"):
+        k_device_link("carrier-pigeon", None)
+    fitted = LinkPreset.PCIE.link
+    store(conditions("gloo", ["cpu"], 2), fitted, [(4, 1e-5), (1024, 2e-5)])
+    assert cached_link("gloo")[0] == fitted and k_device_link("cached", None)[0] == fitted
+    assert ping_sizes(5000) == [4, 1024, 4096, 16384]
