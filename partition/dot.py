@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from enum import Enum
 
 from partition.graph import Graph, Node, NodeKind
+from partition.plan import format_ranges
 
 __all__ = ["Direction", "check_stages", "drawing_row", "node_stages", "to_dot"]
 
@@ -167,7 +168,8 @@ def to_dot(
         for i, (start, stop) in enumerate(check_stages(stages, graph.num_layers)):
             colour = i % len(_STAGE_FILLS)
             cluster = {
-                "label": f"stage {i}: layers [{start}, {stop}) = " + ", ".join(f"W({k + 1})" for k in range(start, stop)),
+                "label": f"stage {i}: layers {format_ranges(((start, stop),))} = "
+                         + ", ".join(f"W({k + 1})" for k in range(start, stop)),
                 "style": "filled,rounded",
                 "fillcolor": _STAGE_FILLS[colour],
                 "color": _STAGE_BORDERS[colour],

@@ -88,12 +88,12 @@ class Plan:
 
 
 def format_ranges(ranges: Ranges) -> str:
-    """``((0, 3), (3, 6))`` as ``"0-2,3-5"`` (a one-layer stage prints as ``"4"``)."""
-    return ",".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in ranges)
+    """``((0, 3), (3, 6))`` as ``"0-2,3-5"``: the one notation of layer ranges, in and out (a one-layer stage: ``"4-4"``)."""
+    return ",".join(f"{a}-{b - 1}" for a, b in ranges)
 
 
 def parse_ranges(text: str, num_layers: int) -> Ranges:
-    """``"0-2,3-5"`` (inclusive layer indices, ``"4"`` for one layer) as ``((0, 3), (3, 6))``.
+    """``"0-2,3-5"`` (inclusive layer indices; ``"4"`` is short for ``"4-4"``) as ``((0, 3), (3, 6))``.
 
     The ranges must be contiguous, in order, non-empty, and cover layers 0..num_layers-1; otherwise a
     ValueError says what is wrong.

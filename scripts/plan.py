@@ -31,6 +31,7 @@ from partition.dot import to_dot
 from partition.graph import build_graph
 from partition.memory import inference_memory, training_memory
 from partition.partitioner import Method, Plan, Problem, parse_ranges, partition, plan_for, problem_for
+from partition.plan import format_ranges
 from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
@@ -115,7 +116,7 @@ def print_plan(plan: Plan, inflight: tuple[int, ...]) -> None:
     for s, (a, b) in enumerate(plan.ranges):
         c, cap = plan.stage_costs[s], plan.memory_caps[s] if plan.memory_caps else None
         cut = format_bytes(plan.boundary_bytes[s]) if s < len(plan.boundary_bytes) else "-"
-        print(f"{s:>5}  {f'{a}-{b - 1}' if b - a > 1 else str(a):<8}{plan.parameters[s]:>12,}{_si(c.f):>11}"
+        print(f"{s:>5}  {format_ranges(((a, b),)):<8}{plan.parameters[s]:>12,}{_si(c.f):>11}"
               f"{_si(c.b):>11}{_si(c.w):>11}{_si(plan.comm_times[s]):>11}{cut:>12}{inflight[s]:>10}"
               f"{format_bytes(plan.memory[s]):>13}{format_bytes(cap) if cap else '-':>11}")
 
