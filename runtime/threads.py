@@ -29,7 +29,7 @@ PROBE_MARGIN = 1.25  # all cores must be this much faster than 1 thread on the p
 PROBE_REPEATS = 5
 HELP = (f"torch CPU threads: N, or auto = 1 per rank under torchrun; in one process 1 when a step is under "
         f"{SMALL_STEP_FLOPS / 1e9:g} GFLOP, else the faster of 1 and all cores on a short probe of the largest GEMM "
-        f"(all cores must win by {PROBE_MARGIN - 1:.0%}); default %(default)s")
+        f"(all cores must win by {round((PROBE_MARGIN - 1) * 100)}%%); default %(default)s")
 
 
 @dataclass(frozen=True)

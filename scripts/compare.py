@@ -27,6 +27,8 @@ from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
 from runtime.compare.harness import QUICK, CompareConfig, compare, regenerate
 from runtime.compare.types import LRRule
+from runtime.threads import HELP as THREADS_HELP
+from runtime.threads import parse_threads
 from runtime.train.config import DTYPES, OptimizerKind
 
 
@@ -69,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dtype", default="float32", choices=list(DTYPES))
     g.add_argument("--device", default="cpu", help="cpu or cuda")
-    g.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: stable timings; 0: torch's)")
+    g.add_argument("--threads", default="auto", help=THREADS_HELP)
     g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind), help="pipeline schedules to try")
     g.add_argument("--microbatches", default=None, help="microbatch counts m to try (default K,2K,4K where they divide B)")
     g.add_argument("--virtual", type=int, default=2, help="stages per device for interleaved-1f1b (default 2)")
@@ -93,7 +95,7 @@ def config_from_args(a: argparse.Namespace) -> CompareConfig:
     return CompareConfig(
         spec=spec, dataset=a.dataset, samples=a.samples, batch=a.batch, devices=a.devices, memory_cap=a.memory_cap,
         target_loss=a.target_loss, lr=a.lr, lr_rule=LRRule(a.lr_rule), optimizer=OptimizerKind(a.optimizer),
-        momentum=a.momentum, seed=a.seed, dtype=a.dtype, device=a.device, threads=a.threads,
+        momentum=a.momentum, seed=a.seed, dtype=a.dtype, device=a.device, threads=parse_threads(a.threads),
         schedules=_schedules(a.schedules), virtual=a.virtual, timeout=a.timeout, out=a.out,
         progress=a.progress and sys.stderr.isatty(), **extra,
     )

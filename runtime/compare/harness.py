@@ -33,6 +33,7 @@ from runtime.compare.report import close_timings, write_report
 from runtime.compare.results import add_time_to_target, entry, error_summary, same_math, settle_target
 from runtime.compare.run import RunContext, build, epoch_order, step_inputs, train_candidate
 from runtime.compare.types import Candidate, LRRule
+from runtime.threads import apply_threads, choose_for_model
 from runtime.train.config import OptimizerKind
 from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.progress import ProgressBar
@@ -60,7 +61,7 @@ class CompareConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
-    threads: int = 1
+    threads: int | None = None  # None: auto (runtime.threads)
     schedules: tuple[ScheduleKind, ...] = tuple(ScheduleKind)
     microbatches: tuple[int, ...] = ()  # default: K, 2K and 4K where they divide B
     virtual: int = 2
@@ -73,7 +74,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         checks = [(self.batch >= 1, "batch", "must be >= 1"), (self.devices >= 1, "devices", "must be >= 1"),
                   (self.epochs >= 1, "epochs", "must be >= 1"), (self.lr > 0, "lr", "must be > 0"),
-                  (self.threads >= 0, "threads", "must be >= 0 (0: torch's default)"),
+                  (self.threads is None or self.threads >= 1, "threads", "must be >= 1 (None: auto)"),
                   (self.virtual >= 1, "virtual", "must be >= 1"), (self.profile_repeats >= 1, "profile_repeats", "must be >= 1"),
                   (self.calibration_steps >= 1, "calibration_steps", "must be >= 1"),
                   (all(m >= 1 for m in self.microbatches), "microbatches", "must all be >= 1")]
@@ -126,11 +127,10 @@ def _setup(cfg: CompareConfig, ctx: RunContext, n_train: int, n_test: int) -> di
 def compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole experiment; returns the results (also written under ``cfg.out`` when set).
 
-    On the CPU, torch runs with ``cfg.threads`` threads meanwhile (restored afterwards).
+    Torch runs with the threads runtime.threads chooses for ``cfg.threads`` meanwhile (restored afterwards).
     """
     threads = torch.get_num_threads()
-    if cfg.threads and cfg.device == "cpu":
-        torch.set_num_threads(cfg.threads)
+    apply_threads(choose_for_model(cfg.threads, launched_by_torchrun(), cfg.spec, cfg.batch, cfg.devices, cfg.device))
     try:
         return _compare(cfg, log)
     finally:
