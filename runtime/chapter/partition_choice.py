@@ -12,7 +12,7 @@ from runtime.compare.harness import QUICK, CompareConfig, compare
 
 # The tiny setting is for tests: one schedule, one microbatch count, two epochs on a few samples.
 TINY = MappingProxyType({"epochs": 2, "profile_repeats": 2, "calibration_steps": 1})
-SAMPLES_PER_BATCH = MappingProxyType({Setting.QUICK: 64, Setting.TINY: 8})  # synthetic samples per minibatch B
+SAMPLES_PER_BATCH = MappingProxyType({Setting.QUICK: 32, Setting.TINY: 8})  # synthetic samples per minibatch B
 
 
 def compare_config(cfg: ChapterConfig) -> CompareConfig:
@@ -32,7 +32,7 @@ def _figures(e: dict) -> dict:
             "time_to_target_s": training.get("time_to_target"), "samples_per_second": measured.get("samples_per_second"),
             "test_accuracy": training.get("test_accuracy"),
             "predicted_peak_bytes_per_device": max(predicted.get("memory_per_device") or [0]),
-            "predicted_step_s_on_k_devices": predicted.get("step_time_k_devices")}
+            "predicted_step_s_on_k_devices": predicted.get("predicted_step_time_k_devices")}
 
 
 def _best(entries: list[dict]) -> dict | None:
