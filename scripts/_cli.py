@@ -49,3 +49,22 @@ def add_bias_flags(group: argparse._ActionsContainer, default: str = "all") -> N
                        help="layers that add a bias b(l): all, hidden (every layer phi follows), none, "
                             "or 0-based layer indices (default: %(default)s)")
     group.add_argument("--no-bias", dest="bias", action="store_const", const="none", help="same as --bias none")
+
+
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """ValueError naming the flag when one of the options ``names`` was given a zero or negative value."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {value!r}")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and ends every option's help with its default (unless off or unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = action.nargs == 0  # store_true/false/const: the help says what it does
+        if "%(default)" in text or flag or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ahead of scripts/, where this file shadows `partition`
 
-from _cli import add_bias_flags, run_main
+from _cli import add_bias_flags, require_positive, run_main
 
 from partition.cost import DType, Optimizer
 from partition.dot import to_dot
@@ -136,6 +136,7 @@ def memory_report(spec: MLPSpec, batch: int, dtype: str, optimizer: str) -> None
 def main(argv: list[str] | None = None) -> int:
     """Parse, plan with every method, print the chosen plan and the comparison, write JSON/DOT."""
     a = parse_args(argv)
+    require_positive(a, "stages", "microbatch", "microbatches", "batch", "tflops", "bandwidth")
     spec = MLPSpec(parse_widths(a.widths), a.activation, a.bias, 0.0, a.loss)
     m = a.microbatches or 2 * a.stages
     if a.memory_report:

@@ -58,3 +58,5 @@ def check_device(name: str) -> None:
             raise ValueError(f"device: {name} does not exist; this machine has {count} GPU(s)")
     elif dev.type != "cpu":
         raise ValueError(f"device: {name} is not supported; use cpu or cuda[:N]")
+    elif dev.index not in (None, 0):
+        raise ValueError(f"device: {name} does not exist; the CPU is one device: cpu (or cpu:0)")

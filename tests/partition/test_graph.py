@@ -276,10 +276,14 @@ def test_script_writes_dot_and_renders_when_dot_is_there(tmp_path):
     assert r.returncode == 0, r.stderr
     nodes, _, clusters, _ = parse_dot(out.read_text(encoding="utf-8"))
     assert len(clusters) == 2 and "dJ/dW(1)" in nodes and "b(1)" not in nodes
-    env = dict(os.environ, PATH=str(tmp_path / "no-such-dir"))
+    env = dict(os.environ, PATH=str(tmp_path / "no-such-dir"))  # no Graphviz: asking for it fails, in one line
+    r = run_script("--widths", "4,3,2", "--out", str(tmp_path / "h.dot"), "--render", "svg", "--renderer", "graphviz",
+                   env=env)
+    assert r.returncode == 1 and (tmp_path / "h.dot").exists() and not (tmp_path / "h.svg").exists()
+    assert len(r.stderr.strip().splitlines()) == 1 and "dot" in r.stderr and "matplotlib" in r.stderr
+    pytest.importorskip("matplotlib")  # the default (auto) then draws it without any system program
     r = run_script("--widths", "4,3,2", "--out", str(tmp_path / "h.dot"), "--render", "svg", env=env)
-    assert r.returncode == 0 and (tmp_path / "h.dot").exists() and not (tmp_path / "h.svg").exists()
-    assert len(r.stderr.strip().splitlines()) == 1 and "dot" in r.stderr
+    assert r.returncode == 0 and "<svg" in (tmp_path / "h.svg").read_text(encoding="utf-8"), r.stderr
     if shutil.which("dot"):  # and with Graphviz installed it renders
         r = run_script("--widths", "4,3,2", "--mode", "backward", "--out", str(tmp_path / "b.dot"), "--render", "svg")
         assert r.returncode == 0 and "<svg" in (tmp_path / "b.svg").read_text(encoding="utf-8"), r.stderr
