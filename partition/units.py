@@ -1,4 +1,4 @@
-"""Byte sizes as people write them: ``parse_bytes("2GiB")`` and ``format_bytes(1536) == "1.5 KiB"``."""
+"""Sizes and counts as people write them: ``parse_bytes("2GiB")``, ``format_bytes(1536) == "1.5 KiB"``, ``count(1, "device")``."""
 
 from __future__ import annotations
 
@@ -30,3 +30,10 @@ def format_bytes(nbytes: float) -> str:
         return f"{value:.0f} {unit}"
     text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
     return f"{text.rstrip('0').rstrip('.')} {unit}"
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` things with the noun's plural where English wants one: "1 device", "4 devices", "2 processes"."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"

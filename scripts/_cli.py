@@ -17,7 +17,8 @@ if str(ROOT) not in sys.path:
 def run_main(main: Callable[[], int | None], prog: str) -> None:
     """Run ``main``; bad input and runtime failures end with one line on stderr and exit status 1 or 2.
 
-    Under torchrun the line names this rank, and every rank leaves through os._exit once its results are
+    Under torchrun the line names this rank (bad input, the same on every rank, is reported by rank 0 only; every
+    rank still exits with status 2), and every rank leaves through os._exit once its results are
     written: a failing rank so that a half-torn process group cannot hang it (its peers then see the lost
     connection and fail too), a finished one because gloo's destructors at interpreter exit occasionally
     abort a process whose work is complete (seen here about once in twelve 2-rank runs).
@@ -30,8 +31,9 @@ def run_main(main: Callable[[], int | None], prog: str) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = 130
-    except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # bad input: every rank finds the same, so under torchrun rank 0 alone says it
+        if rank in (None, "0"):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except (RuntimeError, OSError) as exc:
         print(f"{prog}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)

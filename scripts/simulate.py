@@ -33,6 +33,7 @@ from partition.schedule.simulate import SimResult, simulate
 from partition.schedule.timeline import format_timeline
 from partition.schedule.trace import write_chrome_trace, write_gantt_png
 from partition.timing import LinkModel, StageCost
+from partition.units import count
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     link = LinkModel(a.latency, a.bandwidth)
     result = simulate(schedule, costs, link, [a.activation_bytes] * schedule.num_stages)
     steps = max(len(acts) for acts in schedule.actions.values())
-    print(f"{kind.value}: {schedule.num_ranks} ranks, {schedule.num_stages} stages, {schedule.num_microbatches} microbatches; "
+    print(f"{kind.value}: {count(schedule.num_ranks, 'rank')}, {count(schedule.num_stages, 'stage')}, "
+          f"{count(schedule.num_microbatches, 'microbatch')}; "
           f"per stage F {a.cost_f:g} s, B {a.cost_b:g} s, W {a.cost_w:g} s")
     if a.table or (a.table is None and steps <= 64):
         print(format_table(schedule))

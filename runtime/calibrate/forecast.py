@@ -21,6 +21,7 @@ from partition.schedule.comms import insert_comms
 from partition.schedule.replay import TimedAction
 from partition.schedule.simulate import SimResult, simulate
 from partition.timing import LinkModel, StageCost
+from partition.units import count
 from runtime.calibrate.costs import CostModel
 
 RECEIVES = (Op.RECV_F, Op.RECV_B)
@@ -95,7 +96,7 @@ def on_k_devices(schedule: Schedule, model: CostModel, ranges: Sequence[tuple[in
     terms = {"makespan": sim.makespan, "step overhead and optimizer (per device)": shared,
              "loss all-reduce": model.loss_all_reduce.seconds if k > 1 else 0.0}
     total = sim.makespan + shared + terms["loss all-reduce"]
-    return Forecast(total, f"on {k} devices, link {link_name} ({link.describe()})", terms, tuple(costs), sim,
+    return Forecast(total, f"on {count(k, 'device')}, link {link_name} ({link.describe()})", terms, tuple(costs), sim,
                     sim.timeline, sim.transfers)
 
 

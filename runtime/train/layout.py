@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from partition import units
 from partition.spec import MLPSpec
 
 
@@ -55,7 +56,7 @@ def check_device(name: str) -> None:
         if count == 0:
             raise ValueError(f"device: {name} requested but no CUDA GPU is visible")
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device: {name} does not exist; this machine has {count} GPU(s)")
+            raise ValueError(f"device: {name} does not exist; this machine has {units.count(count, 'GPU')}")
     elif dev.type != "cpu":
         raise ValueError(f"device: {name} is not supported; use cpu or cuda[:N]")
     elif dev.index not in (None, 0):

@@ -1,0 +1,49 @@
+"""Every output path of a run checked, and its folder made, before the first step: a bad path fails before training."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from runtime.train.config import TrainConfig
+
+FILE_FLAGS = ("json", "trace", "gantt")  # TrainConfig fields naming a file the run writes at its end
+
+
+def check_file(path: str | Path, flag: str) -> None:
+    """Make ``path``'s folder and prove the file can be written there (a probe file is removed again); ValueError
+    naming ``--flag`` otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag}: {path} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag}: cannot write {path}: {err.strerror or err}") from None
+    if not existed:
+        path.unlink()
+
+
+def check_folder(path: str | Path, flag: str) -> None:
+    """Make the folder ``path`` and prove a file can be created in it; ValueError naming ``--flag`` otherwise."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".pipegraph-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{flag}: cannot write into {path}: {err.strerror or err}") from None
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    """Check --json, --trace, --gantt and --checkpoint-dir as :func:`check_file` and :func:`check_folder` do."""
+    for field in FILE_FLAGS:
+        value = getattr(cfg, field)
+        if value:
+            check_file(value, f"--{field}")
+    if cfg.checkpoint_dir:
+        check_folder(cfg.checkpoint_dir, "--checkpoint-dir")
