@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recommendation: {rec['label'] or 'nothing fits the cap'}")
         for why in rec["reasons"]:
             print(f"  - {why}")
-        err = results["prediction_errors"]["step_time"]
+        err = results["prediction_errors"]["prediction_error"]
         print(f"step-time prediction error: median {err['median_abs']:.1%}, largest {err['max_abs']:.1%}; scheduler "
               f"overhead {t['overhead_fraction']:.1%} of {t['total']:.1f} s")
         print(f"report: {a.out}/compare.md")

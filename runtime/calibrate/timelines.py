@@ -49,15 +49,20 @@ def predicted_events(forecast: Forecast) -> list[TraceEvent]:
     return [event(t, "") for t in forecast.timeline] + [event(t, TRANSFER_LANE) for t in forecast.transfers]
 
 
+def comparison_panels(measured: Sequence[TraceEvent], predicted: Sequence[TraceEvent], basis: str,
+                      predicted_peaks: Mapping[int, int] | None, measured_peaks: Mapping[int, int] | None) -> list[Panel]:
+    """The measured step above its prediction (``basis`` says which), each rank labelled with bubble and peak memory."""
+    return [Panel(f"measured (one step: {_span(measured) * 1e3:.3g} ms)", tuple(measured),
+                  _labels(measured, measured_peaks)),
+            Panel(f"predicted before the run ({basis}; actions {_span(predicted) * 1e3:.3g} ms)", tuple(predicted),
+                  _labels(predicted, predicted_peaks))]
+
+
 def write_timelines(gantt: str | os.PathLike | None, trace: str | os.PathLike | None, measured: Sequence[TraceEvent],
                     forecast: Forecast, predicted_peaks: Mapping[int, int], measured_peaks: Mapping[int, int] | None,
                     title: str) -> None:
     """Measured above predicted (this run), one ms axis: the PNG at ``gantt``, the Chrome trace at ``trace``."""
-    predicted = predicted_events(forecast)
-    panels = [Panel(f"measured (this run, one traced step: {_span(measured) * 1e3:.3g} ms)", tuple(measured),
-                    _labels(measured, measured_peaks)),
-              Panel(f"predicted before the run ({forecast.basis}; actions {_span(predicted) * 1e3:.3g} ms)",
-                    tuple(predicted), _labels(predicted, predicted_peaks))]
+    panels = comparison_panels(measured, predicted_events(forecast), forecast.basis, predicted_peaks, measured_peaks)
     if gantt:
         write_comparison_gantt(gantt, panels, title)
     if trace:

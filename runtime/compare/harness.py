@@ -23,7 +23,9 @@ from partition.cost import Optimizer, as_dtype
 from partition.memory import training_memory
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
+from partition.timing import LinkModel
 from partition.units import parse_bytes
+from runtime.calibrate.link import dist_link
 from runtime.comm import Backend, barrier, init_world, launched_by_torchrun
 from runtime.compare.memory import METHOD, measure_memory
 from runtime.compare.plan import Setting, plan_candidates
@@ -34,7 +36,7 @@ from runtime.compare.results import add_time_to_target, entry, error_summary, sa
 from runtime.compare.run import RunContext, build, epoch_order, step_inputs, train_candidate
 from runtime.compare.types import Candidate, LRRule
 from runtime.threads import apply_threads, choose_for_model
-from runtime.train.config import OptimizerKind
+from runtime.train.config import OptimizerKind, parse_dtype
 from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.progress import ProgressBar
 
@@ -200,6 +202,7 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
     """Predict every planned candidate, then probe the memory of and train those that fit: (predictions, memory, runs)."""
     with _timed(timings, "calibration"):
         param_extra = parameter_work(cfg.spec, ctx)
+        link = _link(cfg, ctx, rank)
     first = epoch_order(data.x_train.shape[0], cfg.batch, cfg.seed, 0)
     per_epoch = (data.x_train.shape[0] // cfg.batch) * cfg.batch
     bar = ProgressBar(sum(cfg.epochs * (per_epoch // c.minibatch) for c in cands if c.feasible), "compare",
@@ -219,9 +222,25 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
             with _timed(timings, "calibration"):
                 calib = calib.merge(calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps))
         with _timed(timings, "prediction"):
-            preds[c.id] = predict(c, profiler, calib, param_extra, ctx.spans_processes(c))
+            preds[c.id] = predict(c, profiler, calib, param_extra, ctx.spans_processes(c), link, _boundary_bytes(cfg, c))
     bar.close()
     return preds, memory, runs
+
+
+def _link(cfg: CompareConfig, ctx: RunContext, rank: int) -> LinkModel:
+    """Under torchrun, the link between the processes, measured now (ping-pongs up to twice the widest activation)."""
+    if not ctx.distributed:
+        return LinkModel()
+    backend = Backend.NCCL if cfg.device.startswith("cuda") else Backend.GLOO
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if backend is Backend.NCCL else "cpu")
+    widest = cfg.batch * max(cfg.spec.widths) * torch.finfo(ctx.torch_dtype).bits // 8
+    return dist_link(backend, device, 2 * widest, rank, cfg.timeout)[0]
+
+
+def _boundary_bytes(cfg: CompareConfig, cand: Candidate) -> list[float]:
+    """Bytes of the activation leaving each stage of ``cand`` per microbatch."""
+    size = torch.finfo(parse_dtype(cfg.dtype)).bits // 8
+    return [float(cand.microbatch_size * cfg.spec.widths[b] * size) for _, b in cand.ranges]
 
 
 def regenerate(json_path: str | Path, out: str | Path) -> dict:

@@ -6,14 +6,16 @@ import itertools
 from pathlib import Path
 from types import MappingProxyType
 
-from partition.schedule.trace import TraceEvent, write_gantt_png
+from partition.schedule.gantt import write_comparison_gantt
+from partition.schedule.trace import TraceEvent
+from runtime.calibrate.timelines import comparison_panels, measured_events
 from runtime.compare.types import CandidateKind
 
 FIGURES = MappingProxyType({
     "loss-vs-samples.png": "training loss vs samples seen",
     "loss-vs-time.png": "training loss vs training seconds",
     "memory.png": "peak memory per device, predicted and measured",
-    "gantt.png": "the chosen pipeline on K devices (simulator)",
+    "gantt.png": "the chosen pipeline's step: measured above predicted, per device",
 })
 STYLES = MappingProxyType({CandidateKind.PIPELINE.value: "-", CandidateKind.ACCUMULATION.value: "--",
                            CandidateKind.SINGLE.value: ":"})
@@ -26,7 +28,7 @@ def chosen_pipeline(r: dict) -> dict | None:
     fitting = [e for e in pipes if e["feasible"]] or pipes
     if rec:
         return rec[0]
-    return min(fitting, key=lambda e: e["predicted"]["step_time_k_devices"]) if fitting else None
+    return min(fitting, key=lambda e: e["predicted"]["predicted_step_time_k_devices"]) if fitting else None
 
 
 def _pyplot():
@@ -116,8 +118,13 @@ def _gantt(r: dict, path: Path) -> None:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return
-    events = [TraceEvent(int(rank), name, start, end) for rank, name, start, end in chosen["timeline"]]
-    write_gantt_png(path, events, f"{chosen['label']} ({chosen['id']}): predicted timeline on {chosen['devices']} devices")
+    predicted = [TraceEvent(int(rank), name, start, end, lane) for rank, name, start, end, lane in chosen["timeline"]]
+    measured = measured_events([tuple(row) for row in chosen["measured_timeline"]])
+    m = chosen["measured"]
+    panels = comparison_panels(measured, predicted, chosen["predicted"]["prediction_basis"],
+                               dict(enumerate(chosen["predicted"]["memory_per_device"])),
+                               dict(enumerate(m["memory_per_device"])) if m else None)
+    write_comparison_gantt(path, panels, f"{chosen['label']} ({chosen['id']}): measured and predicted step, per device")
 
 
 def write_plots(r: dict, folder: Path) -> None:

@@ -26,20 +26,23 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from partition.schedule.generators import generate
-from partition.schedule.simulate import simulate
+from partition.schedule.replay import TimedAction
+from partition.schedule.simulate import FREE_LINK, simulate
 from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
-from partition.timing import StageCost
+from partition.timing import LinkModel, StageCost
+from runtime.calibrate.forecast import emulated_timeline
+from runtime.calibrate.overhead import parameter_seconds, skeleton_spec
 from runtime.comm import all_reduce_sum
 from runtime.compare.plan import uses_split_backward
 from runtime.compare.run import RunContext, build, step_inputs
 from runtime.compare.types import Candidate
-from runtime.ops.functions import l2_term
 from runtime.ops.model import init_parameters
 from runtime.train.config import TrainConfig
 from runtime.train.measure import costs_from_records
@@ -47,12 +50,6 @@ from runtime.train.profile import profile_layers
 from runtime.train.trainer import optimizer_factory
 
 AGREE = 1.2  # two calibrations within this ratio are averaged, else the smaller is kept
-
-
-def skeleton_spec(spec: MLPSpec) -> MLPSpec:
-    """The model with every hidden width 1: the same actions, data and loss, next to no arithmetic in the layers."""
-    widths = (spec.widths[0],) + (1,) * (spec.num_layers - 1) + (spec.widths[-1],)
-    return replace(spec, widths=widths)
 
 
 class Profiler:
@@ -125,33 +122,23 @@ def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, 
 
 def parameter_work(spec: MLPSpec, ctx: RunContext, repeats: int = 20) -> float:
     """Seconds of one optimizer step and l2 term over the real parameters, beyond the same on the skeleton's."""
-    return _parameter_seconds(spec, ctx, repeats) - _parameter_seconds(skeleton_spec(spec), ctx, repeats)
+    make = optimizer_factory(TrainConfig(lr=1e-9, optimizer=ctx.optimizer, momentum=ctx.momentum))
 
+    def seconds(model: MLPSpec) -> float:
+        params = [t.to(ctx.device, ctx.torch_dtype) for w, b in init_parameters(model, ctx.seed) for t in (w, b)
+                  if t is not None]
+        return parameter_seconds(params, make, model.l2, repeats)
 
-def _parameter_seconds(spec: MLPSpec, ctx: RunContext, repeats: int) -> float:
-    params = []
-    for w, b in init_parameters(spec, ctx.seed):
-        params += [torch.nn.Parameter(t.to(ctx.device, ctx.torch_dtype)) for t in (w, b) if t is not None]
-    for p in params:
-        p.grad = torch.ones_like(p)
-    opt = optimizer_factory(TrainConfig(lr=1e-9, optimizer=ctx.optimizer, momentum=ctx.momentum))(params)
-    weights = [p for p in params if p.dim() == 2]
-    times = []
-    for i in range(repeats + 3):
-        t0 = time.perf_counter()
-        if spec.l2:  # as Stage.add_regularizer: the l2 term and its gradient, only when lambda > 0
-            l2_term(spec.l2, weights).backward()
-        opt.step()
-        if params[0].device.type == "cuda":
-            torch.cuda.synchronize(params[0].device)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return seconds(spec) - seconds(skeleton_spec(spec))
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Predicted step figures of one candidate (see the module docstring for what each is compared with)."""
+    """Predicted step figures of one candidate (see the module docstring for what each is compared with).
+
+    ``timeline``: this run's predicted step (stages in turn in one process; overlapping ranks under torchrun), its
+    transfers in the lane "transfers"; ``timeline_k_devices``: the simulator's on K devices.
+    """
 
     step_time: float
     basis: str
@@ -160,10 +147,20 @@ class Prediction:
     stage_costs: tuple[StageCost, ...]
     step_overhead: float
     timeline: tuple[TraceEvent, ...]
+    timeline_k_devices: tuple[TraceEvent, ...] = ()
 
 
-def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra: float, distributed: bool) -> Prediction:
-    """The candidate's predicted step time here, on K devices, and its K-device timeline."""
+def _events(timed: Sequence[TimedAction], lane: str = "") -> list[TraceEvent]:
+    return [TraceEvent(t.rank, str(t.action), t.start, t.end, lane) for t in timed]
+
+
+def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra: float, distributed: bool,
+            link: LinkModel = FREE_LINK, nbytes: Sequence[float] | None = None) -> Prediction:
+    """The candidate's predicted step time here, on K devices, and both timelines.
+
+    Under torchrun, transfers of ``nbytes`` per stage boundary cost what ``link`` says (the skeleton's, with its
+    one-wide boundaries, are taken out of its step the same way).
+    """
     n, m = cand.microbatch_size, cand.microbatches
     real, skel = profiler.layers(n), profiler.layers(n, skeleton=True)
     sched = generate(cand.schedule, cand.num_ranks, m, cand.virtual)
@@ -176,13 +173,17 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
         costs.append(StageCost(p.f + max(0.0, measured.f - q.f), p.b + max(0.0, over_b), p.w + max(0.0, over_w)))
     sim = simulate(sched, costs)
     if distributed:
-        accounted = simulate(sched, calib.stage_costs).makespan
+        skel_bytes = [b / max(profiler.spec.widths[r[1]], 1) for b, r in zip(nbytes or [], cand.ranges)] or None
+        accounted = simulate(sched, calib.stage_costs, link, skel_bytes).makespan
+        here_sim = simulate(sched, costs, link, nbytes)
+        timeline = _events(here_sim.timeline) + _events(here_sim.transfers, "transfers")
+        body = here_sim.makespan
     else:
         accounted = m * sum(c.total for c in calib.stage_costs)
+        timeline = _events(emulated_timeline(sched, costs))
+        body = m * sum(c.total for c in costs)
     extra = max(0.0, calib.step_time - accounted) + param_extra
-    serial = m * sum(c.total for c in costs)
-    here = sim.makespan + extra if distributed else serial + extra
     basis = (f"{cand.num_ranks} devices, one process each (simulator)" if distributed and cand.num_ranks > 1
              else "this one device, all stages in turn")
-    return Prediction(here, basis, sim.makespan + extra / cand.num_ranks, sim.bubble_fraction, tuple(costs), extra,
-                      tuple(sim.trace_events()))
+    return Prediction(body + extra, basis, sim.makespan + extra / cand.num_ranks, sim.bubble_fraction, tuple(costs), extra,
+                      tuple(timeline), tuple(sim.trace_events()))

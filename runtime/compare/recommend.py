@@ -65,13 +65,14 @@ def recommend(entries: Sequence[dict], setup: dict) -> dict:
         reasons.append("Only pipelines fit the cap: no single device can hold the model with any minibatch, so the graph "
                        f"must be partitioned over the {K} devices.")
     if emulated and not others:  # emulation shows no bubble: rank by the simulator's K-device step (same math, same steps)
-        best = min(pipes, key=lambda e: (e["predicted"]["step_time_k_devices"], e["id"]))
+        best = min(pipes, key=lambda e: (e["predicted"]["predicted_step_time_k_devices"], e["id"]))
         p = best["predicted"]
         reasons.append(f"In emulation the stages run in turn and no pipeline bubble shows, so the pipelines (all the same "
                        f"math) are ranked by the simulator's step on {K} devices: `{best['id']}` ({best['label']}) at "
-                       f"{_seconds(p['step_time_k_devices'])} per step ({p['samples_per_second_k_devices']:.0f} samples/s, "
+                       f"{_seconds(p['predicted_step_time_k_devices'])} per step "
+                       f"({p['samples_per_second_k_devices']:.0f} samples/s, "
                        f"bubble {p['bubble_fraction_k_devices']:.0%}); emulated here it measured "
-                       f"{_seconds(best['measured']['step_time']['median'])} per step.")
+                       f"{_seconds(best['measured']['measured_step_time']['median'])} per step.")
         return {"id": best["id"], "label": best["label"], "kind": best["kind"], "reasons": reasons}
     ranked = sorted(others if emulated else ran, key=_key)
     best = ranked[0]
@@ -87,9 +88,9 @@ def recommend(entries: Sequence[dict], setup: dict) -> dict:
         how = "in one pass" if best["microbatches"] == 1 else f"in {best['microbatches']} accumulated microbatches"
         reasons.append(f"It computes exactly the step of the full batch B={B} (the same math as the pipelines), {how}.")
     if pipes and emulated:
-        fast = min(pipes, key=lambda e: e["predicted"]["step_time_k_devices"])
-        mine = best["predicted"]["step_time_k_devices"]
-        theirs = fast["predicted"]["step_time_k_devices"]
+        fast = min(pipes, key=lambda e: e["predicted"]["predicted_step_time_k_devices"])
+        mine = best["predicted"]["predicted_step_time_k_devices"]
+        theirs = fast["predicted"]["predicted_step_time_k_devices"]
         ratio = (mine / best["minibatch"]) / (theirs / B)
         verdict = f"{ratio:.2f}x the predicted throughput of the recommendation" + (", no gain" if ratio < 1 else "")
         reasons.append(f"On {K} real devices the simulator predicts {fast['label']} at {_seconds(theirs)} per step of B "

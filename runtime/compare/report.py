@@ -19,10 +19,10 @@ from runtime.output import json_text, markdown_table, write_text
 
 FILES = MappingProxyType({"json": "compare.json", "markdown": "compare.md", "csv": "compare.csv"})
 CSV_COLUMNS = ("id", "label", "kind", "schedule", "devices", "stages", "microbatches", "microbatch_size", "minibatch", "lr",
-               "ranges", "feasible", "reason", "predicted_step_s", "prediction_basis", "measured_step_s", "step_time_error",
-               "predicted_k_devices_step_s", "predicted_samples_per_s", "measured_samples_per_s", "predicted_peak_bytes",
-               "measured_peak_bytes", "memory_error", "optimizer_steps", "samples_seen", "final_loss", "test_accuracy",
-               "time_to_target_s")
+               "ranges", "feasible", "reason", "predicted_step_time", "prediction_basis", "measured_step_time",
+               "prediction_error", "predicted_step_time_k_devices", "predicted_samples_per_s", "measured_samples_per_s",
+               "predicted_peak_bytes", "measured_peak_bytes", "memory_error", "optimizer_steps", "samples_seen",
+               "final_loss", "test_accuracy", "time_to_target_s")
 
 
 def _t(seconds: float | None) -> str:
@@ -75,12 +75,13 @@ def _step_times(r: dict) -> list[str]:
         p, m = e["predicted"], e["measured"]
         if p is None:
             continue
-        meas = "-" if m is None else (f"{_t(m['step_time']['median'])} [{_t(m['step_time']['p25'])}, "
-                                      f"{_t(m['step_time']['p75'])}]")
+        st = None if m is None else m["measured_step_time"]
+        meas = "-" if st is None else f"{_t(st['median'])} [{_t(st['p25'])}, {_t(st['p75'])}]"
         sps = f"{p['samples_per_second']:.0f} / " + ("-" if m is None else f"{m['samples_per_second']:.0f}")
-        k_dev = (f"{_t(p['step_time_k_devices'])}, {p['samples_per_second_k_devices']:.0f}/s, "
+        k_dev = (f"{_t(p['predicted_step_time_k_devices'])}, {p['samples_per_second_k_devices']:.0f}/s, "
                  f"bubble {p['bubble_fraction_k_devices']:.0%}")
-        rows.append([f"`{e['id']}`", _t(p["step_time"]), meas, _pct((e["errors"] or {}).get("step_time")), sps, k_dev])
+        rows.append([f"`{e['id']}`", _t(p["predicted_step_time"]), meas, _pct((e["errors"] or {}).get("prediction_error")),
+                     sps, k_dev])
     k = r["setup"]["devices"]
     return ["## Step time: predicted vs measured", "",
             "The predicted step is what the measuring process does (see *How the figures are made*); "
@@ -157,7 +158,7 @@ def _training(r: dict) -> list[str]:
 
 def _method(r: dict) -> list[str]:
     err = r["prediction_errors"]
-    st, mem = err["step_time"], err["memory"]
+    st, mem = err["prediction_error"], err["memory"]
     return ["## How the figures are made", "",
             "- Predicted step time: per-layer F/B/W seconds from `runtime.train.profile` (profiled once per microbatch size, "
             "before any run), plus the runtime's per-action overhead measured on a skeleton of the model (same input and "
@@ -220,8 +221,9 @@ def csv_text(r: dict) -> str:
         predicted = [d["total"] for d in e["predicted_memory"]]
         w.writerow([e["id"], e["label"], e["kind"], e["schedule"], e["devices"], e["stages"], e["microbatches"],
                     e["microbatch_size"], e["minibatch"], e["lr"], e["ranges"] or "", e["feasible"], e["reason"],
-                    p.get("step_time", ""), p.get("basis", ""), m.get("step_time", {}).get("median", ""),
-                    err.get("step_time", ""), p.get("step_time_k_devices", ""), p.get("samples_per_second", ""),
+                    p.get("predicted_step_time", ""), p.get("prediction_basis", ""),
+                    m.get("measured_step_time", {}).get("median", ""), err.get("prediction_error", ""),
+                    p.get("predicted_step_time_k_devices", ""), p.get("samples_per_second", ""),
                     m.get("samples_per_second", ""), max(predicted) if predicted else "",
                     max(m["memory_per_device"]) if m else "", err.get("memory", ""), tr.get("optimizer_steps", ""),
                     tr.get("samples_seen", ""), tr.get("final_loss", ""), tr.get("test_accuracy", ""),

@@ -21,28 +21,32 @@ def entry(cand: Candidate, pred: Prediction | None, memory: dict | None, run: di
     """The JSON entry of one candidate: what it is, what was predicted, what was measured, how it trained."""
     out = cand.to_dict()
     out["predicted"] = out["measured"] = out["errors"] = out["training"] = None
-    out["timeline"] = []
+    out["timeline"], out["timeline_k_devices"], out["measured_timeline"] = [], [], []
     if pred is not None:
         k_step = pred.step_time_k
         out["predicted"] = {
-            "step_time": pred.step_time, "basis": pred.basis, "samples_per_second": cand.minibatch / pred.step_time,
-            "step_time_k_devices": k_step, "samples_per_second_k_devices": cand.minibatch / k_step,
+            "predicted_step_time": pred.step_time, "prediction_basis": pred.basis,
+            "samples_per_second": cand.minibatch / pred.step_time,
+            "predicted_step_time_k_devices": k_step, "samples_per_second_k_devices": cand.minibatch / k_step,
             "bubble_fraction_k_devices": pred.bubble_fraction, "step_overhead": pred.step_overhead,
             "memory_per_device": list(cand.memory_per_device),
             "stage_costs": [{"f": c.f, "b": c.b, "w": c.w} for c in pred.stage_costs],
         }
         if cand.kind is CandidateKind.PIPELINE:
-            out["timeline"] = [[e.rank, e.name, e.start, e.end] for e in pred.timeline]
+            out["timeline"] = [[e.rank, e.name, e.start, e.end, e.lane] for e in pred.timeline]
+            out["timeline_k_devices"] = [[e.rank, e.name, e.start, e.end] for e in pred.timeline_k_devices]
     if run is not None and memory is not None:
         mem = memory["per_device"]
-        out["measured"] = {"step_time": run["step_time"], "samples_per_second": run["samples_per_second"],
+        out["measured"] = {"measured_step_time": run["step_time"], "samples_per_second": run["samples_per_second"],
                            "train_seconds": run["train_seconds"], "memory_per_device": mem,
                            "cuda_max_allocated": memory["cuda_max_allocated"]}
+        if cand.kind is CandidateKind.PIPELINE:
+            out["measured_timeline"] = run["last_step"]
         out["training"] = {key: run[key] for key in ("epochs", "step_losses", "step_seconds", "optimizer_steps",
                                                        "samples_seen", "final_loss", "test_accuracy")}
         if pred is not None:
             per_device = [_error(p, m) for p, m in zip(cand.memory_per_device, mem)]
-            out["errors"] = {"step_time": _error(pred.step_time, run["step_time"]["median"]),
+            out["errors"] = {"prediction_error": _error(pred.step_time, run["step_time"]["median"]),
                              "memory_per_device": per_device,
                              "memory": max(per_device, key=lambda e: abs(e) if e is not None else -1.0)}
     return out
@@ -94,7 +98,7 @@ def error_summary(entries: Sequence[dict]) -> dict:
     """Median and largest absolute prediction errors of step time and memory, and per candidate."""
     out = {}
     kinds = {e["id"]: e["kind"] for e in entries}
-    for key in ("step_time", "memory"):
+    for key in ("prediction_error", "memory"):
         per = {e["id"]: e["errors"][key] for e in entries if e["errors"] and e["errors"][key] is not None}
         pipes = [abs(v) for cid, v in per.items() if kinds[cid] == CandidateKind.PIPELINE.value]
         values = [abs(v) for v in per.values()]
@@ -102,7 +106,7 @@ def error_summary(entries: Sequence[dict]) -> dict:
                     "median_abs": statistics.median(values) if values else None,
                     "max_abs": max(values) if values else None,
                     "max_abs_pipelines": max(pipes) if pipes else None}
-    out["noisy_step_times"] = [e["id"] for e in entries if e["measured"] and _noise(e["measured"]["step_time"]) > NOISY]
+    out["noisy_step_times"] = [e["id"] for e in entries if e["measured"] and _noise(e["measured"]["measured_step_time"]) > NOISY]
     return out
 
 

@@ -25,6 +25,7 @@ from runtime.stats import spread_json
 from runtime.train.config import OptimizerKind, TrainConfig, parse_dtype
 from runtime.train.datasets import Dataset
 from runtime.train.layout import resolve_devices
+from runtime.train.measure import gather_records
 from runtime.train.trainer import build_pipeline, evaluate, optimizer_factory
 
 
@@ -103,6 +104,7 @@ def train_candidate(
     step_losses: list[float] = []
     step_seconds: list[float] = []
     history = []
+    last: list = []  # the action records of the latest step
     for epoch in range(epochs):
         order = epoch_order(n, batch, ctx.seed, epoch)
         first_step = len(step_losses)
@@ -113,6 +115,7 @@ def train_candidate(
             xs, ys = step_inputs(pipe, data.x_train[idx], data.y_train[idx])
             out = pipe.step(xs, ys, b, len(step_seconds))
             step_seconds.append(time.perf_counter() - t0)
+            last = out.records
             step_losses.append(out.loss if reporter else 0.0)
             correct += out.correct if reporter else 0
             if tick is not None:
@@ -127,6 +130,8 @@ def train_candidate(
         if target_loss is not None and entry["train_loss"] <= target_loss:
             break
     step_losses = share(step_losses, reporter, distributed)
+    last_step = [[r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.action.op.is_comm, r.start, r.end]
+                 for r in gather_records(last, distributed)]  # the last step's actions on every rank
     total = sum(step_seconds)
     samples = history[-1]["samples_seen"]
     timing = spread_json(step_seconds[1:] or step_seconds)  # the first step allocates gradients and optimizer state
@@ -141,6 +146,7 @@ def train_candidate(
         "step_time": timing,
         "test_accuracy": history[-1]["test_accuracy"],
         "final_loss": history[-1]["train_loss"],
+        "last_step": last_step,
     }
 
 

@@ -80,12 +80,14 @@ def test_predictions_and_measurements_are_present_and_finite(report):
     assert ran
     for e in ran:
         p, m = e["predicted"], e["measured"]
-        figures = [p["step_time"], p["step_time_k_devices"], p["samples_per_second"], m["step_time"]["median"],
-                   m["samples_per_second"], e["errors"]["step_time"], e["errors"]["memory"],
-                   *p["memory_per_device"], *m["memory_per_device"]]
+        figures = [p["predicted_step_time"], p["predicted_step_time_k_devices"], p["samples_per_second"],
+                   m["measured_step_time"]["median"], m["samples_per_second"], e["errors"]["prediction_error"],
+                   e["errors"]["memory"], *p["memory_per_device"], *m["memory_per_device"]]
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in figures), e["id"]
-        assert p["step_time"] > 0 and m["step_time"]["median"] > 0 and min(m["memory_per_device"]) > 0
+        assert p["predicted_step_time"] > 0 and m["measured_step_time"]["median"] > 0 and min(m["memory_per_device"]) > 0
         assert len(m["memory_per_device"]) == len(p["memory_per_device"]) == e["devices"]
+        if e["kind"] == "pipeline":  # both timelines of the step, every rank in each
+            assert {row[0] for row in e["timeline"]} == {row[0] for row in e["measured_timeline"]} == set(range(e["devices"]))
     t = results["timings"]
     assert 0 < t["overhead"] < t["total"] and 0 < t["overhead_fraction"] < 1
     assert results["recommendation"]["id"] in {e["id"] for e in ran}
