@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 
 class Backend(Enum):
@@ -19,8 +21,19 @@ class Backend(Enum):
     GLOO = "gloo"
 
 
+class Dim(Enum):
+    """The two axes of the rank grid: replicas of the pipeline (dp) and the stages of one pipeline (pp)."""
+
+    DP = "dp"
+    PP = "pp"
+
+
 class PeerLost(RuntimeError):
     """A peer rank failed, was killed, or did not answer in time."""
+
+
+# Turns a failed wait on global rank ``peer`` (None: a collective) into the error naming who is gone.
+FailureNamer = Callable[[int | None, BaseException], PeerLost]
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,22 @@ class Message:
     key: Hashable
     tag: int
     peer: int
+
+
+class Transport(Protocol):
+    """What the executor needs to move a tensor between ranks: post a send, test or take a receive, flush."""
+
+    def send(self, msg: Message, tensor: torch.Tensor, dst_device: torch.device) -> None:
+        """Hand ``tensor`` to the receive ``msg`` names (may return before it arrives)."""
+
+    def ready(self, msg: Message) -> bool:
+        """Whether the receive named by ``msg`` can be taken now without waiting on this process."""
+
+    def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The tensor sent to ``msg`` (``shape`` and ``dtype`` come from the plan)."""
+
+    def flush(self) -> None:
+        """Complete every posted send (end of a step)."""
 
 
 class LocalTransport:
@@ -60,22 +89,23 @@ class LocalTransport:
         if self._box:
             raise RuntimeError(f"transport: {len(self._box)} messages were never received: {sorted(map(str, self._box))[:4]}")
 
-    def pending(self) -> int:
-        """Messages waiting to be received."""
-        return len(self._box)
-
 
 class DistTransport:
     """Point-to-point over torch.distributed: isend/irecv with tags, every wait bounded by ``timeout``.
 
     Under gloo, CUDA tensors are staged through host memory (gloo cannot send device memory).
-    Tensor shapes come from the partition plan, so receives need no shape handshake.
+    Tensor shapes come from the partition plan, so receives need no shape handshake. A message's peer is a
+    pipeline rank; ``peers`` maps it to the global rank (one pipeline replica of a data-parallel grid), and
+    ``name_failure`` (the watchdog) turns a failed wait into an error that names the rank that is gone.
     """
 
-    def __init__(self, backend: Backend, timeout: float) -> None:
+    def __init__(self, backend: Backend, timeout: float, peers: Sequence[int] | None = None,
+                 name_failure: FailureNamer | None = None) -> None:
         self.backend = backend
         self.timeout = timedelta(seconds=timeout)
         self.rank = dist.get_rank()
+        self.peers = list(peers) if peers is not None else list(range(dist.get_world_size()))
+        self.name_failure = name_failure
         self._sends: list[tuple[dist.Work, torch.Tensor, Message]] = []
 
     def send(self, msg: Message, tensor: torch.Tensor, dst_device: torch.device) -> None:
@@ -83,7 +113,7 @@ class DistTransport:
         if self.backend is Backend.GLOO and tensor.device.type != "cpu":
             tensor = tensor.cpu()
         tensor = tensor.contiguous()
-        work = dist.isend(tensor, msg.peer, tag=msg.tag)
+        work = dist.isend(tensor, self.peers[msg.peer], tag=msg.tag)
         # forget sends that have completed, so a rank holds only the tensors still in flight
         self._sends = [s for s in self._sends if not s[0].is_completed()]
         self._sends.append((work, tensor, msg))
@@ -96,7 +126,7 @@ class DistTransport:
         """Receive the tensor for ``msg`` from ``msg.peer`` into a fresh buffer on ``device``."""
         staged = self.backend is Backend.GLOO and device.type != "cpu"
         buf = torch.empty(shape, dtype=dtype, device="cpu" if staged else device)
-        self._wait(dist.irecv(buf, msg.peer, tag=msg.tag), msg, "receiving")
+        self._wait(dist.irecv(buf, self.peers[msg.peer], tag=msg.tag), msg, "receiving")
         return buf.to(device) if staged else buf
 
     def flush(self) -> None:
@@ -106,14 +136,17 @@ class DistTransport:
             self._wait(work, msg, "sending")
 
     def _wait(self, work: dist.Work, msg: Message, what: str) -> None:
+        peer = self.peers[msg.peer]
         try:
             ok = work.wait(self.timeout)
+            if ok is False:
+                raise TimeoutError(f"timed out after {self.timeout.total_seconds():g} s")
         except Exception as exc:  # gloo raises on a closed connection or a timeout
-            cause = "timed out" if "imeout" in str(exc) else "connection lost"
-            raise PeerLost(f"lost rank {msg.peer} (it failed, was killed or hangs: {cause}) while {what} "
+            if self.name_failure is not None:
+                raise self.name_failure(peer, exc) from exc
+            cause = "timed out" if "imeout" in str(exc) or "timed out" in str(exc) else "connection lost"
+            raise PeerLost(f"lost rank {peer} (it failed, was killed or hangs: {cause}) while {what} "
                            f"{describe(msg.key)}") from exc
-        if ok is False:
-            raise PeerLost(f"rank {msg.peer} did not answer within {self.timeout} while {what} {describe(msg.key)}")
 
 
 def describe(key: Hashable) -> str:
@@ -138,6 +171,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_joined() -> bool:
+    """Whether this process is already in a process group."""
+    return dist.is_initialized()
+
+
 def init_world(backend: Backend, timeout: float) -> WorldInfo:
     """Join the process group torchrun describes in the environment (env:// rendezvous, multi-node capable)."""
     if not dist.is_initialized():
@@ -146,6 +184,74 @@ def init_world(backend: Backend, timeout: float) -> WorldInfo:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend.value, **kwargs)
     return WorldInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """This process's place in the dp x pp grid: global rank = dp_rank * pp_size + pp_rank.
+
+    The process groups come from a ``DeviceMesh`` with dimensions named ``dp`` and ``pp``: a pipeline's
+    ranks are consecutive (one node holds whole pipelines when it has enough processes), and rank r's
+    replicas are r mod pp_size apart.
+    """
+
+    world: WorldInfo
+    backend: Backend
+    dp_size: int
+    pp_size: int
+    mesh: DeviceMesh
+
+    @property
+    def rank(self) -> int:
+        """Global rank of this process."""
+        return self.world.rank
+
+    @property
+    def pp_rank(self) -> int:
+        """This process's rank within its pipeline (the schedule's rank)."""
+        return self.world.rank % self.pp_size
+
+    @property
+    def dp_rank(self) -> int:
+        """Which pipeline replica this process belongs to."""
+        return self.world.rank // self.pp_size
+
+    def pipeline_peers(self) -> list[int]:
+        """Global rank of each pipeline rank of this process's replica."""
+        return [self.dp_rank * self.pp_size + p for p in range(self.pp_size)]
+
+    def all_reduce(self, values: torch.Tensor, dim: Dim | None = None, async_op: bool = False) -> dist.Work | None:
+        """Sum ``values`` in place over ``dim``'s group (None: every rank); a handle to wait on when async."""
+        group = None if dim is None else self.mesh.get_group(dim.value)
+        if self.backend is Backend.NCCL and values.device.type == "cpu" and not async_op:
+            buf = values.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(buf, group=group)
+            values.copy_(buf)
+            return None
+        return dist.all_reduce(values, group=group, async_op=async_op)
+
+
+def init_grid(backend: Backend, timeout: float, pp_size: int, dp_size: int) -> Grid:
+    """Join the torchrun world and lay it out as ``dp_size`` replicas of a ``pp_size``-rank pipeline."""
+    world = init_world(backend, timeout)
+    if world.world_size != pp_size * dp_size:
+        raise ValueError(f"data-parallel: {dp_size} replica(s) of a {pp_size}-rank pipeline need "
+                         f"{pp_size * dp_size} processes, torchrun started {world.world_size}")
+    device = "cuda" if backend is Backend.NCCL else "cpu"
+    mesh = init_device_mesh(device, (dp_size, pp_size), mesh_dim_names=(Dim.DP.value, Dim.PP.value))
+    return Grid(world, backend, dp_size, pp_size, mesh)
+
+
+def wait(work: dist.Work, timeout: float) -> None:
+    """Wait for an async collective; TimeoutError when it takes longer than ``timeout`` seconds."""
+    if work.wait(timedelta(seconds=timeout)) is False:
+        raise TimeoutError(f"timed out after {timeout:g} s")
+
+
+def open_store(timeout: float) -> dist.Store:
+    """A client of the launcher's rendezvous store (MASTER_ADDR:MASTER_PORT), for heartbeats and verdicts."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False)
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -161,13 +267,22 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return buf.to(dev)
 
 
-def gather_to_all(obj: object) -> list[object]:
-    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
+def gather_rows(rows: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's float64 ``rows`` (n_r x k), in rank order, as tensors (nothing pickled); ``[rows]`` alone."""
     if not dist.is_initialized():
-        return [obj]
-    out: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+        return [rows]
+    world = dist.get_world_size()
+    rows = rows.to(torch.float64).reshape(rows.shape[0], -1)
+    counts = torch.zeros(world, dtype=torch.int64)
+    counts[dist.get_rank()] = rows.shape[0]
+    counts = all_reduce_sum(counts)
+    padded = torch.zeros(int(counts.max()), rows.shape[1], dtype=torch.float64)
+    padded[: rows.shape[0]] = rows
+    if dist.get_backend() != "gloo":
+        padded = padded.to(torch.device("cuda", torch.cuda.current_device()))
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return [p[: int(n)].cpu() for p, n in zip(parts, counts)]
 
 
 def barrier() -> None:

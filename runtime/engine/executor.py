@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from partition.schedule.actions import Action, Op, Schedule, format_table
 from partition.schedule.comms import insert_comms
-from runtime.comm import Message
+from runtime.comm import Message, Transport
 from runtime.engine.stage import Stage
 
 RECEIVES = (Op.RECV_F, Op.RECV_B)
@@ -41,25 +41,32 @@ class Executor:
     One process may hold every rank (single-process emulation: the ranks' lists are interleaved,
     each advancing until it waits on a message) or a single rank (torchrun: receives block).
     Consecutive W actions of one stage run as one fused weight-gradient GEMM per layer.
+    ``on_grads_ready(stage)`` is called right after a stage's last weight-gradient action of the step
+    (its gradients are then final), so that their reduction across replicas can start while other work runs.
     """
 
     def __init__(
         self,
         schedule: Schedule,
         stages: Mapping[int, Stage],
-        transport: object,
+        transport: Transport,
         ranks: Sequence[int],
         fuse_w: bool = True,
+        on_grads_ready: Callable[[Stage], None] | None = None,
     ) -> None:
         self.schedule = insert_comms(schedule)
         self.stages = dict(stages)
         self.transport = transport
         self.ranks = list(ranks)
         self.fuse_w = fuse_w
+        self.on_grads_ready = on_grads_ready
+        self._last_grad: dict[tuple[int, int], int] = {}  # (rank, stage) -> index of its last W or BW
         for r in self.ranks:
-            for a in self.schedule.actions[r]:
+            for i, a in enumerate(self.schedule.actions[r]):
                 if a.stage not in self.stages:
                     raise ValueError(f"executor: rank {r} runs {a} but this process holds no stage {a.stage}")
+                if a.op in (Op.W, Op.BW):
+                    self._last_grad[(r, a.stage)] = i
         self._inbox: dict[tuple[Op, int, int], torch.Tensor] = {}
         self._outbox: dict[tuple[Op, int, int], torch.Tensor] = {}
 
@@ -122,6 +129,8 @@ class Executor:
         if self._sync and self.stages[a.stage].device.type == "cuda":
             torch.cuda.synchronize(self.stages[a.stage].device)
         result.records.append(ActionRecord(rank, a, start, time.perf_counter(), count))
+        if self.on_grads_ready is not None and i <= self._last_grad.get((rank, a.stage), -1) < i + count:
+            self.on_grads_ready(self.stages[a.stage])
         return count
 
     def _dispatch(self, a: Action, group: Sequence[Action], result: StepResult) -> None:

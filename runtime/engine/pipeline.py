@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -12,8 +13,10 @@ from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.transforms import defer_all_w
 from partition.spec import MLPSpec
+from runtime.comm import Transport
 from runtime.engine.executor import ActionRecord, Executor
 from runtime.engine.stage import Engine, Stage
+from runtime.ops.clip import clip_grad_norm
 from runtime.ops.model import forward_layers, init_parameters
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -26,6 +29,44 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"non-finite loss at step {step}, first seen on stage {stage}; parameters were not updated")
         self.step = step
         self.stage = stage
+
+
+class Collectives(Protocol):
+    """What a step needs from the other processes of its grid (see :class:`LocalCollectives` for one process)."""
+
+    spans_ranks: bool  # False: this process is the whole run, the sums below are the identity
+
+    def grads_ready(self, stage: Stage) -> None:
+        """``stage``'s gradients of this step are final: start reducing them over the replicas."""
+
+    def wait_grads(self) -> None:
+        """Every reduction started by :meth:`grads_ready` is done and written back into the gradients."""
+
+    def sum_all(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over every rank of the run."""
+
+    def sum_pipeline(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks of this process's pipeline (one replica)."""
+
+
+class LocalCollectives:
+    """One process (or ranks that share nothing but activations): nothing to reduce, sums are the identity."""
+
+    spans_ranks = False
+
+    def grads_ready(self, stage: Stage) -> None:
+        """Nothing to reduce."""
+
+    def wait_grads(self) -> None:
+        """Nothing in flight."""
+
+    def sum_all(self, values: torch.Tensor) -> torch.Tensor:
+        """The values themselves."""
+        return values
+
+    def sum_pipeline(self, values: torch.Tensor) -> torch.Tensor:
+        """The values themselves."""
+        return values
 
 
 @dataclass(frozen=True)
@@ -44,6 +85,7 @@ class PipelineConfig:
     defer_w: bool = False
     engine: Engine = Engine.AUTOGRAD
     recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
+    clip_grad_norm: float | None = None  # cap on the global 2-norm of the gradients (over every stage)
 
     @property
     def num_stages(self) -> int:
@@ -78,21 +120,27 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class StepOutput:
-    """A step's loss sum over microbatches (J's data term L), correct predictions and timings (this process)."""
+    """A step's loss sum over microbatches (J's data term L), correct predictions and timings (this process).
+
+    With collectives that span ranks, loss and correct are the whole grid's, on every rank; ``grad_norm`` is
+    the global gradient norm before clipping (when clipping).
+    """
 
     loss: float | None
     correct: int | None
     records: list[ActionRecord]
+    grad_norm: float | None = None
 
 
 class Pipeline:
     """Builds the stages of ``ranks`` (all ranks: single-process emulation), their optimizers and the executor."""
 
     def __init__(
-        self, cfg: PipelineConfig, make_optimizer: OptimizerFactory, transport: object, ranks: Sequence[int] | None = None,
-        init: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        self, cfg: PipelineConfig, make_optimizer: OptimizerFactory, transport: Transport, ranks: Sequence[int] | None = None,
+        init: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None, collectives: Collectives | None = None,
     ) -> None:
-        """``init``: every layer's (W, b) to start from (default: ``init_parameters(spec, seed)``, drawn here)."""
+        """``init``: every layer's (W, b) to start from (default: ``init_parameters(spec, seed)``, drawn here);
+        ``collectives``: the grid this pipeline is one replica of (default :class:`LocalCollectives`: none)."""
         if len(cfg.devices) != cfg.num_stages:
             raise ValueError(f"devices: need one device per stage ({cfg.num_stages}), got {len(cfg.devices)}")
         self.cfg = cfg
@@ -117,16 +165,19 @@ class Pipeline:
             ]
             self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine, recompute[s])
         self.optimizers = {s: make_optimizer(st.parameters()) for s, st in self.stages.items()}
-        self.executor = Executor(self.schedule, self.stages, transport, self.ranks, fuse_w=cfg.fuse_w)
+        self.collectives = collectives if collectives is not None else LocalCollectives()
+        hook = self.collectives.grads_ready if self.collectives.spans_ranks else None
+        self.executor = Executor(self.schedule, self.stages, transport, self.ranks, fuse_w=cfg.fuse_w,
+                                 on_grads_ready=hook)
         self.first = self.stages.get(0)
         self.last = self.stages.get(cfg.num_stages - 1)
 
-    def step(self, x: torch.Tensor | None, y: torch.Tensor | None, batch: int, step_index: int = 0, sync_timing: bool = False,
-             check: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutput:
+    def step(self, x: torch.Tensor | None, y: torch.Tensor | None, batch: int, step_index: int = 0,
+             sync_timing: bool = False, denom: float | None = None) -> StepOutput:
         """One optimizer step over ``batch`` rows split into the configured microbatches.
 
-        ``x`` is needed where this process holds stage 0, ``y`` where it holds the last stage.
-        ``check`` turns the per-stage non-finite flags into global ones (an all-reduce under torchrun).
+        ``x`` is needed where this process holds stage 0, ``y`` where it holds the last stage. The loss is
+        divided by ``denom`` (default ``batch``; the global batch when this pipeline is one of several replicas).
         """
         m = self.cfg.microbatches
         if batch % m:
@@ -146,24 +197,34 @@ class Pipeline:
             targets = dict(enumerate(y.split(rows)))
         for st in self.stages.values():
             st.zero_grad()
-        result = self.executor.run_step(inputs, targets, float(batch), rows, sync_timing)
+        result = self.executor.run_step(inputs, targets, float(batch if denom is None else denom), rows, sync_timing)
+        self.collectives.wait_grads()
         for st in self.stages.values():
             st.add_regularizer()
-        flags = torch.zeros(self.cfg.num_stages, dtype=torch.float64)
-        for s, st in self.stages.items():
-            flags[s] = 0.0 if bool(st.finite) else 1.0
-        if check is not None:
-            flags = check(flags)
-        bad = [s for s in range(self.cfg.num_stages) if flags[s] > 0]
-        if bad:
-            raise NonFiniteLoss(step_index, bad[0])
+        loss, correct = self._metrics(result.loss, step_index)
+        norm = None
+        if self.cfg.clip_grad_norm is not None:
+            grads = [p.grad for st in self.stages.values() for p in st.parameters() if p.grad is not None]
+            norm = clip_grad_norm(grads, self.cfg.clip_grad_norm, self.collectives.sum_pipeline)
         for opt in self.optimizers.values():
             opt.step()
-        loss = correct = None
+        return StepOutput(loss, correct, result.records, norm)
+
+    def _metrics(self, loss: torch.Tensor | None, step_index: int) -> tuple[float | None, int | None]:
+        """Loss and correct predictions (the grid's, when the collectives span ranks); NonFiniteLoss first."""
+        values = torch.zeros(2 + self.cfg.num_stages, dtype=torch.float64)
         if self.last is not None:
-            loss = float(result.loss)
-            correct = int(self.last.correct)
-        return StepOutput(loss, correct, result.records)
+            values[0] = float(loss)
+            values[1] = float(self.last.correct)
+        for s, st in self.stages.items():
+            values[2 + s] = 0.0 if bool(st.finite) else 1.0
+        values = self.collectives.sum_all(values)
+        bad = [s for s in range(self.cfg.num_stages) if values[2 + s] > 0]
+        if bad:
+            raise NonFiniteLoss(step_index, bad[0])
+        if self.last is None and not self.collectives.spans_ranks:
+            return None, None
+        return float(values[0]), int(values[1])
 
     def layer_parameters(self) -> dict[int, list[torch.Tensor]]:
         """Stage index -> its parameters (weights and biases in layer order)."""
