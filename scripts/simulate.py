@@ -7,13 +7,17 @@
     python scripts/simulate.py --schedule zb-v --stages 4 --microbatches 8 --comms
     python scripts/simulate.py --schedule 1f1b --stages 8 --microbatches 32 --latency 5e-6 --bandwidth 25e9 \\
         --activation-bytes 4e6 --trace out.json --png out.png --json out.json
+    python scripts/simulate.py --widths 1024,1024,1024,1024,1024 --microbatch-size 64 --stages 2 --link pcie
+    python scripts/simulate.py --widths 784,4096,4096,1024,10 --microbatch-size 64 --profile prof.json --link cached
 
 --stages is the pipeline depth p, the number of ranks. gpipe, 1f1b and zb-h1 place one stage per rank;
 interleaved-1f1b places --virtual (v) stages per rank, p*v stages in all (stage s on rank s % p); zb-v always
 places two stages per rank in a V (2p stages). Costs are seconds per microbatch per stage (F, input-gradient B,
 weight-gradient W; a fused backward BW costs B + W); every stage gets the same costs. In torch.distributed.pipelining's
 letters our B (input gradient) is I and our BW (whole backward) is B; tables here use ours. The trace opens in
-chrome://tracing or https://ui.perfetto.dev; --png needs matplotlib.
+chrome://tracing or https://ui.perfetto.dev; --png needs matplotlib. With --widths, the costs are those of that
+model instead: every layer profiled here (or read from --profile), summed over the stages of --partition, and the
+activation crossing each stage boundary sized from the widths (the --link presets are nominal figures).
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ from pathlib import Path
 
 from _cli import run_main
 
+from partition.plan import format_ranges
 from partition.schedule.actions import ScheduleKind, format_table
 from partition.schedule.comms import insert_comms
 from partition.schedule.generators import generate
 from partition.schedule.simulate import SimResult, simulate
 from partition.schedule.timeline import format_timeline
 from partition.schedule.trace import write_chrome_trace, write_gantt_png
+from partition.spec import MLPSpec, parse_widths
 from partition.timing import LinkModel, StageCost
 from partition.units import count
+from runtime.calibrate.model_costs import model_costs
+from runtime.calibrate.run import k_device_link
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--cost-f", type=float, default=1.0, help="forward F (default %(default)s)")
     g.add_argument("--cost-b", type=float, default=1.0, help="input-gradient backward B (default %(default)s)")
     g.add_argument("--cost-w", type=float, default=1.0, help="weight-gradient backward W (default %(default)s)")
+    g = p.add_argument_group("a given model instead (its layers profiled here, or read from a saved profile)")
+    g.add_argument("--widths", help="layer widths, inputs first, e.g. 1024,1024,1024 (replaces --cost-f/b/w)")
+    g.add_argument("--microbatch-size", type=int, default=64, help="rows per microbatch (default %(default)s)")
+    g.add_argument("--partition", default="optimal", help="partitioner method or ranges like 0-1,2-3 (default optimal)")
+    g.add_argument("--profile", help="per-layer times from plan.py --save-profile instead of profiling now")
+    g.add_argument("--device", default="cpu", help="device to profile on (default cpu)")
+    g.add_argument("--dtype", default="float32", help="dtype to profile in (default float32)")
     g = p.add_argument_group("link between ranks")
+    g.add_argument("--link", help="nvlink, pcie, ethernet, cached (the last link measured between processes on this "
+                                  "machine) or LATENCY,BANDWIDTH; overrides --latency/--bandwidth")
     g.add_argument("--latency", type=float, default=0.0, help="seconds per message (default 0)")
     g.add_argument("--bandwidth", type=float, default=float("inf"), help="bytes/second (default: infinite)")
     g.add_argument("--activation-bytes", type=float, default=0.0, help="bytes of one microbatch's activation (default 0)")
@@ -91,12 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.comms:
         schedule = insert_comms(schedule)
     costs = [StageCost(a.cost_f, a.cost_b, a.cost_w)] * schedule.num_stages
-    link = LinkModel(a.latency, a.bandwidth)
-    result = simulate(schedule, costs, link, [a.activation_bytes] * schedule.num_stages)
+    sizes = [a.activation_bytes] * schedule.num_stages
+    what = f"per stage F {a.cost_f:g} s, B {a.cost_b:g} s, W {a.cost_w:g} s"
+    if a.widths:
+        mc = model_costs(MLPSpec(parse_widths(a.widths)), schedule.num_stages, a.microbatch_size, a.partition, a.device,
+                         a.dtype, a.profile)
+        costs, sizes = list(mc.costs), list(mc.activation_bytes)
+        what = f"MLP {a.widths} in stages {format_ranges(mc.ranges)}; costs {mc.source}"
+    link = k_device_link(a.link, LinkModel())[0] if a.link else LinkModel(a.latency, a.bandwidth)
+    result = simulate(schedule, costs, link, sizes)
     steps = max(len(acts) for acts in schedule.actions.values())
     print(f"{kind.value}: {count(schedule.num_ranks, 'rank')}, {count(schedule.num_stages, 'stage')}, "
-          f"{count(schedule.num_microbatches, 'microbatch')}; "
-          f"per stage F {a.cost_f:g} s, B {a.cost_b:g} s, W {a.cost_w:g} s")
+          f"{count(schedule.num_microbatches, 'microbatch')}; {what}; link {link.describe()}")
     if a.table or (a.table is None and steps <= 64):
         print(format_table(schedule))
         print(format_timeline(result.timeline, schedule.num_ranks))
@@ -111,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         figures = {"schedule": kind.value, "num_ranks": schedule.num_ranks, "num_stages": schedule.num_stages,
                    "num_microbatches": schedule.num_microbatches, "placement": list(schedule.placement),
-                   "costs": {"f": a.cost_f, "b": a.cost_b, "w": a.cost_w},
-                   "link": {"latency": a.latency, "bandwidth": None if math.isinf(a.bandwidth) else a.bandwidth,
-                            "activation_bytes": a.activation_bytes},
+                   "costs": [{"f": c.f, "b": c.b, "w": c.w} for c in costs],
+                   "link": {"latency": link.latency, "bandwidth": None if math.isinf(link.bandwidth) else link.bandwidth,
+                            "activation_bytes": sizes},
                    **result.to_json()}
         Path(a.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0
