@@ -9,6 +9,7 @@
     torchrun --nproc_per_node=2 scripts/bench.py simulator     # predicted vs measured step time and bubble, 2 ranks
     python scripts/bench.py pipeline --quick --json /tmp/p.json  # tiny sizes (the smoke test)
     python scripts/bench.py gemms --device cuda --width 8192 --batch 8192 --dtypes bfloat16   # where the time goes
+    python scripts/bench.py contention                         # default train.py alone vs next to a busy loop
     python scripts/bench.py summary out/*.json                 # short table + target verdicts of saved results
     python scripts/bench.py table runtime/bench/results/X.json # a saved result's table, regenerated from its JSON
 
@@ -21,7 +22,9 @@ the headline contender named by --headline, fixed before the run. BENCHMARKS.md 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 
 from _cli import run_main
@@ -92,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         q = sub.add_parser(name, help=text)
         _add_model_flags(q, name)
         _add_bench_flags(q, name)
+    q = sub.add_parser("contention", help="the default train.py alone vs next to a busy loop on another core")
+    q.add_argument("--epochs", type=int, default=3, help="epochs of each training run (%(default)s)")
+    q.add_argument("--rounds", type=int, default=3, help="runs alone and loaded, alternating (%(default)s each)")
+    q.add_argument("--busy", type=int, default=1, help="busy-loop processes (%(default)s)")
+    q.add_argument("--json", default=None, help="write the figures here")
     sub.add_parser("summary", help="short table and target verdicts of saved JSON results").add_argument("files", nargs="+")
     sub.add_parser("table", help="a saved result's table, regenerated from its JSON").add_argument("file")
     return p.parse_args(argv)
@@ -105,6 +113,7 @@ def _names(text: str) -> list[str] | None:
 def config_from_args(a: argparse.Namespace) -> object:
     """The benchmark's config dataclass from the flags (ValueError names a bad one)."""
     from runtime.bench.contenders import DEFAULT_SCHEDULES, parse_schedules
+    from runtime.bench.contention import ContentionConfig
     from runtime.bench.dist import DistBenchConfig
     from runtime.bench.functions import FunctionsConfig
     from runtime.bench.gemms import GemmBenchConfig
@@ -112,6 +121,8 @@ def config_from_args(a: argparse.Namespace) -> object:
     from runtime.bench.report import parse_dtype, parse_dtypes, setup_device
     from runtime.bench.sim import SimBenchConfig
 
+    if a.command == "contention":
+        return ContentionConfig(epochs=a.epochs, rounds=a.rounds, busy=a.busy)
     common = {k: QUICK[k] if a.quick else getattr(a, k) for k in ("layers", "batch", "warmup", "repeats")}
     common["device"] = setup_device(a.device, a.tf32)
     width = QUICK["width"] if a.quick else getattr(a, "width", None)
@@ -152,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.bench.run import bench_threads, run_bench
 
     cfg = config_from_args(a)
-    threads = bench_threads(cfg, a.threads)
-    if a.command == "pipeline":
+    threads = bench_threads(cfg, getattr(a, "threads", "auto"))
+    if a.command == "contention":
+        run_bench(cfg, {}, threads, a.json, [sys.executable, str(Path(__file__).with_name("train.py"))])
+    elif a.command == "pipeline":
         with _peers.local_world(torch.device(cfg.device)):
             run_bench(cfg, _peers.peers(_names(a.peers), one_rank=True), threads, a.json)
     else:

@@ -5,7 +5,8 @@ parameter: the sum, the sum of squares and the sum of absolute values, in float6
 autograd on ``nn.Sequential`` over the whole batch in float64 from the same seeded weights. A contender
 passes when, for every parameter, |sum - sum_ref| <= tol x sum|g_ref|, |sumsq - sumsq_ref| <= tol x sumsq_ref,
 every reference parameter has a gradient, and |loss - loss_ref| <= tol x |loss_ref|; ``TOLERANCE`` states
-tol per compute dtype. A gradient scaled by 0.5 moves the sum of squares by 75%: it fails at any tolerance here.
+tol per compute dtype. A gradient scaled by 0.5 moves the sum of squares by 75%: it fails at any tolerance here
+(in bfloat16 a gradient off by less than about 10% would pass; in float32 one off by 1e-4).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from runtime.bench.contenders import Grads, full_batch_run, module_grads
 from runtime.bench.models import Params, reference_loss, reference_sequential
 from runtime.bench.timing import Variant
 
-TOLERANCE = MappingProxyType({torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2})
+# bfloat16 keeps 8 significant bits: plain autograd in bfloat16 is itself 7.5% off the float64 sum of squares of
+# a bias gradient at width 64 (and every contender with it), so its bound is loose; float16 keeps 11 bits.
+TOLERANCE = MappingProxyType({torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 0.2, torch.float16: 5e-2})
 Checksums = dict[tuple[int, str], tuple[float, float, float]]
 
 

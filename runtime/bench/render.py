@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
-from runtime.bench import dist, functions, gemms, pipeline, sim
+from runtime.bench import contention, dist, functions, gemms, pipeline, sim
 
 TABLES: MappingProxyType[str, Callable[[dict], str]] = MappingProxyType({
     "functions": functions.table_text, "pipeline": pipeline.table_text, "dist": dist.table_text,
-    "simulator": sim.table_text, "gemms": gemms.table_text})
+    "simulator": sim.table_text, "gemms": gemms.table_text, "contention": contention.table_text})
 
 
 def table_text(result: dict) -> str:

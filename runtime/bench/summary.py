@@ -9,6 +9,7 @@ from pathlib import Path
 from runtime.bench.flops import describe_rate
 from runtime.bench.verdict import verdicts
 from runtime.output import text_table
+from runtime.stats import Spread
 
 
 def _ms(d: dict | None) -> str:
@@ -49,7 +50,7 @@ def _rows(result: dict) -> list[list[str]]:
 
 def summarize_files(paths: Sequence[str | Path]) -> str:
     """The short table and verdicts of every readable result file; unreadable ones are named, not fatal."""
-    rows, lines, notes = [], [], []
+    rows, lines, notes, dists = [], [], [], []
     for path in paths:
         try:
             result = json.loads(Path(path).read_text())
@@ -61,5 +62,25 @@ def summarize_files(paths: Sequence[str | Path]) -> str:
                      f"torch {machine.get('torch')}, {machine.get('date')}; peaks: {result.get('peaks')}")
         rows += _rows(result)
         lines += verdicts(result) if "summary" in result or result.get("benchmark") != "pipeline" else []
+        dists += [result] if result.get("benchmark") == "dist" else []
     text = text_table(["bench", "dtype", "contender", "step", "achieved", "ratio", "ratio of"], rows)
-    return "\n".join(notes + ["", text, ""] + lines)
+    return "\n".join(notes + ["", text, ""] + lines + headline_over_runs(dists))
+
+
+def headline_over_runs(results: Sequence[dict]) -> list[str]:
+    """For `dist` results of one headline: its median figures in each run, and their spread over the runs."""
+    if not results:
+        return []
+    names = {r["config"]["headline"] for r in results}
+    if len(names) != 1:
+        return [f"headline over runs: the runs name different headlines ({', '.join(sorted(names))})"]
+    name = names.pop()
+    out = []
+    for key, label in (("speedup_vs_best_peer", "vs the best torch schedule"), ("fraction_of_limit", "of the physical limit")):
+        values = [row[key]["median"] for r in results for row in r["results"]
+                  if row["variant"] == name and row.get(key) and (row.get("math") or {}).get("ok", True)]
+        if values:
+            s = Spread.of(values)
+            out.append(f"headline {name} {label} over {len(values)} runs: {', '.join(f'{v:.3f}' for v in values)} "
+                       f"(median {s.median:.3f}, range {s.min:.3f}-{s.max:.3f})")
+    return out

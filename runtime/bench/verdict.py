@@ -15,6 +15,7 @@ DIST_VS_BEST_PEER = 1.20
 DIST_OF_LIMIT = 0.85
 PIPELINE_VS_ACCUMULATION = 1.0
 PIPELINE_VS_BEST_PEER = 1.10
+CONTENTION_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,13 @@ def _simulator(result: dict) -> list[str]:
         None if r["error_fraction"] is None else abs(r["error_fraction"]), "error") for r in result["results"]]
 
 
+def _contention(result: dict) -> list[str]:
+    return [Target("contention: default train.py next to a busy loop vs alone (median step)", CONTENTION_RATIO,
+                   at_least=False).line(result["ratio"], "ratio")]
+
+
 def verdicts(result: dict) -> list[str]:
     """One line per target that ``result`` (any benchmark's) speaks to."""
-    check = {"functions": _functions, "pipeline": _pipeline, "dist": _dist, "simulator": _simulator}
+    check = {"functions": _functions, "pipeline": _pipeline, "dist": _dist, "simulator": _simulator,
+             "contention": _contention}
     return check[result["benchmark"]](result) if result["benchmark"] in check else []

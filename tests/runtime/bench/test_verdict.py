@@ -75,3 +75,8 @@ def test_pipeline_headline_against_accumulation_and_best_peer():
                                "speedup 1.100")
     assert lines[2].startswith("INFO") and "0.950x" in lines[2]
     assert lines[3].startswith("MET     pipeline float32: equal math")
+
+
+def test_contention_ratio_bound():
+    assert verdicts({"benchmark": "contention", "ratio": 1.5})[0].startswith("MET     contention")
+    assert verdicts({"benchmark": "contention", "ratio": 1.51})[0].startswith("MISSED  contention")
