@@ -8,6 +8,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 
 import torch
@@ -27,6 +28,7 @@ from runtime.comm import (
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.ops.model import forward_layers
 from runtime.train import checkpoint as ckpt
+from runtime.train import ckpt_guard, ckpt_state
 from runtime.train.config import OptimizerKind, TrainConfig
 from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.layout import check_device, resolve_devices, resolve_ranges
@@ -98,43 +100,93 @@ def evaluate(pipe: Pipeline, data: Dataset, distributed: bool) -> float:
     return float((o.argmax(1) == data.y_test).double().mean())
 
 
-def fingerprint(cfg: TrainConfig, pipe: Pipeline) -> dict:
-    """What must not change between a run and its resumption (else the continuation would not be exact)."""
+def fingerprint(cfg: TrainConfig) -> dict:
+    """What must not change between a run and its resumption (the layout may: checkpoints are per layer)."""
     return {"widths": list(cfg.spec.widths), "activation": cfg.spec.activation.value, "bias": cfg.spec.bias_name,
             "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "samples": cfg.samples,
             "batch_size": cfg.batch_size,
             "lr": cfg.lr, "optimizer": cfg.optimizer.value, "momentum": cfg.momentum, "seed": cfg.seed,
-            "dtype": cfg.dtype, "plan": [list(r) for r in pipe.cfg.ranges]}
+            "dtype": cfg.dtype}
 
 
-def _restore(cfg: TrainConfig, pipe: Pipeline) -> tuple[int, list[dict]]:
+def checkpoint_layout(cfg: TrainConfig, pipe: Pipeline, distributed: bool) -> dict:
+    """The layout that wrote a checkpoint, kept in its manifest (a resumption may choose another)."""
+    return {"stages": cfg.stages, "ranges": [list(r) for r in pipe.cfg.ranges], "schedule": cfg.schedule.value,
+            "virtual": cfg.virtual, "microbatches": cfg.microbatches, "engine": cfg.engine.value,
+            "processes": int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1}
+
+
+def _leader(distributed: bool) -> bool:
+    """Whether this process speaks for the run about its checkpoint folder (global rank 0 under torchrun)."""
+    return not distributed or os.environ.get("RANK") == "0"
+
+
+def _claim(cfg: TrainConfig, distributed: bool, held: ExitStack) -> str:
+    """Lock the checkpoint folder for this run (one process does) and check it; returns the run id.
+
+    Under torchrun the verdict travels to every rank, so each fails with the same line.
+    """
+    leader = _leader(distributed)
+    verdict = ""
+    if leader:
+        try:
+            lock, run = ckpt_guard.claim(cfg.checkpoint_dir, fingerprint(cfg), cfg.resume, cfg.overwrite)
+            held.callback(lock.release)
+            verdict = "ok " + run
+        except ValueError as exc:
+            verdict = "error " + str(exc)
+    if distributed:
+        verdict = ckpt_guard.share_text(verdict, leader)
+    kind, _, text = verdict.partition(" ")
+    if kind != "ok":
+        raise ValueError(text)
+    return text
+
+
+def _restore(cfg: TrainConfig, pipe: Pipeline, log: Callable[[str], None] | None) -> tuple[int, list[dict]]:
     """Load the last complete checkpoint when resuming: (epochs done, history so far)."""
-    meta = ckpt.read_meta(cfg.checkpoint_dir) if cfg.resume else None
-    if meta is None:
+    if not cfg.resume:
         return 0, []
-    saved, now = meta.get("fingerprint", {}), fingerprint(cfg, pipe)
+    found = ckpt.load_checkpoint(cfg.checkpoint_dir)
+    saved, now = found.manifest.fingerprint, fingerprint(cfg)
     changed = [k for k in now if k in saved and saved[k] != now[k]]
     if changed:
         raise ValueError("resume: the checkpoint was written with other settings: "
                          + ", ".join(f"{k} {saved[k]} (now {now[k]})" for k in changed))
-    for s, st in pipe.stages.items():
-        ckpt.restore(st.parameters(), pipe.optimizers[s], ckpt.load_stage(cfg.checkpoint_dir, s, meta["epoch"]))
-    return int(meta["epoch"]), list(meta.get("history", []))
+    ckpt_state.restore_layers(pipe, found.layers)
+    if log is not None:
+        log(f"resumed from epoch {found.manifest.epoch} of {cfg.checkpoint_dir} "
+            f"(written by {ckpt.describe_layout(found.manifest.layout)})")
+    return found.manifest.epoch, found.history
 
 
-def _save(cfg: TrainConfig, pipe: Pipeline, epoch: int, history: list[dict], distributed: bool) -> None:
-    """Write every held stage, wait for all ranks, then (one writer) the metadata that makes it complete."""
-    for s, st in pipe.stages.items():
-        ckpt.save_stage(cfg.checkpoint_dir, s, epoch, st.parameters(), pipe.optimizers[s].state_dict())
+def _save(cfg: TrainConfig, pipe: Pipeline, epoch: int, history: list[dict], run: str, distributed: bool) -> None:
+    """Write every held layer, wait for all ranks, then (one writer) the manifest that makes the epoch complete.
+
+    With ``overwrite`` the folder's old checkpoint goes just before the first epoch is written.
+    """
+    if cfg.overwrite and epoch == 1:
+        if _leader(distributed):
+            ckpt.remove_checkpoint(cfg.checkpoint_dir)
+        barrier()
+    for layer, state in ckpt_state.layer_states(pipe).items():
+        ckpt.save_layer(cfg.checkpoint_dir, layer, epoch, run, state)
     barrier()
     if pipe.last is not None:
-        ckpt.write_meta(cfg.checkpoint_dir, {"epoch": epoch, "history": history, "stages": cfg.stages,
-                                             "fingerprint": fingerprint(cfg, pipe)})
+        manifest = ckpt.Manifest(epoch, run, fingerprint(cfg), checkpoint_layout(cfg, pipe, distributed),
+                                 cfg.spec.num_layers)
+        ckpt.write_manifest(cfg.checkpoint_dir, manifest, history)
     barrier()
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train as configured; returns the results (also written to ``cfg.json`` by the last stage's process)."""
+    with ExitStack() as held:
+        return _train(cfg, log, held)
+
+
+def _train(cfg: TrainConfig, log: Callable[[str], None], held: ExitStack) -> dict:
+    """The body of :func:`train`; ``held`` releases the checkpoint folder's lock however training ends."""
     data = load_dataset(cfg.dataset, cfg.spec, cfg.seed, cfg.samples)
     n = data.x_train.shape[0]
     if n < cfg.batch_size:
@@ -142,7 +194,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     pipe, distributed = build_pipeline(cfg)
     reporter = pipe.last is not None
     check = all_reduce_sum if distributed else None
-    start_epoch, history = _restore(cfg, pipe)
+    run = _claim(cfg, distributed, held) if cfg.checkpoint_dir else ""
+    start_epoch, history = _restore(cfg, pipe, log if reporter else None)
     if start_epoch >= cfg.epochs:
         raise ValueError(f"resume: the checkpoint in {cfg.checkpoint_dir} is already at epoch {start_epoch} of "
                          f"--epochs {cfg.epochs}; ask for more epochs to continue")
@@ -182,7 +235,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                  "step_losses": losses if reporter else []}
         history.append(entry)
         if cfg.checkpoint_dir:
-            _save(cfg, pipe, epoch + 1, history, distributed)
+            _save(cfg, pipe, epoch + 1, history, run, distributed)
     bar.close()
     figures = step_figures(pipe, records, [r for rs in recent for r in rs], step_times, cfg, distributed, prediction)
     results = {

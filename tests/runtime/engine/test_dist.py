@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from runtime.train.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 COMMON = ["--dataset", "synthetic", "--samples", "96", "--widths", "6,10,8,9,4", "--batch-size", "12", "--epochs", "2",
@@ -35,11 +37,10 @@ def launch(world: int, args: list[str], extra_env: dict | None = None) -> list[s
     return procs
 
 
-def final_params(ckpt: Path, stages: int, epoch: int) -> list[torch.Tensor]:
-    out = []
-    for s in range(stages):
-        out += torch.load(ckpt / f"stage{s}-epoch{epoch}.pt", weights_only=True)["params"]
-    return out
+def final_params(folder: Path, stages: int, epoch: int) -> list[torch.Tensor]:
+    found = load_checkpoint(folder)
+    assert found.manifest.epoch == epoch and found.manifest.layout["stages"] == stages
+    return [t for st in found.layers for t in (st.weight, st.bias) if t is not None]
 
 
 @pytest.mark.parametrize("world,schedule,extra", [(2, "1f1b", []), (4, "gpipe", []), (2, "zb-h1", [])])
