@@ -78,8 +78,12 @@ def _add_bench_flags(q: argparse.ArgumentParser, name: str) -> None:
         q.add_argument("--peers", default="all", help="torch.distributed.pipelining schedules, or 'all' / 'none' (%(default)s)")
     if name == "simulator":
         q.add_argument("--ranks", type=int, default=4, help="pipeline ranks in one process (torchrun: the world)")
-        q.add_argument("--cold-cache", type=float, default=0.0, metavar="MIB",
-                       help="profile every layer with caches flushed by a buffer of this many MiB (CPU; 0: hot)")
+        q.add_argument("--cold-cache", type=float, default=None, metavar="MIB",
+                       help="profile every layer with caches flushed by a buffer of this many MiB (CPU; 0: hot; "
+                            "default: the step's working set, as train.py and compare.py profile)")
+        q.add_argument("--fidelity", type=int, default=0, metavar="RUNS",
+                       help="instead: the this-run prediction's error over train.py (one process and torchrun, 2 ranks) "
+                            "and compare.py --quick, each run RUNS times (0: off)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,7 +148,8 @@ def config_from_args(a: argparse.Namespace) -> object:
     if a.command == "dist":
         cfg = DistBenchConfig(headline=a.headline, **extra)
         return replace(cfg, schedules=parse_schedules(a.schedules, cfg.schedules))
-    cfg = SimBenchConfig(ranks=a.ranks, cold_cache_bytes=int(a.cold_cache * 2**20), **extra)
+    cold = None if a.cold_cache is None else int(a.cold_cache * 2**20)
+    cfg = SimBenchConfig(ranks=a.ranks, cold_cache_bytes=cold, **extra)
     return replace(cfg, schedules=parse_schedules(a.schedules, cfg.schedules))
 
 
@@ -156,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.bench.summary import summarize_files
 
         print(summarize_files(a.files) if a.command == "summary" else table_of_file(a.file))
+        return 0
+    if a.command == "simulator" and a.fidelity:
+        from runtime.calibrate.fidelity import run_fidelity
+
+        print(run_fidelity(a.fidelity, a.json))
         return 0
     import _peers
     import torch

@@ -51,7 +51,7 @@ class SimBenchConfig:
     warmup: int = 2
     repeats: int = 8
     profile_repeats: int = 10
-    cold_cache_bytes: int = 0  # > 0: profile with the CPU caches flushed before every timed call
+    cold_cache_bytes: int | None = None  # None: the step's working set (the profiler's default); 0: hot
     seed: int = 0
     timeout: float = 120.0
 

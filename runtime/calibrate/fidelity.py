@@ -1,0 +1,112 @@
+"""How far the *this run* prediction lands from the measured step, over the cases a user meets, each run a few times.
+
+The cases: the default ``train.py``; ``train.py`` under torchrun with 2 gloo ranks, 4 layers of width 64
+(overhead-bound) and 1024 (compute-bound), batch 256 in 4 microbatches, for gpipe, 1f1b, zb-h1 and interleaved-1f1b;
+and every candidate ``compare.py --quick`` trains. Each case runs as its own process (as a user runs it), ``runs``
+times; a row reports the median absolute error and its range over the runs, and for train.py cases the term that
+contributed most to the error in the run with the median error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.output import markdown_table, write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = 0.10  # the this-run prediction should land within 10% of the measured median step
+
+
+@dataclass(frozen=True)
+class Case:
+    """One command whose JSON holds a this-run prediction and the measured step (``ranks`` > 1: under torchrun)."""
+
+    name: str
+    script: str
+    args: tuple[str, ...]
+    ranks: int = 1
+
+
+def default_cases(epochs: int = 3) -> list[Case]:
+    """The fidelity table's cases (see the module docstring); ``epochs`` for the torchrun cases."""
+    cases = [Case("train.py (default)", "train.py", ())]
+    for width in (64, 1024):
+        model = ("--dataset", "synthetic", "--samples", "4096", "--widths", ",".join([str(width)] * 5),
+                 "--batch-size", "256", "--microbatches", "4", "--epochs", str(epochs))
+        for schedule in ("gpipe", "1f1b", "zb-h1", "interleaved-1f1b"):
+            stages = ("--stages", "4", "--virtual-stages", "2") if schedule == "interleaved-1f1b" else ("--stages", "2")
+            cases.append(Case(f"torchrun 2 ranks, width {width}, {schedule}", "train.py",
+                              (*model, "--schedule", schedule, *stages), ranks=2))
+    cases.append(Case("compare.py --quick", "compare.py", ("--quick",)))
+    return cases
+
+
+def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
+    """Run ``case`` once; its rows: name, predicted and measured seconds, error, and the largest contributor."""
+    out = folder / "result.json" if case.script == "train.py" else folder
+    flag = ("--json", str(out)) if case.script == "train.py" else ("--out", str(out))
+    cmd = [sys.executable, str(ROOT / "scripts" / case.script), *case.args, *flag, "--no-progress"]
+    if case.ranks > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={case.ranks}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case.name}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    if case.script == "train.py":
+        r = json.loads(out.read_text())
+        top = r["prediction_explained"]["contributors"][:1]
+        return [{"name": case.name, "predicted": r["predicted_step_time"], "measured": r["measured_step_time"]["median"],
+                 "error": r["prediction_error"], "term": _term(top[0]) if top else "-"}]
+    r = json.loads((out / "compare.json").read_text())
+    return [{"name": f"{case.name}: {e['id']}", "predicted": e["predicted"]["predicted_step_time"],
+             "measured": e["measured"]["measured_step_time"]["median"], "error": e["errors"]["prediction_error"],
+             "term": "-"} for e in r["candidates"] if e["errors"] and e["errors"]["prediction_error"] is not None]
+
+
+def _term(row: dict) -> str:
+    return f"{row['term']} {row['effect'] * 1e3:+.3g} ms"
+
+
+def fidelity(cases: Sequence[Case], runs: int = 3, timeout: float = 900.0,
+             log: Callable[[str], None] = print) -> list[dict]:
+    """Every case ``runs`` times: per row the errors, their median absolute value and range, and the top term."""
+    found: dict[str, list[dict]] = {}
+    for i in range(runs):
+        for case in cases:
+            log(f"fidelity run {i + 1}/{runs}: {case.name}")
+            with tempfile.TemporaryDirectory() as tmp:
+                for row in run_case(case, Path(tmp), timeout):
+                    found.setdefault(row["name"], []).append(row)
+    rows = []
+    for name, seen in found.items():
+        errors = [abs(s["error"]) for s in seen]
+        middle = sorted(seen, key=lambda s: abs(s["error"]))[len(seen) // 2]
+        rows.append({"name": name, "runs": len(seen), "errors": [s["error"] for s in seen],
+                     "median_abs_error": statistics.median(errors), "min_abs_error": min(errors),
+                     "max_abs_error": max(errors), "predicted": middle["predicted"], "measured": middle["measured"],
+                     "largest_term": middle["term"], "within_target": statistics.median(errors) <= TARGET})
+    return rows
+
+
+def fidelity_table(rows: Sequence[dict]) -> list[str]:
+    """The rows as a Markdown table (errors over the runs; the term named where a row misses the target)."""
+    body = [[r["name"], f"{r['predicted'] * 1e3:.3g}", f"{r['measured'] * 1e3:.3g}", f"{r['median_abs_error']:.1%}",
+             f"{r['min_abs_error']:.1%}-{r['max_abs_error']:.1%}", r["runs"],
+             "yes" if r["within_target"] else f"no: {r['largest_term']}"] for r in rows]
+    return markdown_table(["case", "predicted ms", "measured ms", "median abs error", "range", "runs",
+                           f"within {TARGET:.0%} (else the largest term)"], body)
+
+
+def run_fidelity(runs: int, json_path: str | None = None, log: Callable[[str], None] = print) -> str:
+    """The whole fidelity benchmark: every default case ``runs`` times; the Markdown table (rows also as JSON)."""
+    rows = fidelity(default_cases(), runs, log=log)
+    write_json(json_path, {"benchmark": "fidelity", "target": TARGET, "runs": runs, "rows": rows})
+    return "\n".join(fidelity_table(rows))
