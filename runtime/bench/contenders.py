@@ -26,6 +26,7 @@ from runtime.engine.stage import Engine
 DEFER = "+defer-w"
 DIRECT = "+direct"
 FULL_BATCH = "full-batch"
+FULL_BATCH_EVERY_RANK = "full-batch:every-rank"
 COMPILED = "full-batch:compiled"
 AfterStep = Callable[[object], object]  # loss -> loss, inside the timed step (e.g. the loss all-reduce)
 Grads = dict[tuple[int, str], torch.Tensor]

@@ -7,6 +7,9 @@ all-reduce of the step's loss that real training does, for every contender; it s
 and its time is the slowest rank's, so samples/s = batch / that time. The ``full-batch`` contender runs the
 whole model on rank 0 in one piece (the others only join the loss all-reduce): the world size times its
 samples/s is the physical limit, what perfect pipelining of the same GEMMs at the same speed would reach.
+``full-batch:every-rank`` runs the same on every rank at once (each its own copy, no communication): the
+world size times its samples/s is the busy limit, the same with every core working (shared caches, memory
+bandwidth and clocks); the gap between the two limits is what the cores cost each other, not pipelining.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from partition.spec import MLPSpec
 from runtime.bench import equal_math
 from runtime.bench.contenders import (
     FULL_BATCH,
+    FULL_BATCH_EVERY_RANK,
     OurSchedule,
     Peer,
     full_batch_run,
@@ -116,12 +120,26 @@ def _peers(cfg: DistBenchConfig, spec: MLPSpec, seq: torch.nn.Sequential, peers:
     return out
 
 
-def _full_batch(spec: MLPSpec, seq: torch.nn.Sequential, world: WorldInfo, x: torch.Tensor, y: torch.Tensor) -> Variant:
-    """The whole model in one piece on rank 0; the other ranks only join the loss all-reduce."""
-    if world.rank == 0:
-        run, grads = full_batch_run(seq, reference_loss(spec), x, y), module_grads([(0, seq)])
-        return torch_variant(FULL_BATCH, Group.BASELINE, list(seq.parameters()), run, grads, loss_all_reduce)
-    return Variant(FULL_BATCH, lambda: loss_all_reduce(None), group=Group.BASELINE, grads=dict)
+def _full_batch(spec: MLPSpec, params: Params, dtype: torch.dtype, world: WorldInfo, x: torch.Tensor,
+                y: torch.Tensor) -> list[Variant]:
+    """The whole model in one piece on rank 0 while the other ranks only join the loss all-reduce, and the same
+    on every rank at once (each its own copy: both cores busy); the loss and gradients checked are rank 0's."""
+    out = []
+    for name, everyone in ((FULL_BATCH, False), (FULL_BATCH_EVERY_RANK, True)):
+        if world.rank == 0 or everyone:
+            seq = reference_sequential(spec, params, dtype, x.device)
+            run = full_batch_run(seq, reference_loss(spec), x, y)
+            grads = module_grads([(0, seq)]) if world.rank == 0 else dict
+            after = loss_all_reduce if world.rank == 0 else _no_loss
+            out.append(torch_variant(name, Group.BASELINE, list(seq.parameters()), run, grads, after))
+        else:
+            out.append(Variant(name, lambda: loss_all_reduce(None), group=Group.BASELINE, grads=dict))
+    return out
+
+
+def _no_loss(loss: object) -> float:
+    """The loss all-reduce for a rank whose loss is not the one reported (rank 0's is)."""
+    return loss_all_reduce(None)
 
 
 def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callable[[str], None] = print) -> dict:
@@ -136,7 +154,7 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
     with shared_init(spec, cfg.seed) as params:
         seq = reference_sequential(spec, params, cfg.dtype, device)
         variants = _ours(cfg, spec, params, world, backend, device, data.x, data.y)
-        variants += [_full_batch(spec, seq, world, data.x, data.y)]
+        variants += _full_batch(spec, params, cfg.dtype, world, data.x, data.y)
         variants += _peers(cfg, spec, seq, peers, world, device, data.x, data.y)
         if world.rank == 0:
             log(f"dist: {p} ranks ({backend.value}), {cfg.layers} x {cfg.width}, batch {cfg.batch}, {m} microbatches ...")
@@ -160,17 +178,20 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
 def summarize(measured: Mapping[str, Measured], checks: Mapping[str, equal_math.MathCheck], flops: int, peak: object,
               batch: int, world_size: int) -> list[dict]:
     """One row per contender; ours get paired speedups vs the paired and best peer and their share of the limit."""
-    best, full = best_of(measured, Group.PEER, checks), measured.get(FULL_BATCH)
-    full_ok = full is not None and full.spread is not None and passes(FULL_BATCH, checks)
+    best = best_of(measured, Group.PEER, checks)
+    limits = {key: full if full is not None and full.spread is not None and passes(name, checks) else None
+              for key, name, full in (("full_batch", FULL_BATCH, measured.get(FULL_BATCH)),
+                                      ("full_batch_every_rank", FULL_BATCH_EVERY_RANK, measured.get(FULL_BATCH_EVERY_RANK)))}
     out = []
     for m in measured.values():
-        row = base_row(m, checks.get(m.name), flops, peak, batch)
+        ranks = world_size if m.name == FULL_BATCH_EVERY_RANK else 1  # every rank did a whole batch
+        row = base_row(m, checks.get(m.name), flops * ranks, peak, batch * ranks)
         if m.group is Group.OURS and m.spread is not None:
             paired = measured.get(f"peer:{PAIRED[OurSchedule.parse(m.name).kind]}")
-            row.update(speedups(m, {"paired_peer": paired, "best_peer": best, "full_batch": full if full_ok else None}))
-            vs_full = row.pop("speedup_vs_full_batch")
-            row["fraction_of_limit"] = None if vs_full is None else {
-                k: (v / world_size if k != "n" else v) for k, v in vs_full.items()}
+            row.update(speedups(m, {"paired_peer": paired, "best_peer": best, **limits}))
+            for key, share in (("full_batch", "fraction_of_limit"), ("full_batch_every_rank", "fraction_of_busy_limit")):
+                vs_full = row.pop(f"speedup_vs_{key}")
+                row[share] = None if vs_full is None else {k: (v / world_size if k != "n" else v) for k, v in vs_full.items()}
         out.append(row)
     return out
 
@@ -179,9 +200,10 @@ def table_text(result: dict) -> str:
     """The `dist` table, from the result's JSON alone."""
     body = [[r["variant"], time_cell(r), "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:.0f}",
              describe_rate(r), ratio_cell(r, "paired_peer"), ratio_cell(r, "best_peer"),
-             _fraction(r.get("fraction_of_limit")), loss_cell(r), math_cell(r)] for r in result["results"]]
+             _fraction(r.get("fraction_of_limit")), _fraction(r.get("fraction_of_busy_limit")), loss_cell(r),
+             math_cell(r)] for r in result["results"]]
     return text_table(["variant", "step (median [p25-p75])", "samples/s", "achieved", "vs paired peer", "vs best peer",
-                       "of limit", "loss", "math"], body)
+                       "of limit", "of busy limit", "loss", "math"], body)
 
 
 def _fraction(d: dict | None) -> str:

@@ -105,6 +105,10 @@ def _dist(result: dict) -> list[str]:
                           DIST_VS_BEST_PEER).line(_median(d), "speedup", d))
         out.append(Target(f"dist: headline {name} vs the physical limit (world size x the full batch's samples/s)",
                           DIST_OF_LIMIT).line(_median(limit), "fraction", limit))
+        busy = head.get("fraction_of_busy_limit")
+        if busy:
+            out.append(f"INFO    dist: headline {name} of the busy limit (every rank running the full batch at once): "
+                       f"{busy['median']:.3f} [{busy['p25']:.3f}-{busy['p75']:.3f}]")
     for r in rows:
         if r["group"] == "ours" and r.get("speedup_vs_paired_peer") and not _math_failed(r):
             out.append(f"INFO    dist: {r['variant']} vs its paired {r['paired_peer']}: "

@@ -130,13 +130,15 @@ def test_dist_bench_two_gloo_ranks(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = {r["variant"]: r for r in data["results"]}
-    assert set(rows) == {"ours:gpipe", "ours:1f1b", "ours:zb-v", "full-batch", "peer:gpipe", "peer:1f1b", "peer:zbv"}
+    assert set(rows) == {"ours:gpipe", "ours:1f1b", "ours:zb-v", "full-batch", "full-batch:every-rank", "peer:gpipe",
+                         "peer:1f1b", "peer:zbv"}
     for name, r in rows.items():
         assert r["error"] is None and r["samples_per_second"] > 0, (name, r["error"])
         assert r["loss"] == pytest.approx(rows["peer:1f1b"]["loss"], rel=1e-5)
         assert r["math"]["ok"], (name, r["math"])  # gradients gathered from both ranks match the reference
     positive_ratio(rows["ours:1f1b"]["speedup_vs_paired_peer"])
     assert rows["ours:zb-v"]["paired_peer"] == "peer:zbv" and rows["ours:1f1b"]["fraction_of_limit"]["median"] > 0
+    assert rows["ours:1f1b"]["fraction_of_busy_limit"]["median"] > 0
     assert data["verdicts"][0].startswith(("MET", "MISSED")) and "headline ours:1f1b" in data["verdicts"][0]
 
 
