@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _cli import add_bias_flags, run_main
+from _cli import HelpFormatter, add_bias_flags, run_main
 
+from partition.plan import format_ranges
 from partition.recompute import parse_recompute
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
@@ -28,26 +29,26 @@ from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; --help explains every flag."""
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("model (the chapter's MLP)")
     g.add_argument("--widths", default="64,128,128,128,10", help="layer widths, inputs first (default %(default)s)")
-    g.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid"])
+    g.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid"], help="phi after every hidden layer")
     add_bias_flags(g)
     g.add_argument("--l2", type=float, default=0.0, help="lambda of the l2 term s = lambda/2 sum ||W||^2")
-    g.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-error"])
+    g.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-error"], help="l(o, y)")
     g = p.add_argument_group("data and optimisation")
     g.add_argument("--dataset", default="digits", help="digits (shipped), synthetic, or idx:DIR (MNIST-style files)")
     g.add_argument("--samples", type=int, default=4096, help="examples of the synthetic dataset")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind])
+    g.add_argument("--batch-size", type=int, default=64, help="examples per optimizer step (the global batch)")
+    g.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    g.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind], help="per-stage optimizer")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    g.add_argument("--epochs", type=int, default=20, help="passes over the training set")
+    g.add_argument("--seed", type=int, default=0, help="parameters, data split and order")
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="parameters, activations and gradients")
     g = p.add_argument_group("pipeline")
     g.add_argument("--stages", type=int, default=4, help="pipeline stages (1 = one device)")
-    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ScheduleKind])
+    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ScheduleKind], help="pipeline schedule")
     g.add_argument("--microbatches", type=int, default=4, help="microbatches per step (must divide the batch)")
     g.add_argument("--virtual-stages", "--virtual", dest="virtual", type=int, default=1,
                    help="stages per rank for interleaved-1f1b (under torchrun write --virtual-stages: torchrun "
@@ -76,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resume", action="store_true",
                    help="continue from the last complete checkpoint (any stages, partition, schedule or engine)")
     g.add_argument("--overwrite", action="store_true", help="replace a checkpoint the folder already holds")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p.parse_args(argv)
 
 
@@ -90,8 +91,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, gantt=a.gantt, link=a.link,
         checkpoint_dir=a.checkpoint_dir,
         resume=a.resume, overwrite=a.overwrite, json=a.json, progress=a.progress and sys.stderr.isatty(),
-        timeout=a.timeout, fuse_w=a.fuse_w,
-        defer_w=a.defer_w, engine=Engine(a.engine), recompute=parse_recompute(a.recompute),
+        timeout=a.timeout, fuse_w=a.fuse_w, defer_w=a.defer_w, engine=Engine(a.engine),
+        recompute=parse_recompute(a.recompute),
     )
 
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(results["schedule_table"])
         print("the schedule in time (unit costs F = B = W = 1):")
         print(results["timeline_chart"])
-        print(f"plan (layers per stage): {results['plan']}  devices: {results['devices']}  mode: {results['mode']}")
+        print(f"plan (layers per stage): {format_ranges(results['plan'])}  devices: {results['devices']}  "
+              f"mode: {results['mode']}")
         print(format_predictions(results))
         last = results["epochs"][-1]
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy {last['test_accuracy']:.2%}, "

@@ -61,10 +61,13 @@ class TrainConfig:
     json: str | None = None
     progress: bool = True
     timeout: float = 60.0
+    data_parallel: int = 1
+    clip_grad_norm: float | None = None
     fuse_w: bool = True
     defer_w: bool = False
     engine: Engine = Engine.AUTOGRAD
     recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
+    threads: int | None = None  # torch CPU threads; None: auto (runtime.threads)
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,6 +79,9 @@ class TrainConfig:
             (self.microbatches >= 1, "microbatches", "must be >= 1"),
             (self.virtual >= 1, "virtual", "must be >= 1"),
             (self.timeout > 0, "timeout", "must be > 0 seconds"),
+            (self.data_parallel >= 1, "data-parallel", "must be >= 1"),
+            (self.threads is None or self.threads >= 1, "threads", "must be >= 1 (None: auto)"),
+            (self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip-grad-norm", "must be > 0"),
             (self.samples >= 2, "samples", "must be >= 2"),
         ]
         for ok, name, why in checks:
@@ -83,6 +89,9 @@ class TrainConfig:
                 raise ValueError(f"{name}: {why}, got {getattr(self, name.replace('-', '_'))!r}")
         if self.batch_size % self.microbatches:
             raise ValueError(f"microbatches: {self.microbatches} microbatches do not divide --batch-size {self.batch_size}")
+        if self.batch_size % (self.data_parallel * self.microbatches):
+            raise ValueError(f"data-parallel: {self.data_parallel} replicas x {self.microbatches} microbatches do not "
+                             f"divide --batch-size {self.batch_size}")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume: needs --checkpoint-dir")
         if self.overwrite and not self.checkpoint_dir:
