@@ -8,6 +8,7 @@
     python scripts/compare.py --dataset synthetic --widths 32,64,64,64,8 --batch 64 --devices 2 --memory-cap 120KiB
     python scripts/compare.py --dataset idx:/data/mnist --widths 784,512,512,512,10 --batch 256 --device cuda
     python scripts/compare.py --schedules 1f1b,zb-h1 --microbatches 4,8,16 --lr-rule sqrt
+    python scripts/compare.py --schedules 1f1b,zb-h1 --recompute none,fit,all --memory-cap 60KiB   # the memory-time trade
     python scripts/compare.py --from-json out/compare/compare.json --out out/again   # re-plot, no training
     torchrun --nproc_per_node=4 scripts/compare.py --devices 4 --device cuda          # pipelines on 4 real GPUs
 
@@ -26,7 +27,7 @@ from _cli import add_bias_flags, run_main
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
 from runtime.compare.harness import QUICK, CompareConfig, compare, regenerate
-from runtime.compare.types import LRRule
+from runtime.compare.types import LRRule, RecomputePolicy
 from runtime.threads import HELP as THREADS_HELP
 from runtime.threads import parse_threads
 from runtime.train.config import DTYPES, OptimizerKind
@@ -73,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--threads", default="auto", help=THREADS_HELP)
     g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind), help="pipeline schedules to try")
+    g.add_argument("--recompute", default="none,fit", help="recomputation of each pipeline: none, fit (per device, the "
+                   "least that fits the cap), all; comma-separated (default %(default)s)")
     g.add_argument("--microbatches", default=None, help="microbatch counts m to try (default K,2K,4K where they divide B)")
     g.add_argument("--virtual", type=int, default=2, help="stages per device for interleaved-1f1b (default 2)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds a torchrun rank waits for a peer")
@@ -96,7 +99,8 @@ def config_from_args(a: argparse.Namespace) -> CompareConfig:
         spec=spec, dataset=a.dataset, samples=a.samples, batch=a.batch, devices=a.devices, memory_cap=a.memory_cap,
         target_loss=a.target_loss, lr=a.lr, lr_rule=LRRule(a.lr_rule), optimizer=OptimizerKind(a.optimizer),
         momentum=a.momentum, seed=a.seed, dtype=a.dtype, device=a.device, threads=parse_threads(a.threads),
-        schedules=_schedules(a.schedules), virtual=a.virtual, timeout=a.timeout, out=a.out,
+        schedules=_schedules(a.schedules), recompute=RecomputePolicy.parse_list(a.recompute), virtual=a.virtual,
+        timeout=a.timeout, out=a.out,
         progress=a.progress and sys.stderr.isatty(), **extra,
     )
 

@@ -28,13 +28,14 @@ from partition.units import parse_bytes
 from runtime.calibrate.link import dist_link
 from runtime.comm import Backend, barrier, init_world, launched_by_torchrun
 from runtime.compare.memory import METHOD, measure_memory
+from runtime.compare.pareto import pareto_summary
 from runtime.compare.plan import Setting, plan_candidates
 from runtime.compare.predict import Profiler, calibrate, parameter_work, predict
 from runtime.compare.recommend import recommend
 from runtime.compare.report import close_timings, write_report
 from runtime.compare.results import add_time_to_target, entry, error_summary, same_math, settle_target
 from runtime.compare.run import RunContext, build, epoch_order, step_inputs, train_candidate
-from runtime.compare.types import Candidate, LRRule
+from runtime.compare.types import Candidate, LRRule, RecomputePolicy
 from runtime.threads import apply_threads, choose_for_model
 from runtime.train.config import OptimizerKind, parse_dtype
 from runtime.train.datasets import Dataset, load_dataset
@@ -66,6 +67,7 @@ class CompareConfig:
     threads: int | None = None  # None: auto (runtime.threads)
     schedules: tuple[ScheduleKind, ...] = tuple(ScheduleKind)
     microbatches: tuple[int, ...] = ()  # default: K, 2K and 4K where they divide B
+    recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE, RecomputePolicy.FIT)  # per pipeline, see plan
     virtual: int = 2
     profile_repeats: int = 20
     calibration_steps: int = 8
@@ -167,7 +169,8 @@ def _compare(cfg: CompareConfig, log: Callable[[str], None]) -> dict:
     profiler = Profiler(cfg.spec, ctx, cfg.profile_repeats)
     with _timed(timings, "planning"):
         setting = Setting(cfg.spec, cfg.batch, cfg.devices, setup["memory_cap"], as_dtype(cfg.dtype), cfg.memory_optimizer,
-                          tuple(cfg.schedules), cfg.microbatch_counts(), cfg.virtual, cfg.lr, cfg.lr_rule)
+                          tuple(cfg.schedules), cfg.microbatch_counts(), cfg.virtual, cfg.lr, cfg.lr_rule,
+                          tuple(cfg.recompute))
         cands = plan_candidates(setting, profiler.layers)
         for c in cands:  # every rank profiles the same sizes in the same order (averaged over the ranks under torchrun)
             if c.planned:
@@ -189,6 +192,7 @@ def _compare(cfg: CompareConfig, log: Callable[[str], None]) -> dict:
         out = {"setup": setup, "candidates": entries, "recommendation": recommend(entries, setup),
                "same_math": same_math(entries, cfg.batch), "prediction_errors": error_summary(entries),
                "timings": timings}
+        out["pareto"] = pareto_summary(out)
     if cfg.out:
         write_report(out, cfg.out, started=begin)
     else:

@@ -4,9 +4,10 @@ What a device holds during a step: its parameters and their optimizer state, the
 targets (last stage) of the step, and what its actions create and keep: activations saved for backward,
 deferred weight-gradient inputs, gradients, and messages not yet received. One extra step of a fresh copy of the
 candidate runs under a ``TorchDispatchMode`` that records each tensor an operation returns, with the device
-(rank) whose action returned it. After every action the still-alive tensors are summed per rank (each storage
-once), and the largest sum is kept. Temporaries created and freed inside one action are not seen, as in the memory
-model. On CUDA, ``torch.cuda.max_memory_allocated`` of every device is recorded as well.
+(rank) whose action returned it. After every action, and inside a recomputing B once its forward has been rebuilt,
+the still-alive tensors are summed per rank (each storage once), and the largest sum is kept. Temporaries created
+and freed inside one action are not seen, as in the memory model. On CUDA, ``torch.cuda.max_memory_allocated``
+of every device is recorded as well.
 """
 
 from __future__ import annotations
@@ -22,25 +23,30 @@ from runtime.comm import all_reduce_sum
 from runtime.engine.pipeline import Pipeline
 from runtime.engine.stage import Stage
 
-STAGE_METHODS = ("forward", "backward_input", "backward_weight", "backward_weight_fused")
+STAGE_METHODS = ("forward", "backward_input", "recompute", "backward_weight", "backward_weight_fused")
 METHOD = ("one extra step under a TorchDispatchMode: per device, parameters + optimizer state + the step's input rows "
           "(first stage) or targets (last stage) + the largest sum, after any action, of the live tensors its actions "
           "created (saved activations, deferred weight-gradient inputs, gradients, messages not yet received)")
 
 
 class _Tracker(TorchDispatchMode):
-    """Remembers (weak reference, owner rank, storage, bytes) of every tensor returned while an owner is set."""
+    """Remembers (weak reference, owner rank, storage, bytes) of every tensor returned while an owner is set.
 
-    def __init__(self) -> None:
+    Storages in ``counted`` (the parameters, the step's rows and targets, added to the figure apart) are skipped,
+    so that a view of them made inside an action (a detached input, a transposed weight) is not counted twice.
+    """
+
+    def __init__(self, counted: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.owner: int | None = None
+        self.counted = counted
         self.items: list[tuple[weakref.ref, int, int, int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         out = func(*args, **(kwargs or {}))
         if self.owner is not None:
             for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.counted:
                     storage = t.untyped_storage()
                     self.items.append((weakref.ref(t), self.owner, storage.data_ptr(), storage.nbytes()))
         return out
@@ -61,11 +67,11 @@ def _instrument(stage: Stage, rank: int, tracker: _Tracker, peaks: dict[int, int
         method = getattr(stage, name)
 
         def wrapped(*args: object, _method: Callable = method, **kwargs: object) -> object:
-            tracker.owner = rank
+            outer, tracker.owner = tracker.owner, rank  # a recompute runs inside its B: the B keeps its owner after
             try:
                 return _method(*args, **kwargs)
             finally:
-                tracker.owner = None
+                tracker.owner = outer
                 for r, nbytes in tracker.live().items():
                     peaks[r] = max(peaks.get(r, 0), nbytes)
 
@@ -80,7 +86,8 @@ def measure_memory(pipe: Pipeline, x: torch.Tensor | None, y: torch.Tensor | Non
     """Run one step of ``pipe`` (a fresh copy, spent afterwards) on ``x``, ``y``; peak bytes per device and the method."""
     placement = pipe.schedule.placement
     num_ranks = pipe.schedule.num_ranks
-    tracker, peaks = _Tracker(), {}
+    given = [x, y, *(p for stage in pipe.stages.values() for p in stage.parameters())]
+    tracker, peaks = _Tracker(frozenset(t.untyped_storage().data_ptr() for t in given if t is not None)), {}
     for s, stage in pipe.stages.items():
         _instrument(stage, placement[s], tracker, peaks)
     devices = sorted({str(st.device) for st in pipe.stages.values() if st.device.type == "cuda"})

@@ -4,26 +4,33 @@ Every candidate trains on the same samples in the same order; what changes is ho
 computed (a pipeline of K stages, or m microbatches accumulated on one device: the same math), or whether the
 step itself is smaller (one device at a minibatch b < B: more optimizer steps, its learning rate set by an
 :class:`LRRule`). Feasibility comes from the analytic memory model (``partition.memory``): a candidate whose
-predicted peak on some device exceeds the cap is kept, marked infeasible, with the reason.
+predicted peak on some device exceeds the cap is kept, marked infeasible, with the reason. A pipeline's peak per
+device is exact: parameters, gradients, optimizer state and messages of its stages, plus the activation peak of
+walking its schedule (``partition.activation_peak``). Beside each pipeline without recomputation come, per
+:class:`RecomputePolicy`, the same schedule on the fastest split with every stage recomputing (``all``) or with the
+least recomputation that fits the cap (``fit``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
+from partition.activation_peak import plan_activation_peaks
 from partition.cost import DType, Optimizer
-from partition.memory import MemoryReport, stage_memory, training_memory
+from partition.memory import LayerMemory, MemoryReport, layer_memory, stage_memory, training_memory
 from partition.partitioner import plan_for
-from partition.plan import Method, format_ranges
+from partition.plan import Method, Ranges, format_ranges
+from partition.recompute import NO_RECOMPUTE, RECOMPUTE_ALL, Recompute, RecomputeKind, recompute_forward
 from partition.schedule.actions import Op, Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import StageCost
 from partition.units import format_bytes
-from runtime.compare.types import Candidate, CandidateKind, LRRule
+from runtime.compare.types import Candidate, CandidateKind, LRRule, RecomputePolicy
 
 LayerTimes = Callable[[int], Sequence[StageCost]]  # microbatch size -> per-layer F/B/W seconds
 
@@ -43,6 +50,7 @@ class Setting:
     virtual: int
     lr: float
     lr_rule: LRRule
+    recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE,)
 
 
 def add_reports(reports: Sequence[MemoryReport]) -> MemoryReport:
@@ -67,7 +75,7 @@ def plan_candidates(s: Setting, layer_times: LayerTimes) -> list[Candidate]:
     cands = _single_device(s) + _accumulation(s)
     for kind in s.schedules:
         for m in s.microbatches:
-            cands.append(_pipeline(s, kind, m, layer_times))
+            cands += _pipelines(s, kind, m, layer_times)
     return cands
 
 
@@ -131,34 +139,86 @@ def _accumulation(s: Setting) -> list[Candidate]:
     return out
 
 
-def _pipeline(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) -> Candidate:
-    """A pipeline over K devices with the partitioner's time-optimal plan under the cap (or why there is none)."""
+def rank_memory(layers: LayerMemory, sched: Schedule, ranges: Ranges,
+                recompute: Sequence[Recompute] = ()) -> tuple[MemoryReport, ...]:
+    """Exact peak bytes per rank: its stages' static terms and messages plus the activation peak of its action list."""
+    peaks = plan_activation_peaks(layers, sched, ranges, recompute)
+    static = [layers.stage(a, b, inflight=0) for a, b in ranges]
+    return tuple(replace(add_reports([static[st] for st in sched.stages_of(r)]), saved_activations=peaks[r])
+                 for r in range(sched.num_ranks))
+
+
+def _choices(layers: int) -> list[Recompute]:
+    """Every choice for a stage of ``layers`` layers, from none to all."""
+    return [NO_RECOMPUTE, *(Recompute(RecomputeKind.FIRST, k) for k in range(1, layers)), RECOMPUTE_ALL]
+
+
+def fit_recompute(layers: LayerMemory, sched: Schedule, ranges: Ranges, times: Sequence[StageCost],
+                  cap: float | None) -> tuple[Recompute, ...]:
+    """Per stage, the recomputation of least extra forward time (then fewest bytes) that keeps its rank within ``cap``.
+
+    Each rank is searched on its own over every combination of its stages' choices; a rank that no choice brings
+    within the cap recomputes everything.
+    """
+    chosen = [NO_RECOMPUTE] * len(ranges)
+    for r in range(sched.num_ranks):
+        mine = sched.stages_of(r)
+        best = None
+        for combo in itertools.product(*(_choices(ranges[st][1] - ranges[st][0]) for st in mine)):
+            trial = list(chosen)
+            for st, choice in zip(mine, combo):
+                trial[st] = choice
+            need = rank_memory(layers, sched, ranges, trial)[r].total
+            extra = sum(recompute_forward(times, *ranges[st], c) for st, c in zip(mine, combo))
+            if (cap is None or need <= cap) and (best is None or (extra, need) < best[:2]):
+                best = (extra, need, combo)
+        for st, choice in zip(mine, best[2] if best else [RECOMPUTE_ALL] * len(mine)):
+            chosen[st] = choice
+    return tuple(chosen)
+
+
+def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) -> list[Candidate]:
+    """A pipeline over K devices with the partitioner's time-optimal plan under the cap (or why there is none), and
+    its recomputing variants on the fastest split."""
     B, K, L = s.batch, s.devices, s.spec.num_layers
     virtual = s.virtual if kind is ScheduleKind.INTERLEAVED_1F1B else 1
     cid = f"pipe-{kind.value}-m{m}"
     base = Candidate(cid, f"{kind.value} on {K} devices, {m} x {B // max(m, 1)}", CandidateKind.PIPELINE, kind, K, K, m, B,
                      s.lr, virtual=virtual)
     if B % m:
-        return replace(base, label=f"{kind.value} on {K} devices, m={m}", reason=f"not applicable: m={m} does not divide B={B}")
+        return [replace(base, label=f"{kind.value} on {K} devices, m={m}",
+                        reason=f"not applicable: m={m} does not divide B={B}")]
     try:
         sched = generate(kind, K, m, virtual)
     except ValueError as err:
-        return replace(base, reason=f"not applicable: {err}")
+        return [replace(base, reason=f"not applicable: {err}")]
     S = sched.num_stages
     base = replace(base, num_stages=S)
     if S > L:
-        return replace(base, reason=f"not applicable: {kind.value} on {K} devices needs {S} stages, the model has {L} layers")
+        return [replace(base, reason=f"not applicable: {kind.value} on {K} devices needs {S} stages, the model has {L} layers")]
     sim = simulate(sched, [StageCost(1.0, 1.0, 1.0)] * S)  # the in-flight counts depend on the order only
-    options = dict(layer_times=tuple(layer_times(B // m)), dtype=s.dtype, optimizer=s.optimizer,
-                   inflight=sim.peak_inflight, deferred_w=sim.peak_deferred_w)
-    reason = ""
+    times = tuple(layer_times(B // m))
+    options = dict(layer_times=times, dtype=s.dtype, optimizer=s.optimizer, inflight=sim.peak_inflight,
+                   deferred_w=sim.peak_deferred_w)
+    fastest = plan_for(s.spec, S, B // m, Method.OPTIMAL, **options).ranges
     try:
-        plan = plan_for(s.spec, S, B // m, Method.OPTIMAL, memory_caps=s.memory_cap, **options)
-    except ValueError as err:
-        reason = "over the cap: " + str(err).split("\n")[0].removeprefix("memory caps: ")
-        plan = plan_for(s.spec, S, B // m, Method.OPTIMAL, **options)
-    per_rank = tuple(add_reports([plan.memory_terms[st] for st in sched.stages_of(r)]) for r in range(K))
-    if not reason and _fits(s, per_rank):
-        shared = f" (each device holds {S // K} of the stages {format_ranges(plan.ranges)})" if S > K else ""
-        reason = _fits(s, per_rank) + shared
-    return replace(base, ranges=plan.ranges, memory_terms=per_rank, reason=reason)
+        ranges = plan_for(s.spec, S, B // m, Method.OPTIMAL, memory_caps=s.memory_cap, **options).ranges
+    except ValueError:  # the count-based bound finds no split under the cap; the exact peaks below say by how much
+        ranges = fastest
+    layers = layer_memory(s.spec, B // m, s.dtype, s.optimizer)
+    out = []
+    for policy in (p for p in (RecomputePolicy.NONE, RecomputePolicy.ALL, RecomputePolicy.FIT) if p in s.recompute):
+        where = ranges if policy is RecomputePolicy.NONE else fastest
+        choice = {RecomputePolicy.NONE: (NO_RECOMPUTE,) * S, RecomputePolicy.ALL: (RECOMPUTE_ALL,) * S,
+                  RecomputePolicy.FIT: fit_recompute(layers, sched, fastest, times, s.memory_cap)}[policy]
+        if any(c.ranges == where and c.recompute == choice for c in out):
+            continue  # the same candidate under another name
+        per_rank = rank_memory(layers, sched, where, choice)
+        reason = _fits(s, per_rank)
+        if reason and S > K:
+            reason += f" (each device holds {S // K} of the stages {format_ranges(where)})"
+        named = str(choice[0]) if len(set(choice)) == 1 else ",".join(str(c) for c in choice)
+        plain = policy is RecomputePolicy.NONE
+        out.append(replace(base, id=cid + ("" if plain else f"-rc-{policy.value}"), ranges=where, memory_terms=per_rank,
+                           label=base.label + ("" if plain else f", recompute {named}"), reason=reason, recompute=choice))
+    return out

@@ -3,7 +3,7 @@
 A candidate runs m microbatches of n samples through stages s (layer ranges); each action of stage s costs
 
 * P_s: the F, B and W seconds of the stage's layers for one microbatch, from ``runtime.train.profile`` (profiled once per
-  microbatch size, before any run), plus
+  microbatch size, before any run; a recomputing stage's B also reruns the F of its recomputed layers), plus
 * O_s: what an action costs beyond its arithmetic (Python, autograd, the executor, the loss), measured on a skeleton
   of the model: the same input and output widths, every hidden width 1, so that its layers cost next to nothing.
   A few steps of a skeleton pipeline of the candidate's shape (schedule, stages, m), timed right before and right
@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from partition.recompute import per_stage, recompute_stage_cost
 from partition.schedule.generators import generate
 from partition.schedule.replay import TimedAction
 from partition.schedule.simulate import FREE_LINK, simulate
@@ -166,8 +167,8 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
     sched = generate(cand.schedule, cand.num_ranks, m, cand.virtual)
     split = uses_split_backward(sched)
     costs = []
-    for (a, b), measured in zip(cand.ranges, calib.stage_costs):
-        p, q = StageCost.summed(real[a:b]), StageCost.summed(skel[a:b])
+    for (a, b), measured, choice in zip(cand.ranges, calib.stage_costs, per_stage(cand.recompute, len(cand.ranges))):
+        p, q = recompute_stage_cost(real, a, b, choice), recompute_stage_cost(skel, a, b, choice)
         over_b = measured.b - q.b - (0.0 if split else q.w)
         over_w = measured.w - q.w if split else 0.0
         costs.append(StageCost(p.f + max(0.0, measured.f - q.f), p.b + max(0.0, over_b), p.w + max(0.0, over_w)))

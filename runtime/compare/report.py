@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from partition.units import format_bytes
+from runtime.compare.pareto import PNG as PARETO_PNG
+from runtime.compare.pareto import pareto_markdown, write_pareto_plot
 from runtime.compare.plots import FIGURES, write_plots
 from runtime.output import json_text, markdown_table, write_text
 
@@ -206,7 +208,8 @@ def markdown(r: dict) -> str:
     head = f"**{rec['label']}** (`{rec['id']}`)" if rec["id"] else "**nothing fits**"
     lines = [f"# Partition over {k} devices, or a smaller minibatch on one?", "", *_setup_text(r),
              "## Recommendation under the cap", "", head, "", *(f"- {why}" for why in rec["reasons"]), "",
-             *_candidates(r), *_step_times(r), *_memory(r), *_training(r), *_method(r), *_overhead(r), "## Figures", ""]
+             *_candidates(r), *_step_times(r), *_memory(r), *pareto_markdown(r), *_training(r), *_method(r),
+             *_overhead(r), "## Figures", ""]
     lines += [f"![{title}]({name})" for name, title in FIGURES.items()]
     return "\n".join(lines) + "\n"
 
@@ -251,6 +254,7 @@ def write_report(r: dict, out: str | Path, started: float | None) -> None:
     data = json.loads(json.dumps(r))
     write_text(folder / FILES["csv"], csv_text(data))
     write_plots(data, folder)
+    write_pareto_plot(data, folder / PARETO_PNG)
     if started is not None:
         close_timings(r["timings"], started, time.perf_counter() - t)
     text = json_text(r)

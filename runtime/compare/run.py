@@ -56,12 +56,13 @@ def build(ctx: RunContext, spec: MLPSpec, cand: Candidate) -> Pipeline:
     tcfg = TrainConfig(spec=spec, batch_size=cand.minibatch, lr=cand.lr, optimizer=ctx.optimizer, momentum=ctx.momentum,
                        seed=ctx.seed, dtype=ctx.dtype, device=ctx.device, stages=cand.num_stages, schedule=cand.schedule,
                        microbatches=cand.microbatches, virtual=cand.virtual, partition=format_ranges(cand.ranges),
-                       progress=False, timeout=ctx.timeout)
+                       progress=False, timeout=ctx.timeout, recompute=cand.recompute)
     if ctx.spans_processes(cand):
         return build_pipeline(tcfg)[0]
     devices = resolve_devices(ctx.device, None, cand.num_stages)
     pcfg = PipelineConfig(spec=spec, ranges=cand.ranges, schedule=cand.schedule, microbatches=cand.microbatches,
-                          devices=devices, dtype=ctx.torch_dtype, seed=ctx.seed, virtual=cand.virtual)
+                          devices=devices, dtype=ctx.torch_dtype, seed=ctx.seed, virtual=cand.virtual,
+                          recompute=cand.recompute)
     return Pipeline(pcfg, optimizer_factory(tcfg), LocalTransport())
 
 

@@ -1,4 +1,4 @@
-"""The experiment scheduler's vocabulary: candidate kinds, the learning-rate rule, and one candidate as data."""
+"""The experiment scheduler's vocabulary: candidate kinds, recomputation policies, the learning-rate rule, one candidate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from enum import Enum
 
 from partition.memory import MemoryReport
 from partition.plan import format_ranges
+from partition.recompute import Recompute
 from partition.schedule.actions import ScheduleKind
 
 
@@ -17,6 +18,25 @@ class CandidateKind(Enum):
     PIPELINE = "pipeline"  # the global batch B in m microbatches through K stages on K devices
     SINGLE = "single"  # one device, one minibatch b per step (b = B is plain training)
     ACCUMULATION = "accumulation"  # one device, m microbatches of B/m accumulated into one step of B
+
+
+class RecomputePolicy(Enum):
+    """Which activation recomputation a pipeline candidate uses on its stages."""
+
+    NONE = "none"  # every stage keeps what its backward needs
+    FIT = "fit"  # per rank, the recomputation of least extra forward time that brings it within the cap (partial)
+    ALL = "all"  # every stage keeps only its input and recomputes its forward in backward
+
+    @classmethod
+    def parse_list(cls, text: str) -> tuple[RecomputePolicy, ...]:
+        """Comma-separated policies such as ``none,fit,all``."""
+        try:
+            found = tuple(dict.fromkeys(cls(part.strip().lower()) for part in text.split(",") if part.strip()))
+        except ValueError:
+            found = ()
+        if not found:
+            raise ValueError(f"recompute: expected names from {', '.join(k.value for k in cls)}, got {text!r}")
+        return found
 
 
 class LRRule(Enum):
@@ -41,8 +61,9 @@ class LRRule(Enum):
 class Candidate:
     """One way to train: ``num_ranks`` devices running ``num_stages`` stages, ``microbatches`` per step of ``minibatch``.
 
-    ``memory_terms[r]`` is the memory model's peak on device r; ``reason`` is empty for a feasible candidate and
-    otherwise says why it cannot run (over the cap, or the schedule does not apply to this model).
+    ``memory_terms[r]`` is the memory model's peak on device r; ``recompute`` the choice of each stage (empty:
+    none); ``reason`` is empty for a feasible candidate and otherwise says why it cannot run (over the cap, or the
+    schedule does not apply to this model).
     """
 
     id: str
@@ -58,6 +79,7 @@ class Candidate:
     ranges: tuple[tuple[int, int], ...] = ()
     memory_terms: tuple[MemoryReport, ...] = ()
     reason: str = ""
+    recompute: tuple[Recompute, ...] = ()
 
     @property
     def feasible(self) -> bool:
@@ -86,6 +108,7 @@ class Candidate:
             "stages": self.num_stages, "devices": self.num_ranks, "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size, "minibatch": self.minibatch, "lr": self.lr, "virtual": self.virtual,
             "ranges": format_ranges(self.ranges) if self.ranges else None, "feasible": self.feasible, "reason": self.reason,
+            "recompute": [str(r) for r in self.recompute],
             "predicted_memory": [{**{name.replace(" ", "_"): v for name, v in r.rows()}, "total": r.total}
                                  for r in self.memory_terms],
         }

@@ -106,14 +106,14 @@ def fingerprint(cfg: TrainConfig) -> dict:
             "l2": cfg.spec.l2, "loss": cfg.spec.loss.value, "dataset": cfg.dataset, "samples": cfg.samples,
             "batch_size": cfg.batch_size,
             "lr": cfg.lr, "optimizer": cfg.optimizer.value, "momentum": cfg.momentum, "seed": cfg.seed,
-            "dtype": cfg.dtype}
+            "dtype": cfg.dtype, "clip_grad_norm": cfg.clip_grad_norm}
 
 
 def checkpoint_layout(cfg: TrainConfig, pipe: Pipeline, distributed: bool) -> dict:
     """The layout that wrote a checkpoint, kept in its manifest (a resumption may choose another)."""
     return {"stages": cfg.stages, "ranges": [list(r) for r in pipe.cfg.ranges], "schedule": cfg.schedule.value,
             "virtual": cfg.virtual, "microbatches": cfg.microbatches, "engine": cfg.engine.value,
-            "processes": int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1}
+            "data_parallel": cfg.data_parallel, "processes": int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1}
 
 
 def _leader(distributed: bool) -> bool:
