@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         err = results["prediction_errors"]["prediction_error"]
         print(f"step-time prediction error: median {err['median_abs']:.1%}, largest {err['max_abs']:.1%}; scheduler "
               f"overhead {t['overhead_fraction']:.1%} of {t['total']:.1f} s")
+        worst = results["prediction_errors"]["largest_error"]
+        if worst:
+            print(f"the pipeline predicted worst, `{worst['id']}`: {worst['text']}")
         print(f"report: {a.out}/compare.md")
     return 0
 

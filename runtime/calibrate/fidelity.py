@@ -68,7 +68,8 @@ def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
     r = json.loads((out / "compare.json").read_text())
     return [{"name": f"{case.name}: {e['id']}", "predicted": e["predicted"]["predicted_step_time"],
              "measured": e["measured"]["measured_step_time"]["median"], "error": e["errors"]["prediction_error"],
-             "term": "-"} for e in r["candidates"] if e["errors"] and e["errors"]["prediction_error"] is not None]
+             "term": _term(e["prediction_explained"]["contributors"][0]) if e.get("prediction_explained") else "-"}
+            for e in r["candidates"] if e["errors"] and e["errors"]["prediction_error"] is not None]
 
 
 def _term(row: dict) -> str:

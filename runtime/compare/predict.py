@@ -38,7 +38,9 @@ from partition.schedule.simulate import FREE_LINK, simulate
 from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
-from runtime.calibrate.forecast import emulated_timeline
+from runtime.calibrate.costs import CostModel, Origin, Term
+from runtime.calibrate.explain import explain
+from runtime.calibrate.forecast import emulated_timeline, this_run
 from runtime.calibrate.overhead import parameter_seconds, skeleton_spec
 from runtime.comm import all_reduce_sum
 from runtime.compare.plan import uses_split_backward
@@ -149,6 +151,9 @@ class Prediction:
     step_overhead: float
     timeline: tuple[TraceEvent, ...]
     timeline_k_devices: tuple[TraceEvent, ...] = ()
+    link: LinkModel = FREE_LINK
+    boundary_bytes: tuple[float, ...] | None = None
+    concurrent: bool = False
 
 
 def _events(timed: Sequence[TimedAction], lane: str = "") -> list[TraceEvent]:
@@ -187,4 +192,14 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
     basis = (f"{cand.num_ranks} devices, one process each (simulator)" if distributed and cand.num_ranks > 1
              else "this one device, all stages in turn")
     return Prediction(body + extra, basis, sim.makespan + extra / cand.num_ranks, sim.bubble_fraction, tuple(costs), extra,
-                      tuple(timeline), tuple(sim.trace_events()))
+                      tuple(timeline), tuple(sim.trace_events()), link, None if nbytes is None else tuple(nbytes),
+                      distributed)
+
+
+def explain_error(cand: Candidate, pred: Prediction, measured_costs: Sequence[StageCost], measured_step: float) -> dict:
+    """The candidate's prediction error and its largest contributors (``runtime.calibrate.explain``)."""
+    sched = generate(cand.schedule, cand.num_ranks, cand.microbatches, cand.virtual)
+    model = CostModel(pred.stage_costs, step_overhead=Term(pred.step_overhead, Origin.MEASURED), link=pred.link)
+    ranges = [(s, s + 1) for s in range(len(pred.stage_costs))]
+    here = this_run(sched, model, ranges, pred.boundary_bytes, pred.concurrent)
+    return explain(here, sched, model, pred.boundary_bytes, pred.concurrent, measured_costs, measured_step)

@@ -6,7 +6,8 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from runtime.compare.predict import Prediction
+from partition.timing import StageCost
+from runtime.compare.predict import Prediction, explain_error
 from runtime.compare.run import time_to_target
 from runtime.compare.types import Candidate, CandidateKind
 
@@ -22,6 +23,7 @@ def entry(cand: Candidate, pred: Prediction | None, memory: dict | None, run: di
     out = cand.to_dict()
     out["predicted"] = out["measured"] = out["errors"] = out["training"] = None
     out["timeline"], out["timeline_k_devices"], out["measured_timeline"] = [], [], []
+    out["prediction_explained"] = None
     if pred is not None:
         k_step = pred.step_time_k
         out["predicted"] = {
@@ -46,6 +48,9 @@ def entry(cand: Candidate, pred: Prediction | None, memory: dict | None, run: di
                                                        "samples_seen", "final_loss", "test_accuracy")}
         if pred is not None:
             per_device = [_error(p, m) for p, m in zip(cand.memory_per_device, mem)]
+            if cand.kind is CandidateKind.PIPELINE:
+                measured = [StageCost(c["f"], c["b"], c["w"]) for c in run["measured_stage_costs"]]
+                out["prediction_explained"] = explain_error(cand, pred, measured, run["step_time"]["median"])
             out["errors"] = {"prediction_error": _error(pred.step_time, run["step_time"]["median"]),
                              "memory_per_device": per_device,
                              "memory": max(per_device, key=lambda e: abs(e) if e is not None else -1.0)}
@@ -106,6 +111,9 @@ def error_summary(entries: Sequence[dict]) -> dict:
                     "median_abs": statistics.median(values) if values else None,
                     "max_abs": max(values) if values else None,
                     "max_abs_pipelines": max(pipes) if pipes else None}
+    explained = [e for e in entries if e.get("prediction_explained") and e["errors"]["prediction_error"] is not None]
+    worst = max(explained, key=lambda e: abs(e["errors"]["prediction_error"]), default=None)
+    out["largest_error"] = None if worst is None else {"id": worst["id"], "text": worst["prediction_explained"]["text"]}
     out["noisy_step_times"] = [e["id"] for e in entries if e["measured"] and _noise(e["measured"]["measured_step_time"]) > NOISY]
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import torch
 
 from partition.plan import format_ranges
 from partition.spec import MLPSpec
+from partition.timing import StageCost
 from runtime.comm import LocalTransport, all_reduce_sum
 from runtime.compare.types import Candidate
 from runtime.engine.pipeline import Pipeline, PipelineConfig
@@ -25,7 +27,7 @@ from runtime.stats import spread_json
 from runtime.train.config import OptimizerKind, TrainConfig, parse_dtype
 from runtime.train.datasets import Dataset
 from runtime.train.layout import resolve_devices
-from runtime.train.measure import gather_records
+from runtime.train.measure import RECENT_STEPS, costs_from_records, gather_records
 from runtime.train.trainer import build_pipeline, evaluate, optimizer_factory
 
 
@@ -105,7 +107,7 @@ def train_candidate(
     step_losses: list[float] = []
     step_seconds: list[float] = []
     history = []
-    last: list = []  # the action records of the latest step
+    recent: deque = deque(maxlen=RECENT_STEPS)  # the action records of the latest steps
     for epoch in range(epochs):
         order = epoch_order(n, batch, ctx.seed, epoch)
         first_step = len(step_losses)
@@ -116,7 +118,7 @@ def train_candidate(
             xs, ys = step_inputs(pipe, data.x_train[idx], data.y_train[idx])
             out = pipe.step(xs, ys, b, len(step_seconds))
             step_seconds.append(time.perf_counter() - t0)
-            last = out.records
+            recent.append(out.records)
             step_losses.append(out.loss if reporter else 0.0)
             correct += out.correct if reporter else 0
             if tick is not None:
@@ -132,7 +134,10 @@ def train_candidate(
             break
     step_losses = share(step_losses, reporter, distributed)
     last_step = [[r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.action.op.is_comm, r.start, r.end]
-                 for r in gather_records(last, distributed)]  # the last step's actions on every rank
+                 for r in gather_records(recent[-1], distributed)]  # the last step's actions on every rank
+    costs = costs_from_records([r for rs in recent for r in rs], cand.num_stages)  # medians of the latest steps
+    if distributed:  # every rank timed only its own stages
+        costs = [StageCost(*row) for row in all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs])).tolist()]
     total = sum(step_seconds)
     samples = history[-1]["samples_seen"]
     timing = spread_json(step_seconds[1:] or step_seconds)  # the first step allocates gradients and optimizer state
@@ -148,6 +153,7 @@ def train_candidate(
         "test_accuracy": history[-1]["test_accuracy"],
         "final_loss": history[-1]["train_loss"],
         "last_step": last_step,
+        "measured_stage_costs": [{"f": c.f, "b": c.b, "w": c.w} for c in costs],
     }
 
 

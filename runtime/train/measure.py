@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from runtime.calibrate.run import RunPrediction
     from runtime.train.config import TrainConfig
 
+RECENT_STEPS = 32  # the latest steps whose action records give the measured per-action times
+
 
 def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list[StageCost]:
     """Median seconds of F, B and W per stage from one timed step (a fused BW counts as B, W = 0)."""

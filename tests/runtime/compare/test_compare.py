@@ -42,7 +42,7 @@ def test_every_candidate_is_reported_and_those_over_the_cap_say_why(report):
     data = json.loads((out / FILES["json"]).read_text())
     ids = [e["id"] for e in data["candidates"]]
     assert ids == [e["id"] for e in results["candidates"]] and len(ids) == len(set(ids))
-    assert {f"pipe-{k.value}-m{m}" for k in ScheduleKind for m in (2, 4)} <= set(ids)
+    assert {f"pipe-{k.value}-m{m}" for k in ScheduleKind.fixed() for m in (2, 4)} <= set(ids)
     assert {"single-b16", "single-b8", "accum-m2", "accum-m4"} <= set(ids)
     for cid in ids:
         assert f"`{cid}`" in text
@@ -86,8 +86,12 @@ def test_predictions_and_measurements_are_present_and_finite(report):
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in figures), e["id"]
         assert p["predicted_step_time"] > 0 and m["measured_step_time"]["median"] > 0 and min(m["memory_per_device"]) > 0
         assert len(m["memory_per_device"]) == len(p["memory_per_device"]) == e["devices"]
-        if e["kind"] == "pipeline":  # both timelines of the step, every rank in each
+        if e["kind"] == "pipeline":  # both timelines of the step, every rank in each; where the error comes from
             assert {row[0] for row in e["timeline"]} == {row[0] for row in e["measured_timeline"]} == set(range(e["devices"]))
+            explained = e["prediction_explained"]
+            assert explained["prediction_error"] == pytest.approx(e["errors"]["prediction_error"])
+            assert explained["contributors"] and explained["text"].startswith("prediction error")
+    assert results["prediction_errors"]["largest_error"]["id"] in {e["id"] for e in ran if e["kind"] == "pipeline"}
     t = results["timings"]
     assert 0 < t["overhead"] < t["total"] and 0 < t["overhead_fraction"] < 1
     assert results["recommendation"]["id"] in {e["id"] for e in ran}
