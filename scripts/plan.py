@@ -18,7 +18,6 @@ weight-gradient buffers + communication buffers; the in-flight counts and step t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from partition.schedule.simulate import simulate
 from partition.spec import Activation, Loss, MLPSpec, parse_widths
 from partition.timing import LinkModel, StageCost
 from partition.units import format_bytes, parse_bytes
+from runtime.output import write_json
 from runtime.train.profile import Profile, profile_layers
 
 ONE_STAGE_PER_RANK = (ScheduleKind.GPIPE, ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1)
@@ -186,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{format_bytes(max(plan.memory)):>12}  {'yes' if plan.fits else 'NO'}")
     print("(bottleneck: slowest stage per microbatch incl. its links; step time and bubble: partition.schedule.simulate)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"widths": list(spec.widths), "schedule": kind.value, "microbatches": m,
-                                            "microbatch": a.microbatch, "inflight": inflight, "deferred_w": deferred,
-                                            "plans": rows}, indent=1) + "\n")
+        write_json(a.json, {"widths": list(spec.widths), "schedule": kind.value, "microbatches": m,
+                            "microbatch": a.microbatch, "inflight": inflight, "deferred_w": deferred, "plans": rows})
     if a.dot:
         title = f"MLP {'-'.join(map(str, spec.widths))} over {a.stages} stages: layers {chosen.describe()}"
         Path(a.dot).write_text(to_dot(build_graph(spec), stages=chosen.ranges, title=title))

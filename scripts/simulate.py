@@ -23,10 +23,8 @@ activation crossing each stage boundary sized from the widths (the --link preset
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from pathlib import Path
 
 from _cli import run_main
 
@@ -42,6 +40,7 @@ from partition.timing import LinkModel, StageCost
 from partition.units import count
 from runtime.calibrate.model_costs import model_costs
 from runtime.calibrate.run import k_device_link
+from runtime.output import write_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                    "link": {"latency": link.latency, "bandwidth": None if math.isinf(link.bandwidth) else link.bandwidth,
                             "activation_bytes": sizes},
                    **result.to_json()}
-        Path(a.json).write_text(json.dumps(figures, indent=1) + "\n")
+        write_json(a.json, figures)
     return 0
 
 
