@@ -92,6 +92,10 @@ def _pipeline(result: dict) -> list[str]:
             full = head.get("speedup_vs_full_batch")
             out.append(f"INFO    {where}: headline {name} vs the full batch in one pass: "
                        f"{'-' if not full else format(full['median'], '.3f')}x (above 1: the pipeline is faster)")
+        fastest = min((r for r in rows if r["group"] == "ours" and r["step_time"] and not _math_failed(r)),
+                      key=lambda r: r["step_time"]["median"], default=None)
+        if fastest is not None:
+            out.append(f"INFO    {where}: fastest of ours in this run (information, not a verdict): {fastest['variant']}")
         out.append(_math_line(where, rows))
     return out
 

@@ -90,7 +90,7 @@ def test_pipeline_bench_every_contender_and_peer_agrees():
     summary = res["summary"]["float32"]
     assert summary["math_failures"] == [] and summary["headline"] == cfg.headline
     lines = verdicts(res)
-    assert len(lines) == 4 and cfg.headline in lines[0] and lines[-1].startswith("MET")
+    assert len(lines) == 5 and cfg.headline in lines[0] and lines[-1].startswith("MET")
 
 
 def test_simulator_bench_one_process():

@@ -74,7 +74,8 @@ def test_pipeline_headline_against_accumulation_and_best_peer():
     assert lines[1].startswith("MET     pipeline float32: headline ours:1f1b+defer-w+direct vs peer:looped-bfs: "
                                "speedup 1.100")
     assert lines[2].startswith("INFO") and "0.950x" in lines[2]
-    assert lines[3].startswith("MET     pipeline float32: equal math")
+    assert lines[3] == "INFO    pipeline float32: fastest of ours in this run (information, not a verdict): ours:gpipe"
+    assert lines[4].startswith("MET     pipeline float32: equal math")
 
 
 def test_contention_ratio_bound():
