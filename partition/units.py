@@ -19,13 +19,18 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * UNITS[unit])
 
 
+def binary_unit(nbytes: float) -> tuple[str, float]:
+    """The binary unit that writes ``nbytes`` with at most four digits before the point, and its size in bytes."""
+    for power, unit in enumerate(_BINARY):
+        if abs(nbytes) < 1024.0 ** (power + 1) or unit == _BINARY[-1]:
+            return unit, 1024.0**power
+    raise AssertionError("unreachable")
+
+
 def format_bytes(nbytes: float) -> str:
     """Bytes in binary units, three significant digits and never an exponent: ``"1.5 GiB"``, ``"1010 KiB"``."""
-    value = float(nbytes)
-    for unit in _BINARY:
-        if abs(value) < 1024 or unit == _BINARY[-1]:
-            break
-        value /= 1024
+    unit, scale = binary_unit(float(nbytes))
+    value = float(nbytes) / scale
     if unit == "B" or abs(value) >= 100:
         return f"{value:.0f} {unit}"
     text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"

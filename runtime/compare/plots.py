@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from partition.schedule.gantt import write_comparison_gantt
 from partition.schedule.trace import TraceEvent
-from partition.units import format_bytes
+from partition.units import binary_unit, format_bytes
 from runtime.calibrate.timelines import comparison_panels, measured_events
 from runtime.compare.types import CandidateKind
 
@@ -116,20 +116,12 @@ def _losses(r: dict, path: Path, by_time: bool) -> None:
     plt.close(fig)
 
 
-def _unit(largest: float) -> tuple[str, float]:
-    """The binary byte unit that writes ``largest`` with 1 to 4 digits, and its size."""
-    for power, name in enumerate(("B", "KiB", "MiB", "GiB")):
-        if largest < 1024 ** (power + 1) or name == "GiB":
-            return name, 1024.0**power
-    raise AssertionError("unreachable")
-
-
 def _memory(r: dict, path: Path) -> None:
     plt = _pyplot()
     rows = [e for e in r["candidates"] if e["predicted_memory"]]
     values = [d["total"] for e in rows for d in e["predicted_memory"]]
     values += [v for e in rows if e["measured"] for v in e["measured"]["memory_per_device"]]
-    unit, scale = _unit(max(values + [r["setup"]["memory_cap"] or 0, 1]))
+    unit, scale = binary_unit(max(values + [r["setup"]["memory_cap"] or 0, 1]))
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.8))
     for i, e in enumerate(rows):
         predicted = [d["total"] for d in e["predicted_memory"]]

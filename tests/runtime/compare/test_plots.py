@@ -2,7 +2,8 @@
 
 import pytest
 
-from runtime.compare.plots import _family_colours, _spread, _unit
+from partition.units import binary_unit, format_bytes
+from runtime.compare.plots import _family_colours, _spread
 
 
 @pytest.mark.parametrize("values", [[0.5] * 15, [0.0, 0.01, 0.02, 0.9, 0.91], [0.99, 1.0, 1.0], [0.3]])
@@ -15,9 +16,10 @@ def test_labels_are_spread_apart_in_order_and_inside_the_axes(values):
         assert out == values
 
 
-def test_byte_unit_keeps_one_to_four_digits():
-    assert _unit(900) == ("B", 1.0) and _unit(40 * 1024) == ("KiB", 1024.0)
-    assert _unit(3 * 2**20) == ("MiB", 2.0**20) and _unit(5 * 2**40) == ("GiB", 2.0**30)
+def test_byte_unit_keeps_one_to_four_digits_and_no_exponent():
+    assert binary_unit(900) == ("B", 1.0) and binary_unit(40 * 1024) == ("KiB", 1024.0)
+    assert binary_unit(3 * 2**20) == ("MiB", 2.0**20) and binary_unit(5 * 2**50) == ("TiB", 2.0**40)
+    assert format_bytes(1010 * 1024) == "1010 KiB" and format_bytes(1536) == "1.5 KiB" and format_bytes(5) == "5 B"
 
 
 def test_candidates_are_coloured_by_family_with_distinct_shades():
