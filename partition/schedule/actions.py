@@ -82,12 +82,18 @@ class ScheduleKind(Enum):
     INTERLEAVED_1F1B = "interleaved-1f1b"
     ZB_H1 = "zb-h1"
     ZB_V = "zb-v"
+    AUTO = "auto"  # searched under a memory cap: ``partition.schedule.capped.capped_schedule``
 
     def stages_per_rank(self, virtual: int = 1) -> int:
-        """How many stages each rank holds: ``virtual`` for interleaved-1f1b, 2 for zb-v's V, else 1."""
-        if self is ScheduleKind.INTERLEAVED_1F1B:
+        """How many stages each rank holds: ``virtual`` for interleaved-1f1b and auto (2: a V), 2 for zb-v, else 1."""
+        if self in (ScheduleKind.INTERLEAVED_1F1B, ScheduleKind.AUTO):
             return virtual
         return 2 if self is ScheduleKind.ZB_V else 1
+
+    @classmethod
+    def fixed(cls) -> tuple[ScheduleKind, ...]:
+        """The kinds ``generate`` builds from p, m and v alone: all but auto, which needs costs and a cap."""
+        return tuple(k for k in cls if k is not cls.AUTO)
 
 
 class ScheduleError(ValueError):

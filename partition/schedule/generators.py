@@ -15,9 +15,13 @@ def generate(kind: ScheduleKind | str, num_ranks: int, num_microbatches: int, vi
     - zb-h1: one stage per rank, split B and W (same activation memory as 1f1b on rank 0).
     - zb-v: two stages per rank in a V (stage s on rank s for s < p, rank 2p-1-s after), split B and W;
       ``virtual`` must be 1 (the default) or 2, both meaning the V's two stages per rank.
+    - auto is not built here (it needs costs and a cap): ``partition.schedule.capped.capped_schedule``.
     Only compute actions are generated; ``partition.schedule.comms.insert_comms`` adds the sends and receives.
     """
     kind = _parse_kind(kind)
+    if kind is ScheduleKind.AUTO:
+        raise ValueError("the auto schedule needs stage costs and a memory cap: build it with "
+                         "partition.schedule.capped.capped_schedule(...)")
     p, m, v = _check_int("num_ranks", num_ranks), _check_int("num_microbatches", num_microbatches), _check_int("virtual", virtual)
     if kind is ScheduleKind.ZB_V:
         if v not in (1, 2):

@@ -65,7 +65,7 @@ class CompareConfig:
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None  # None: auto (runtime.threads)
-    schedules: tuple[ScheduleKind, ...] = tuple(ScheduleKind)
+    schedules: tuple[ScheduleKind, ...] = ScheduleKind.fixed()
     microbatches: tuple[int, ...] = ()  # default: K, 2K and 4K where they divide B
     recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE, RecomputePolicy.FIT)  # per pipeline, see plan
     virtual: int = 2

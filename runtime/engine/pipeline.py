@@ -86,6 +86,7 @@ class PipelineConfig:
     engine: Engine = Engine.AUTOGRAD
     recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
     clip_grad_norm: float | None = None  # cap on the global 2-norm of the gradients (over every stage)
+    ready: Schedule | None = None  # a schedule built elsewhere (auto's: partition.schedule.capped), used as given
 
     @property
     def num_stages(self) -> int:
@@ -108,6 +109,11 @@ class PipelineConfig:
 
     def build_schedule(self) -> Schedule:
         """The compute schedule, checked against the stage count."""
+        if self.ready is not None:
+            if (self.ready.num_stages, self.ready.num_microbatches) != (self.num_stages, self.microbatches):
+                raise ValueError(f"schedule: the given one has {self.ready.num_stages} stages and {self.ready.num_microbatches} "
+                                 f"microbatches, the plan {self.num_stages} and {self.microbatches}")
+            return defer_all_w(self.ready) if self.defer_w else self.ready
         per = self.stages_per_rank
         if self.num_stages % per:
             raise ValueError(f"stages: {self.schedule.value} puts {per} stages on each rank; {self.num_stages} is not a multiple")
