@@ -122,7 +122,8 @@ def config_from_args(a: argparse.Namespace) -> object:
     from runtime.bench.functions import FunctionsConfig
     from runtime.bench.gemms import GemmBenchConfig
     from runtime.bench.pipeline import PipelineBenchConfig
-    from runtime.bench.report import parse_dtype, parse_dtypes, setup_device
+    from runtime.bench.report import parse_dtype, parse_dtypes
+    from runtime.bench.run import setup_device
     from runtime.bench.sim import SimBenchConfig
 
     if a.command == "contention":

@@ -161,7 +161,7 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
         measured = measure_world(variants, device, cfg.warmup, cfg.repeats, world)
         keys = [(i, k) for i in range(spec.num_layers) for k in ("w", "b")]
         checks = equal_math.check_all(variants, *equal_math.reference(spec, params, data.x, data.y), cfg.dtype,
-                                      share=share_checksums(keys), skip={n for n, r in measured.items() if r.error})
+                                      share=share_checksums(keys), skip={n for n, r in measured.items() if not r.times})
     peak = device_peak(device, cfg.dtype)
     rows = summarize(measured, checks, step_flops(spec, cfg.batch), peak, cfg.batch, p)
     result = {"benchmark": "dist", "machine": {**machine(device), "world_size": p, "backend": backend.value},

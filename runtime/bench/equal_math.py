@@ -76,8 +76,7 @@ def compare(loss: float | None, got: Checksums, ref_loss: float, ref: Checksums,
     return MathCheck(ok, worst, f"worst {where}: {worst:.2e} (tolerance {tol:.0e})")
 
 
-def check_step(variant: Variant, to_float: Callable[[object], float | None] = lambda v: None if v is None else float(v),
-               share: Callable[[Checksums], Checksums] = lambda c: c) -> tuple[float | None, Checksums]:
+def check_step(variant: Variant, share: Callable[[Checksums], Checksums] = lambda c: c) -> tuple[float | None, Checksums]:
     """Run ``variant`` once more (untimed) and read its loss and gradient checksums right after the step.
 
     ``share`` completes the checksums of this process with the other ranks' (under torchrun each rank holds
@@ -86,7 +85,7 @@ def check_step(variant: Variant, to_float: Callable[[object], float | None] = la
     loss = variant.step()
     got = checksums(variant.grads()) if variant.grads is not None else {}
     variant.clear()
-    return to_float(loss), share(got)
+    return (None if loss is None else float(loss)), share(got)
 
 
 def check_all(variants: Sequence[Variant], ref_loss: float, ref: Checksums, dtype: torch.dtype,

@@ -9,9 +9,7 @@ from types import MappingProxyType
 
 import torch
 
-from runtime.comm import launched_by_torchrun
 from runtime.stats import Spread
-from runtime.train.layout import check_device
 
 BENCH_DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16})
 
@@ -73,14 +71,3 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype: unknown {name!r}; choose from {', '.join(BENCH_DTYPES)}")
     return BENCH_DTYPES[name]
 
-
-def setup_device(device: str, tf32: bool) -> str:
-    """Apply ``--tf32``, give ``cuda`` one explicit index (every contender on it; pipelining compares devices),
-    and check the device exists (under torchrun each rank picks its own GPU instead)."""
-    if tf32:
-        torch.set_float32_matmul_precision("high")
-    if device == "cuda" and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device()}"
-    if not launched_by_torchrun():
-        check_device(device)
-    return device

@@ -20,6 +20,7 @@ from runtime.bench.verdict import verdicts
 from runtime.comm import launched_by_torchrun
 from runtime.output import write_json
 from runtime.threads import ThreadChoice, apply_threads, choose_for_model, parse_threads
+from runtime.train.layout import check_device
 
 BenchConfig = FunctionsConfig | PipelineBenchConfig | DistBenchConfig | SimBenchConfig | GemmBenchConfig | ContentionConfig
 
@@ -72,3 +73,15 @@ def run_bench(cfg: BenchConfig, peers: Mapping[str, Peer], threads: ThreadChoice
         log(line)
     write_json(json_path, result)
     return result
+
+
+def setup_device(device: str, tf32: bool) -> str:
+    """Apply ``--tf32``, give ``cuda`` one explicit index (every contender on it; pipelining compares devices),
+    and check the device exists (under torchrun each rank picks its own GPU instead)."""
+    if tf32:
+        torch.set_float32_matmul_precision("high")
+    if device == "cuda" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"
+    if not launched_by_torchrun():
+        check_device(device)
+    return device
