@@ -4,6 +4,7 @@
     python scripts/plan.py --widths 784,4096,4096,1024,1024,10 --stages 4 --microbatch 64 --memory-cap 2GiB
     python scripts/plan.py --stages 4 --memory-caps 1GiB,1GiB,2GiB,2GiB --device-speeds 1,1,2,2 --optimizer adam
     python scripts/plan.py --stages 4 --bandwidth 25e9 --latency 5e-6 --method time-blocks --json plan.json
+    python scripts/plan.py --stages 4 --link pcie                  # a named link (nvlink, pcie, ethernet, cached)
     python scripts/plan.py --stages 4 --dot plan.dot && dot -Tsvg plan.dot -o plan.svg
     python scripts/plan.py --stages 4 --ranges 0-1,2,3,4            # also evaluate a hand-made split
     python scripts/plan.py --microbatch 64 --save-profile prof.json --device cuda   # measure, save, use
@@ -37,6 +38,7 @@ from partition.schedule.simulate import simulate
 from partition.spec import Activation, Loss, MLPSpec, parse_widths
 from partition.timing import LinkModel, StageCost
 from partition.units import format_bytes, parse_bytes
+from runtime.calibrate.run import k_device_link
 from runtime.output import write_json
 from runtime.train.profile import Profile, profile_layers
 
@@ -68,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--tflops", type=float, default=100.0, help="FLOP rate for FLOP-based times (default %(default)s)")
     g.add_argument("--bandwidth", type=float, default=float("inf"), help="link bytes/second (default: free)")
     g.add_argument("--latency", type=float, default=0.0, help="link latency in seconds per message (default 0)")
+    g.add_argument("--link", help="nvlink, pcie, ethernet (nominal figures), cached (the last link measured between "
+                                  "processes on this machine) or LATENCY,BANDWIDTH; overrides --latency/--bandwidth")
     g = p.add_argument_group("profiles")
     g.add_argument("--profile", help="use per-layer times measured earlier (JSON from --save-profile)")
     g.add_argument("--save-profile", help="measure per-layer times on --device, save them as JSON, and use them")
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"use between 1 and {spec.num_layers} stages")
     schedule = generate(kind, a.stages, m)
     inflight, deferred = schedule_counts(kind, a.stages, m)
-    link = LinkModel(a.latency, a.bandwidth)
+    link = k_device_link(a.link, LinkModel())[0] if a.link else LinkModel(a.latency, a.bandwidth)
     layer_times, source = None, f"FLOPs at {a.tflops:g} TFLOP/s"
     if a.save_profile:
         profile = profile_layers(spec, a.microbatch, device=a.device, dtype=a.dtype)
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = plans[Method(a.method)]
     print(f"MLP {'-'.join(map(str, spec.widths))} ({spec.activation.value}, bias {spec.bias_name}, "
           f"{spec.loss.value}), {a.dtype}, {a.optimizer}; {a.stages} stages, {m} microbatches of {a.microbatch}, "
-          f"{kind.value}; times: {source}; link: {'free' if link.is_free else f'{a.latency:g} s + bytes / {a.bandwidth:g}'}")
+          f"{kind.value}; times: {source}; link: {'free' if link.is_free else link.describe()}")
     print(f"\nplan by {chosen.method.value}: layers {chosen.describe()}")
     print_plan(chosen, inflight)
     rows = []

@@ -2,6 +2,9 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
 from runtime.calibrate.run import k_device_link
 from runtime.train.config import TrainConfig
 from runtime.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_an_emulated_run_predicts_from_its_calibration_and_draws_both_timelines(tmp_path):
@@ -52,3 +57,10 @@ def test_links_by_name_and_from_the_cache(tmp_path, monkeypatch):
     store(conditions("gloo", ["cpu"], 2), fitted, [(4, 1e-5), (1024, 2e-5)])
     assert cached_link("gloo")[0] == fitted and k_device_link("cached", None)[0] == fitted
     assert ping_sizes(5000) == [4, 1024, 4096, 16384]
+
+
+def test_the_partition_cli_takes_a_named_link():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plan.py"), "--stages", "2", "--widths", "16,32,32,8",
+                           "--microbatch", "8", "--link", "pcie"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "link: 10 us + bytes / 25 GB/s" in proc.stdout
