@@ -60,7 +60,7 @@ def predicted_bytes(cfg: TrainConfig, rows: int | None = None) -> dict[str, int]
 
 def check_fits(cfg: TrainConfig, available: Callable[[str], int] = available_bytes) -> None:
     """ValueError (one line, saying what would fit) when a device's predicted peak exceeds ``available(device)``."""
-    if launched_by_torchrun():
+    if launched_by_torchrun() or cfg.data_parallel > 1:  # several processes: each holds only its own stages
         return
     rows = cfg.batch_size // cfg.microbatches
     need = predicted_bytes(cfg, rows)
