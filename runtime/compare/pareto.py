@@ -5,7 +5,7 @@ so that a smaller minibatch is charged the steps it needs to see B samples). One
 is no larger on both axes and smaller on one; the front is the points no other dominates. The predicted front is
 taken over every candidate with a prediction (over the cap or not: it draws the whole trade, the cap is a line
 across it), the measured front over the candidates that ran. Predicted times are the ones the measurement checks
-(this run's basis); the simulator's figure on K devices is listed beside them.
+(this run's basis); the simulator's figure on K devices, and its own front, are listed beside them.
 """
 
 from __future__ import annotations
@@ -46,14 +46,17 @@ def pareto_summary(r: dict) -> dict:
             "measured_seconds_per_batch": _per_batch(e, m["measured_step_time"]["median"], batch) if m else None,
         })
     fronts = {}
-    for side in ("predicted", "measured"):
-        have = [q for q in points if q[f"{side}_peak_bytes"] is not None]
-        front = [have[i] for i in pareto_front([(q[f"{side}_peak_bytes"], q[f"{side}_seconds_per_batch"]) for q in have])]
-        fronts[side] = [q["id"] for q in sorted(front, key=lambda q: (q[f"{side}_peak_bytes"], q["id"]))]
+    for side, memory, time in (("predicted", "predicted_peak_bytes", "predicted_seconds_per_batch"),
+                               ("measured", "measured_peak_bytes", "measured_seconds_per_batch"),
+                               ("k_devices", "predicted_peak_bytes", "predicted_seconds_per_batch_k_devices")):
+        have = [q for q in points if q[memory] is not None]
+        front = [have[i] for i in pareto_front([(q[memory], q[time]) for q in have])]
+        fronts[side] = [q["id"] for q in sorted(front, key=lambda q: (q[memory], q["id"]))]
     for q in points:
-        q["on_predicted_front"], q["on_measured_front"] = q["id"] in fronts["predicted"], q["id"] in fronts["measured"]
+        for side, ids in fronts.items():
+            q[f"on_{side}_front"] = q["id"] in ids
     return {"axes": ["peak bytes on the fullest device", f"seconds per global batch of {batch} samples"],
-            "points": points, "predicted_front": fronts["predicted"], "measured_front": fronts["measured"]}
+            "points": points, **{f"{side}_front": ids for side, ids in fronts.items()}}
 
 
 def _t(seconds: float | None) -> str:
@@ -67,7 +70,8 @@ def pareto_markdown(r: dict) -> list[str]:
     summary = pareto_summary(r)
     rows = []
     for q in sorted(summary["points"], key=lambda q: (q["predicted_peak_bytes"], q["id"])):
-        marks = "".join(mark for mark, key in (("P", "on_predicted_front"), ("M", "on_measured_front")) if q[key])
+        marks = "".join(mark for mark, side in (("P", "predicted"), ("M", "measured"), ("K", "k_devices"))
+                        if q[f"on_{side}_front"])
         meas = q["measured_peak_bytes"]
         rows.append([f"`{q['id']}`", ",".join(dict.fromkeys(q["recompute"])) or "none",
                      format_bytes(q["predicted_peak_bytes"]), "-" if meas is None else format_bytes(meas),
@@ -76,8 +80,8 @@ def pareto_markdown(r: dict) -> list[str]:
     return ["## Memory-time trade (Pareto front)", "",
             "Each candidate's peak on its fullest device against its time per global batch B (a smaller minibatch "
             "pays the steps it needs for B samples). Front: P on the predicted front (every candidate), M on the "
-            "measured one (those that ran); a point is on a front when no other is as small on both axes and "
-            "smaller on one.", "",
+            "measured one (those that ran), K on the simulator's front on K devices; a point is on a front when no "
+            "other is as small on both axes and smaller on one.", "",
             *markdown_table(["candidate", "recompute", "peak predicted", "peak measured", "per B predicted",
                              "per B measured", "per B on K devices (simulator)", "fits the cap", "front"], rows), "",
             f"![memory-time trade: predicted and measured points, each labelled]({PNG})", ""]

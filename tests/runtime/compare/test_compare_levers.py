@@ -129,16 +129,16 @@ def test_pareto_front_of_hand_made_points():
     assert pareto_front([]) == () and pareto_front([(7, 7)]) == (0,)
 
 
-def _entry(cid, minibatch, memory, step, measured=None, feasible=True):
+def _entry(cid, minibatch, memory, step, measured=None, feasible=True, k_step=None):
     m = None if measured is None else {"memory_per_device": [measured[0]], "measured_step_time": {"median": measured[1]}}
     return {"id": cid, "kind": "pipeline", "schedule": "1f1b", "recompute": [], "feasible": feasible,
             "minibatch": minibatch, "predicted_memory": [{"total": v} for v in memory], "measured": m,
-            "predicted": {"predicted_step_time": step, "predicted_step_time_k_devices": step / 2}}
+            "predicted": {"predicted_step_time": step, "predicted_step_time_k_devices": k_step or step / 2}}
 
 
 def test_pareto_summary_charges_a_smaller_minibatch_its_extra_steps():
     r = {"setup": {"batch": 64}, "candidates": [
-        _entry("a", 64, [100, 300], 1.0, (290, 1.2)),  # peak 300, 1 s per batch
+        _entry("a", 64, [100, 300], 1.0, (290, 1.2), k_step=0.1),  # peak 300, 1 s per batch (0.1 s on K devices)
         _entry("b", 16, [200], 0.2, (150, 0.5)),  # peak 200, 4 x 0.2 = 0.8 s per batch predicted, 2 s measured
         _entry("c", 64, [250, 250], 2.0, feasible=False),  # dominated by b when predicted; never measured
     ]}
@@ -146,7 +146,7 @@ def test_pareto_summary_charges_a_smaller_minibatch_its_extra_steps():
     per = {q["id"]: q for q in s["points"]}
     assert per["b"]["predicted_seconds_per_batch"] == pytest.approx(0.8) and per["a"]["predicted_peak_bytes"] == 300
     assert per["b"]["measured_seconds_per_batch"] == pytest.approx(2.0) and per["c"]["measured_peak_bytes"] is None
-    assert s["predicted_front"] == ["b"] and s["measured_front"] == ["b", "a"]
+    assert s["predicted_front"] == ["b"] and s["measured_front"] == ["b", "a"] and s["k_devices_front"] == ["b", "a"]
     assert per["a"]["on_measured_front"] and not per["a"]["on_predicted_front"] and not per["c"]["on_measured_front"]
 
 
