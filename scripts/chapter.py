@@ -17,10 +17,10 @@ import json
 
 from _cli import add_bias_flags, run_main
 
+from partition.cost import Optimizer
 from partition.spec import Activation, Loss, MLPSpec, parse_widths
 from runtime.chapter.answer import answer
 from runtime.chapter.common import ChapterConfig, Exercise, Setting
-from runtime.chapter.memory_use import OPTIMIZERS
 
 HELP = {Exercise.SHAPES: "matrix inputs: the shape of every node and gradient, checked against autograd",
         Exercise.BIAS: "a bias per layer: forward and backward equations, the graph, the checks",
@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             s.add_argument("--dot", default=None, help="write the graph (shapes on the nodes) as Graphviz DOT here")
             s.add_argument("--png", default=None, help="draw the graph here with matplotlib (no Graphviz needed)")
         if ex is Exercise.MEMORY:
-            s.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer state counted")
+            s.add_argument("--optimizer", default=Optimizer.SGD.value, choices=[o.value for o in Optimizer],
+                           help="optimizer whose state is counted")
         if ex is Exercise.PARTITION:
             s.add_argument("--setting", default=Setting.QUICK.value, choices=[x.value for x in Setting],
                            help="quick: the compare harness's quick settings; tiny: seconds, for tests")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     """Answer one exercise and print it (text or JSON)."""
     a = parse_args(argv)
     spec = MLPSpec(parse_widths(a.widths), a.activation, a.bias, a.l2, a.loss)
-    cfg = ChapterConfig(Exercise(a.exercise), spec, a.batch, a.dtype, a.seed, getattr(a, "optimizer", "sgd"),
+    cfg = ChapterConfig(Exercise(a.exercise), spec, a.batch, a.dtype, a.seed, Optimizer(getattr(a, "optimizer", "sgd")),
                         Setting(getattr(a, "setting", Setting.QUICK.value)), getattr(a, "dot", None),
                         getattr(a, "png", None), getattr(a, "out", None))
     result = answer(cfg)

@@ -7,6 +7,7 @@ from enum import Enum
 
 import torch
 
+from partition.cost import Optimizer, as_optimizer
 from partition.spec import Loss, MLPSpec
 from runtime.ops.model import PipeModel
 from runtime.train.config import parse_dtype
@@ -41,7 +42,7 @@ class ChapterConfig:
     batch: int = 8
     dtype: str = "float64"
     seed: int = 0
-    optimizer: str = "sgd"  # exercise 3: sgd, momentum or adam (the memory model's names)
+    optimizer: Optimizer = Optimizer.SGD  # exercise 3: the optimizer whose state is counted
     setting: Setting = Setting.QUICK  # exercise 5
     dot: str | None = None  # exercises 1 and 2: write the graph as Graphviz DOT here
     png: str | None = None  # exercises 1 and 2: draw the graph with matplotlib here (no system program needed)
@@ -53,6 +54,7 @@ class ChapterConfig:
         parse_dtype(self.dtype)
         object.__setattr__(self, "exercise", Exercise(self.exercise))
         object.__setattr__(self, "setting", Setting(self.setting))
+        object.__setattr__(self, "optimizer", as_optimizer(self.optimizer))
 
     @property
     def torch_dtype(self) -> torch.dtype:

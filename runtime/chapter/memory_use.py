@@ -8,13 +8,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from partition.cost import Optimizer
 from partition.memory import inference_memory, training_memory
 from partition.units import format_bytes
 from runtime.chapter.common import ChapterConfig, minibatch, model
 from runtime.chapter.saved import saved_while
 from runtime.ops.model import PipeModel
-
-OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class _LivePeak(TorchDispatchMode):
@@ -41,10 +40,10 @@ def _nbytes(tensors: object) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if name == "adam":
+def _optimizer(kind: Optimizer, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if kind is Optimizer.ADAM:
         return torch.optim.Adam(params, lr=1e-3)
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9 if name == "momentum" else 0.0)
+    return torch.optim.SGD(params, lr=1e-3, momentum=0.9 if kind is Optimizer.MOMENTUM else 0.0)
 
 
 def measure(cfg: ChapterConfig) -> tuple[dict[str, int], dict[str, int]]:
@@ -69,8 +68,6 @@ def measure(cfg: ChapterConfig) -> tuple[dict[str, int], dict[str, int]]:
 
 def exercise_memory(cfg: ChapterConfig) -> dict:
     """Predicted (``partition.memory``) and measured bytes, term by term, for training and for inference."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     measured_train, measured_infer = measure(cfg)
     train = training_memory(cfg.spec, cfg.batch, cfg.dtype, cfg.optimizer)
     infer = inference_memory(cfg.spec, cfg.batch, cfg.dtype)
@@ -80,7 +77,7 @@ def exercise_memory(cfg: ChapterConfig) -> dict:
                 if n or term in measured]
 
     return {"exercise": cfg.exercise.value, "widths": list(cfg.spec.widths), "batch": cfg.batch, "dtype": cfg.dtype,
-            "optimizer": cfg.optimizer,
+            "optimizer": cfg.optimizer.value,
             "training": {"rows": rows(train, measured_train), "predicted": train.total,
                          "measured": sum(measured_train.values())},
             "inference": {"rows": rows(infer, measured_infer), "predicted": infer.total,
