@@ -114,6 +114,21 @@ def test_a_users_model_with_bias_on_some_layers_imports_and_exports(tmp_path):
         import_state_dict(tmp_path / "bn.pt", tmp_path / "e", "relu", "cross-entropy", 0.0)
 
 
+def test_convert_command_line_round_trip_and_one_line_refusal(tmp_path):
+    train(cfg(tmp_path / "a", epochs=1, stages=2))
+    run = [*CONVERT, "export", str(tmp_path / "a"), str(tmp_path / "a.pt")]
+    assert subprocess.run(run, capture_output=True, text=True, env=ENV).returncode == 0
+    done = subprocess.run([*CONVERT, "import", str(tmp_path / "a.pt"), str(tmp_path / "b")], capture_output=True,
+                          text=True, env=ENV)
+    assert done.returncode == 0 and "bias all" in done.stdout, done.stderr
+    assert all(torch.equal(x.weight, y.weight) for x, y in zip(ckpt.load_checkpoint(tmp_path / "a").layers,
+                                                                ckpt.load_checkpoint(tmp_path / "b").layers))
+    (tmp_path / "junk.pt").write_bytes(os.urandom(999))
+    for args, needle in (([str(tmp_path / "junk.pt"), str(tmp_path / "c")], "is not a state_dict file"),
+                         ([str(tmp_path / "a.pt"), str(tmp_path / "b")], "already holds a checkpoint")):
+        one_line_failure(subprocess.run([*CONVERT, "import", *args], capture_output=True, text=True, env=ENV), needle)
+
+
 def damage_layer_empty(folder):
     (folder / "layer1-epoch1.pt").write_bytes(b"")
 
