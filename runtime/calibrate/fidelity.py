@@ -59,7 +59,8 @@ def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"{case.name}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+        said = [line for line in proc.stderr.splitlines() if line.strip() and not set(line.strip()) <= set("=-")]
+        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(said[-3:])}")
     if case.script == "train.py":
         r = json.loads(out.read_text())
         top = r["prediction_explained"]["contributors"][:1]
@@ -80,20 +81,26 @@ def fidelity(cases: Sequence[Case], runs: int = 3, timeout: float = 900.0,
              log: Callable[[str], None] = print) -> list[dict]:
     """Every case ``runs`` times: per row the errors, their median absolute value and range, and the top term."""
     found: dict[str, list[dict]] = {}
+    failed: dict[str, list[str]] = {}
     for i in range(runs):
         for case in cases:
             log(f"fidelity run {i + 1}/{runs}: {case.name}")
             with tempfile.TemporaryDirectory() as tmp:
-                for row in run_case(case, Path(tmp), timeout):
-                    found.setdefault(row["name"], []).append(row)
-    rows = []
+                try:
+                    for row in run_case(case, Path(tmp), timeout):
+                        found.setdefault(row["name"], []).append(row)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired, KeyError, ValueError) as err:
+                    log(f"  failed: {err}")
+                    failed.setdefault(case.name, []).append(str(err))
+    rows = [{"name": name, "runs": 0, "failed": why} for name, why in failed.items() if name not in found]
     for name, seen in found.items():
         errors = [abs(s["error"]) for s in seen]
         middle = sorted(seen, key=lambda s: abs(s["error"]))[len(seen) // 2]
         rows.append({"name": name, "runs": len(seen), "errors": [s["error"] for s in seen],
                      "median_abs_error": statistics.median(errors), "min_abs_error": min(errors),
                      "max_abs_error": max(errors), "predicted": middle["predicted"], "measured": middle["measured"],
-                     "largest_term": middle["term"], "within_target": statistics.median(errors) <= TARGET})
+                     "largest_term": middle["term"], "within_target": statistics.median(errors) <= TARGET,
+                     "failed": failed.get(name, [])})
     return rows
 
 
@@ -101,7 +108,8 @@ def fidelity_table(rows: Sequence[dict]) -> list[str]:
     """The rows as a Markdown table (errors over the runs; the term named where a row misses the target)."""
     body = [[r["name"], f"{r['predicted'] * 1e3:.3g}", f"{r['measured'] * 1e3:.3g}", f"{r['median_abs_error']:.1%}",
              f"{r['min_abs_error']:.1%}-{r['max_abs_error']:.1%}", r["runs"],
-             "yes" if r["within_target"] else f"no: {r['largest_term']}"] for r in rows]
+             "yes" if r["within_target"] else f"no: {r['largest_term']}"] if r["runs"] else
+            [r["name"], "-", "-", "-", "-", 0, f"failed: {r['failed'][-1][:80]}"] for r in rows]
     return markdown_table(["case", "predicted ms", "measured ms", "median abs error", "range", "runs",
                            f"within {TARGET:.0%} (else the largest term)"], body)
 

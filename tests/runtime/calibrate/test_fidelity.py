@@ -29,3 +29,17 @@ def test_rows_report_the_median_absolute_error_its_range_and_the_median_runs_ter
     assert row["largest_term"] == "term +0.08" and row["within_target"]
     table = fid.fidelity_table([row, {**row, "name": "d", "median_abs_error": 0.2, "within_target": False}])
     assert table[2].endswith("| yes |") and table[3].endswith("| no: term +0.08 |")
+
+
+def test_a_failing_case_is_a_row_that_says_why(monkeypatch):
+    def fake(case, folder, timeout):
+        if case.name == "bad":
+            raise RuntimeError("exit 1: ValueError: boom")
+        return [{"name": case.name, "predicted": 1.0, "measured": 1.0, "error": 0.0, "term": "-"}]
+
+    monkeypatch.setattr(fid, "run_case", fake)
+    rows = fid.fidelity([fid.Case("good", "train.py", ()), fid.Case("bad", "train.py", ())], runs=2, log=lambda _: None)
+    bad = next(r for r in rows if r["name"] == "bad")
+    assert bad["runs"] == 0 and bad["failed"] == ["exit 1: ValueError: boom"] * 2
+    assert next(r for r in rows if r["name"] == "good")["runs"] == 2
+    assert any(line.endswith("| failed: exit 1: ValueError: boom |") for line in fid.fidelity_table(rows))
