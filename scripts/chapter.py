@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _cli import add_bias_flags, run_main
+from _cli import HelpFormatter, add_bias_flags, run_main
 
 from partition.cost import Optimizer
 from partition.spec import Activation, Loss, MLPSpec, parse_widths
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parent = _model_flags()
     for ex in Exercise:
         s = sub.add_parser(ex.value, parents=[parent], help=HELP[ex], description=HELP[ex],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         if ex in (Exercise.SHAPES, Exercise.BIAS):
             s.add_argument("--dot", default=None, help="write the graph (shapes on the nodes) as Graphviz DOT here")
             s.add_argument("--png", default=None, help="draw the graph here with matplotlib (no Graphviz needed)")
