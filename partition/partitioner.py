@@ -24,6 +24,7 @@ from partition.cost import DType, Optimizer, flop_times, layer_costs
 from partition.memory import LayerMemory, layer_memory
 from partition.minmax import minmax_partition
 from partition.plan import Method, Plan, Ranges, format_ranges, parse_ranges
+from partition.recompute import Recompute, per_stage, recompute_stage_cost
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
 from partition.units import format_bytes
@@ -98,17 +99,19 @@ class Problem:
         edges = [c for c in (start, stop) if 0 < c < self.num_layers]
         return sum(2 * self.link.time(self.boundary_bytes[c - 1]) for c in edges)
 
-    def evaluate(self, ranges: Ranges, method: Method | None = None) -> Plan:
-        """The plan for given ranges: per-stage costs on each stage's device, links, memory, caps."""
+    def evaluate(self, ranges: Ranges, method: Method | None = None, recompute: Sequence[Recompute] = ()) -> Plan:
+        """The plan for given ranges (and per-stage recomputation): costs on each stage's device, links, memory, caps."""
         if len(ranges) != self.num_stages:
             raise ValueError(f"ranges: expected {self.num_stages} stages, got {len(ranges)}")
         parse_ranges(format_ranges(ranges), self.num_layers)  # validates contiguity and coverage
+        choices = per_stage(recompute, self.num_stages)
         costs = []
-        for (a, b), speed in zip(ranges, self.device_speeds):
-            costs.append(StageCost.summed(self.layer_times[a:b]).scaled(1 / speed))
+        for (a, b), speed, choice in zip(ranges, self.device_speeds, choices):
+            costs.append(recompute_stage_cost(self.layer_times, a, b, choice).scaled(1 / speed))
         memory = None
         if self.memory is not None:
-            memory = tuple(self.memory.stage(a, b, i, d) for (a, b), i, d in zip(ranges, self.inflight, self.deferred_w))
+            memory = tuple(self.memory.stage(a, b, i, d, c)
+                           for (a, b), i, d, c in zip(ranges, self.inflight, self.deferred_w, choices))
         return Plan(
             method=method,
             ranges=tuple(ranges),
@@ -118,6 +121,7 @@ class Problem:
             parameters=tuple(sum(self.parameters[a:b]) for a, b in ranges) if self.parameters else (0,) * len(ranges),
             memory_terms=memory,
             memory_caps=self.memory_caps or None,
+            recompute=choices if recompute else None,
         )
 
 

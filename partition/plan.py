@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from partition.memory import MemoryReport
+from partition.recompute import Recompute
 from partition.timing import StageCost
 
 Ranges = tuple[tuple[int, int], ...]
@@ -24,6 +25,9 @@ class Method(Enum):
 class Plan:
     """Stage s owns layers ``ranges[s]`` = [start, stop); costs are per microbatch on stage s's device.
 
+    With ``recompute``, stage s recomputes as ``recompute[s]`` says: its B cost includes the recomputed forward
+    and its memory terms the smaller in-flight set plus the recompute window.
+
     ``method`` is None for ranges given by hand. ``comm_times[s]`` is the link time of stage s's
     boundary messages (activation and gradient at each of its cuts); ``boundary_bytes[c]`` the bytes
     of one microbatch's activation crossing cut c (between stages c and c+1).
@@ -37,6 +41,7 @@ class Plan:
     parameters: tuple[int, ...]
     memory_terms: tuple[MemoryReport, ...] | None = None
     memory_caps: tuple[float, ...] | None = None
+    recompute: tuple[Recompute, ...] | None = None  # per stage; None: no stage recomputes
 
     @property
     def num_stages(self) -> int:
@@ -82,6 +87,7 @@ class Plan:
                 entry["memory"]["total"] = self.memory_terms[s].total
             if self.memory_caps is not None:
                 entry["memory_cap"] = self.memory_caps[s]
+            entry["recompute"] = str(self.recompute[s]) if self.recompute else "none"
             stages.append(entry)
         return {"method": None if self.method is None else self.method.value, "ranges": self.describe(),
                 "bottleneck": self.bottleneck, "fits": self.fits, "stages": stages}

@@ -12,6 +12,7 @@ import pytest
 
 from partition import minmax
 from partition.baselines import by_parameters, time_blocks, uniform
+from partition.joint import joint_partition, recompute_options
 from partition.memory import LayerMemory, layer_memory, plan_memory
 from partition.partitioner import (
     Method,
@@ -23,6 +24,7 @@ from partition.partitioner import (
     problem_for,
     smallest_cap,
 )
+from partition.recompute import NO_RECOMPUTE
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
 
@@ -258,3 +260,51 @@ def test_cli_bad_input_is_one_line(args, message):
     proc = _cli(*args)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def _brute_force_joint(problem):
+    """The smallest bottleneck over every split x every per-stage recomputation choice that fits the caps."""
+    best, fits_without = math.inf, False
+    for ranges in _all_ranges(problem.num_layers, problem.num_stages):
+        for choices in itertools.product(*(recompute_options(b - a) for a, b in ranges)):
+            plan = problem.evaluate(ranges, recompute=choices)
+            if plan.fits:
+                best = min(best, plan.bottleneck)
+                fits_without |= all(c == NO_RECOMPUTE for c in choices)
+    return best, fits_without
+
+
+def _activation_heavy_problem(rng):
+    """A small random problem whose activations outweigh its parameters, so that recomputing can make it fit."""
+    layers = rng.randint(1, 6)
+    stages = rng.randint(1, min(layers, 4))
+    spec = MLPSpec(tuple(rng.randint(2, 48) for _ in range(layers + 1)), bias=rng.random() < 0.5,
+                   loss=rng.choice(["cross-entropy", "squared-error"]))
+    times = [StageCost(rng.random(), rng.random(), rng.random()) for _ in range(layers)]
+    free = problem_for(spec, stages, rng.randint(32, 256), layer_times=times, link=LinkModel(rng.choice([0.0, 0.05]), 1e6),
+                       device_speeds=[rng.choice([0.5, 1.0, 2.0]) for _ in range(stages)],
+                       inflight=[rng.randint(1, 6) for _ in range(stages)], deferred_w=[rng.randint(0, 3) for _ in range(stages)])
+    need, _ = smallest_cap(free)
+    caps = tuple(need * rng.uniform(0.55, 1.05) for _ in range(stages))
+    return Problem(free.layer_times, stages, free.boundary_bytes, free.link, free.device_speeds, free.memory, caps,
+                   free.inflight, free.deferred_w, free.parameters)
+
+
+def test_joint_partition_equals_brute_force_over_ranges_and_recomputation_on_150_random_instances():
+    rng = random.Random(77)
+    recomputed = infeasible = 0
+    for _ in range(150):
+        problem = _activation_heavy_problem(rng)
+        best, fits_without = _brute_force_joint(problem)
+        if math.isinf(best):
+            infeasible += 1
+            with pytest.raises(ValueError, match="even recomputing every stage"):
+                joint_partition(problem)
+            continue
+        plan = joint_partition(problem)
+        assert plan.fits and plan.bottleneck == pytest.approx(best, rel=1e-12)
+        if plan.recompute is not None:
+            recomputed += 1
+            if fits_without:  # a plan without recomputation fits too: the joint one is no slower
+                assert plan.bottleneck <= partition(problem).bottleneck * (1 + 1e-12)
+    assert recomputed >= 30 and 5 <= infeasible <= 100, (recomputed, infeasible)
