@@ -88,7 +88,8 @@ def _pipeline(result: dict) -> list[str]:
         if head is not None:
             for key, bound in (("accumulation", PIPELINE_VS_ACCUMULATION), ("best_peer", PIPELINE_VS_BEST_PEER)):
                 d = head.get(f"speedup_vs_{key}")
-                out.append(Target(f"{where}: headline {name} vs {head.get(key)}", bound).line(_median(d), "speedup", d))
+                other = head.get(key) or f"no {key.replace('_', ' ')} (none ran)"
+                out.append(Target(f"{where}: headline {name} vs {other}", bound).line(_median(d), "speedup", d))
             full = head.get("speedup_vs_full_batch")
             out.append(f"INFO    {where}: headline {name} vs the full batch in one pass: "
                        f"{'-' if not full else format(full['median'], '.3f')}x (above 1: the pipeline is faster)")
