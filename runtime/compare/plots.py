@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from partition.schedule.gantt import write_comparison_gantt
-from partition.schedule.trace import TraceEvent
+from partition.schedule.trace import TraceEvent, write_chrome_trace
 from partition.units import binary_unit, format_bytes
 from runtime.calibrate.timelines import comparison_panels, measured_events
 from runtime.compare.types import CandidateKind
@@ -171,6 +171,7 @@ def _gantt(r: dict, path: Path) -> None:
                                dict(enumerate(chosen["predicted"]["memory_per_device"])),
                                dict(enumerate(m["memory_per_device"])) if m else None)
     write_comparison_gantt(path, panels, f"{chosen['label']} ({chosen['id']}): measured and predicted step, per device")
+    write_chrome_trace(path.with_suffix(".json"), {p.title: p.events for p in panels})  # the same, for Perfetto
 
 
 def write_plots(r: dict, folder: Path) -> None:

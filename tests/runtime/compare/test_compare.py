@@ -57,6 +57,9 @@ def test_every_candidate_is_reported_and_those_over_the_cap_say_why(report):
     assert len(csv_text(data).strip().splitlines()) == len(ids) + 1
     for name in ("loss-vs-samples.png", "loss-vs-time.png", "memory.png", "gantt.png"):
         assert (out / name).stat().st_size > 1000
+    panels = [e["args"]["name"] for e in json.loads((out / "gantt.json").read_text())["traceEvents"]
+              if e["name"] == "process_name"]  # the Gantt chart's Chrome trace: measured, then predicted
+    assert panels[0].startswith("measured") and panels[1].startswith("predicted before the run")
 
 
 def test_pipelines_and_accumulation_compute_the_same_steps(report):
