@@ -6,9 +6,13 @@
     python scripts/train.py --widths 64,256,256,10 --activation tanh --no-bias --l2 1e-4 --loss squared-error
     python scripts/train.py --dataset synthetic --widths 32,64,64,8 --stages 3 --schedule zb-h1 --microbatches 6
     python scripts/train.py --dataset idx:/data/fashion --widths 784,256,256,10 --device cuda --dtype bfloat16
-    python scripts/train.py --stages 4 --schedule interleaved-1f1b --virtual-stages 2 --widths 64,32,32,32,32,32,32,32,10
+    python scripts/train.py --stages 4 --schedule interleaved-1f1b --virtual-stages 2 \
+        --widths 64,32,32,32,32,32,32,32,10 --activation tanh
     python scripts/train.py --checkpoint-dir ckpt --epochs 10; python scripts/train.py --checkpoint-dir ckpt --resume
-    torchrun --nproc_per_node=4 scripts/train.py --stages 4 --microbatches 8     # one stage per process (gloo / NCCL)
+    torchrun --standalone --nproc-per-node=4 scripts/train.py --stages 4 --microbatches 8   # one stage per process
+    torchrun --standalone --nproc-per-node=4 scripts/train.py --stages 2 --data-parallel 2 --clip-grad-norm 1
+    torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=JOB \
+        scripts/train.py --stages 4 --data-parallel 2       # on each of two nodes: PP 4 x DP 2
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
 from runtime.calibrate.run import LINK_HELP, format_predictions
 from runtime.engine.stage import Engine
+from runtime.threads import HELP as THREADS_HELP
+from runtime.threads import parse_threads
 from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
 
 
@@ -67,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="activation recomputation: none, all, first:K (the first K layers of every stage), or one "
                         "per stage, comma-separated, e.g. all,none,first:1 (default %(default)s)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
+    g.add_argument("--threads", default="auto", help=THREADS_HELP)
+    g.add_argument("--data-parallel", type=int, default=1, metavar="D",
+                   help="replicas of the pipeline, each on 1/D of every batch, gradients all-reduced per stage "
+                        "(torchrun: D x ranks-per-pipeline processes) (default %(default)s)")
+    g.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX",
+                   help="clip the global gradient 2-norm (over every stage and replica) to MAX (default: off)")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write results (config, per-epoch loss/accuracy, timings) here")
     g.add_argument("--trace", default=None, help="Chrome trace of the last step, measured and predicted (this run)")
@@ -91,8 +103,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         virtual=a.virtual, partition=a.partition, devices=a.devices, trace=a.trace, gantt=a.gantt, link=a.link,
         checkpoint_dir=a.checkpoint_dir,
         resume=a.resume, overwrite=a.overwrite, json=a.json, progress=a.progress and sys.stderr.isatty(),
-        timeout=a.timeout, fuse_w=a.fuse_w, defer_w=a.defer_w, engine=Engine(a.engine),
-        recompute=parse_recompute(a.recompute),
+        timeout=a.timeout, fuse_w=a.fuse_w, defer_w=a.defer_w, engine=Engine(a.engine), recompute=parse_recompute(a.recompute),
+        threads=parse_threads(a.threads), data_parallel=a.data_parallel, clip_grad_norm=a.clip_grad_norm,
     )
 
 
@@ -109,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan (layers per stage): {format_ranges(results['plan'])}  devices: {results['devices']}  "
               f"mode: {results['mode']}")
         print(format_predictions(results))
+    if results["epochs"]:  # every rank: the loss and accuracy are the whole grid's, the same on each
         last = results["epochs"][-1]
-        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy {last['test_accuracy']:.2%}, "
-              f"{results['samples_per_second']:.0f} samples/s")
+        who = f"[rank {results['rank']}] " if results["mode"] == "torchrun" else ""
+        print(f"{who}epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy "
+              f"{last['test_accuracy']:.2%}, {results['samples_per_second']:.0f} samples/s")
     return 0
 
 

@@ -111,3 +111,29 @@ def test_pp2_dp1_and_pp1_dp2_match_autograd(tmp_path):
     plain = reference(1)
     for i in range(len(configs)):
         check(tmp_path, i, 2, plain)
+
+
+def test_two_torchrun_launchers_as_two_nodes_agree_on_every_rank(tmp_path):
+    """``torchrun --nnodes 2`` twice on this machine (2 x 2 processes, PP 2 x DP 2, c10d rendezvous)."""
+    port = free_port()
+    args = ["--dataset", "synthetic", "--samples", "96", "--widths", "6,10,8,9,4", "--batch-size", "12", "--epochs", "1",
+            "--dtype", "float64", "--lr", "0.05", "--partition", "uniform", "--no-progress", "--stages", "2",
+            "--microbatches", "2", "--data-parallel", "2", "--json", str(tmp_path / "rank{rank}.json")]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+                               str(ROOT / "scripts" / "train.py"), *args],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, err) in zip(nodes, logs):
+        assert node.returncode == 0, err[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    assert sorted((r["grid"]["dp_rank"], r["grid"]["pp_rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in results:  # the same losses and accuracies on every rank, not only where the last stage lives
+        assert r["step_losses"] == results[0]["step_losses"]
+        assert r["epochs"][0]["train_accuracy"] == results[0]["epochs"][0]["train_accuracy"]
+        assert r["test_accuracy"] == results[0]["test_accuracy"]
+    assert results[0]["step_losses"] == pytest.approx(reference(1)[1], rel=0, abs=1e-12)
+    printed = "".join(out for out, _ in logs)
+    lines = [ln.split("] ", 1)[1] for ln in printed.splitlines() if ln.startswith("[rank ") and "train loss" in ln]
+    assert len(lines) == 4 and len({ln.rsplit(",", 1)[0] for ln in lines}) == 1, printed[-2000:]
