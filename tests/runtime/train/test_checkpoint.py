@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,29 @@ def test_resume_on_another_layout_equals_an_uninterrupted_run_bitwise(tmp_path, 
     assert [h["step_losses"] for h in a.history] == [h["step_losses"] for h in b.history]
     assert res["step_losses"] == [x for h in a.history for x in h["step_losses"]]
     assert b.manifest.layout["stages"] == then["stages"] and a.manifest.layout["stages"] == first["stages"]
+
+
+def launch(world: int, args: list[str]) -> list[subprocess.CompletedProcess]:
+    """``world`` ranks of train.py with the environment torchrun would set (loopback rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen(TRAIN + args, env={**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                                 "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outs)]
+
+
+@pytest.mark.dist
+def test_under_torchrun_every_rank_refuses_in_one_line(tmp_path):
+    """The verdict of the rank that holds the folder reaches the others as a tensor: each exits non-zero."""
+    args = ["--dataset", "synthetic", "--samples", "96", "--widths", "6,10,8,4", "--batch-size", "12", "--stages", "2",
+            "--microbatches", "2", "--no-progress", "--resume", "--checkpoint-dir", str(tmp_path / "nothing")]
+    ranks = launch(2, args)
+    assert all(r.returncode != 0 for r in ranks)
+    assert "holds no checkpoint" in ranks[0].stderr and "Traceback" not in ranks[0].stderr + ranks[1].stderr
+    assert len(ranks[0].stderr.strip().splitlines()) == 1, ranks[0].stderr
 
 
 def test_files_are_per_layer_and_meta_stays_small(tmp_path):
@@ -267,28 +291,31 @@ def test_kill_9_then_resume_continues_exactly_and_cleans_temporary_files(tmp_pat
     assert same_state(ckpt.load_checkpoint(folder), ckpt.load_checkpoint(tmp_path / "straight"))
 
 
-def write_per_stage(folder: Path, found: ckpt.Checkpoint) -> None:
-    """The older format, as its writer laid it out: per stage, params [W, b, W, b, ...], optimizer.state_dict()."""
+def write_per_stage(folder: Path, found: ckpt.Checkpoint, bias: object) -> None:
+    """The older format, as its writer laid it out: per stage, params [W, b, W, ...], optimizer.state_dict()."""
     plan = found.manifest.layout["ranges"]
     for stage, (start, stop) in enumerate(plan):
-        params = [t for st in found.layers[start:stop] for t in (st.weight, st.bias)]
-        state = {i: found.layers[start + i // 2].state[ckpt.PARAMS[i % 2]] for i in range(len(params))}
-        optimizer = {"state": state, "param_groups": [{"lr": 0.1, "params": list(range(len(params)))}]}
-        torch.save({"stage": stage, "epoch": found.manifest.epoch, "params": params, "optimizer": optimizer},
-                   folder / f"stage{stage}-epoch{found.manifest.epoch}.pt")
-    fp = {**found.manifest.fingerprint, "bias": True, "plan": plan}
+        named = [(t, st.state[n]) for st in found.layers[start:stop] for n, t in zip(ckpt.PARAMS, (st.weight, st.bias))
+                 if t is not None]
+        optimizer = {"state": {i: state for i, (_, state) in enumerate(named)},
+                     "param_groups": [{"lr": 0.1, "params": list(range(len(named)))}]}
+        torch.save({"stage": stage, "epoch": found.manifest.epoch, "params": [t for t, _ in named],
+                    "optimizer": optimizer}, folder / f"stage{stage}-epoch{found.manifest.epoch}.pt")
+    fp = {**found.manifest.fingerprint, "bias": bias, "plan": plan}
     (folder / ckpt.META).write_text(json.dumps({"epoch": found.manifest.epoch, "history": found.history,
                                                  "stages": len(plan), "fingerprint": fp}))
 
 
-def test_an_older_per_stage_checkpoint_resumes_exactly_or_is_refused_in_one_line(tmp_path):
-    train(cfg(tmp_path / "straight", epochs=3, stages=3))
-    train(cfg(tmp_path / "new", epochs=2, stages=3))
+@pytest.mark.parametrize("bias,spec_bias", [(True, "all"), ("hidden", "hidden")])
+def test_an_older_per_stage_checkpoint_resumes_exactly_or_is_refused_in_one_line(tmp_path, bias, spec_bias):
+    spec = MLPSpec(SPEC.widths, bias=spec_bias)
+    train(cfg(tmp_path / "straight", epochs=3, stages=3, spec=spec))
+    train(cfg(tmp_path / "new", epochs=2, stages=3, spec=spec))
     old = tmp_path / "old"
     old.mkdir()
-    write_per_stage(old, ckpt.load_checkpoint(tmp_path / "new"))
+    write_per_stage(old, ckpt.load_checkpoint(tmp_path / "new"), bias)
     lines = []
-    train(cfg(old, epochs=3, stages=2, resume=True), log=lines.append)
+    train(cfg(old, epochs=3, stages=2, resume=True, spec=spec), log=lines.append)
     assert "per-stage checkpoint of 3 stages" in lines[0]
     assert same_state(ckpt.load_checkpoint(old), ckpt.load_checkpoint(tmp_path / "straight"))
     assert not list(old.glob("stage*")), "the stage files go once the per-layer epoch is complete"
