@@ -4,9 +4,9 @@
     python scripts/bench.py functions --device cuda --widths 8192 --layers 8 --batch 8192 --dtypes bfloat16,float32 --tf32
     python scripts/bench.py pipeline                           # our schedules vs full batch, accumulation, pipelining
     python scripts/bench.py pipeline --device cuda --width 8192 --batch 8192 --dtypes bfloat16 --json out/pipeline.json
-    torchrun --nproc_per_node=2 scripts/bench.py dist          # ours vs every torch schedule, 2 ranks, + full batch
+    torchrun --standalone --nproc-per-node=2 scripts/bench.py dist   # ours vs every torch schedule, 2 ranks, + full batch
     python scripts/bench.py simulator                          # predicted vs measured, one process
-    torchrun --nproc_per_node=2 scripts/bench.py simulator     # predicted vs measured step time and bubble, 2 ranks
+    torchrun --standalone --nproc-per-node=2 scripts/bench.py simulator   # predicted vs measured step time and bubble, 2 ranks
     python scripts/bench.py pipeline --quick --json /tmp/p.json  # tiny sizes (the smoke test)
     python scripts/bench.py gemms --device cuda --width 8192 --batch 8192 --dtypes bfloat16   # where the time goes
     python scripts/bench.py contention                         # default train.py alone vs next to a busy loop
