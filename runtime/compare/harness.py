@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -65,7 +65,7 @@ class CompareConfig:
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None  # None: auto (runtime.threads)
-    schedules: tuple[ScheduleKind, ...] = ScheduleKind.fixed()
+    schedules: tuple[ScheduleKind, ...] = tuple(ScheduleKind)
     microbatches: tuple[int, ...] = ()  # default: K, 2K and 4K where they divide B
     recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE, RecomputePolicy.FIT)  # per pipeline, see plan
     virtual: int = 2
@@ -172,6 +172,9 @@ def _compare(cfg: CompareConfig, log: Callable[[str], None]) -> dict:
                           tuple(cfg.schedules), cfg.microbatch_counts(), cfg.virtual, cfg.lr, cfg.lr_rule,
                           tuple(cfg.recompute))
         cands = plan_candidates(setting, profiler.layers)
+        if distributed:  # a searched (auto) schedule is handed to a pipeline built in this one process only
+            cands = [replace(c, reason="not applicable under torchrun: the auto schedule runs in one process")
+                     if c.ready is not None and c.feasible else c for c in cands]
         for c in cands:  # every rank profiles the same sizes in the same order (averaged over the ranks under torchrun)
             if c.planned:
                 profiler.layers(c.microbatch_size)

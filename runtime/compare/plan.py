@@ -8,7 +8,9 @@ predicted peak on some device exceeds the cap is kept, marked infeasible, with t
 device is exact: parameters, gradients, optimizer state and messages of its stages, plus the activation peak of
 walking its schedule (``partition.activation_peak``). Beside each pipeline without recomputation come, per
 :class:`RecomputePolicy`, the same schedule on the fastest split with every stage recomputing (``all``) or with the
-least recomputation that fits the cap (``fit``).
+least recomputation that fits the cap (``fit``). The ``auto`` schedule (one stage per device, on the fastest split) is
+searched for each recomputation choice by ``partition.schedule.capped``: the fastest order whose exact peaks fit
+the cap; its ``fit`` choice is the least recomputation with which one microbatch per stage fits.
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ from partition.cost import DType, Optimizer
 from partition.memory import LayerMemory, MemoryReport, layer_memory, stage_memory, training_memory
 from partition.partitioner import plan_for
 from partition.plan import Method, Ranges, format_ranges
-from partition.recompute import NO_RECOMPUTE, RECOMPUTE_ALL, Recompute, RecomputeKind, recompute_forward
+from partition.recompute import (
+    NO_RECOMPUTE,
+    RECOMPUTE_ALL,
+    Recompute,
+    RecomputeKind,
+    recompute_forward,
+    recompute_stage_cost,
+)
 from partition.schedule.actions import Op, Schedule, ScheduleKind
+from partition.schedule.capped import ActivationCap, CappedResult, capped_schedule
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
@@ -188,8 +198,9 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
     if B % m:
         return [replace(base, label=f"{kind.value} on {K} devices, m={m}",
                         reason=f"not applicable: m={m} does not divide B={B}")]
+    auto = kind is ScheduleKind.AUTO  # one stage per device; its order is searched per recomputation choice below
     try:
-        sched = generate(kind, K, m, virtual)
+        sched = generate(ScheduleKind.GPIPE if auto else kind, K, m, virtual)
     except ValueError as err:
         return [replace(base, reason=f"not applicable: {err}")]
     S = sched.num_stages
@@ -202,23 +213,41 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
                    deferred_w=sim.peak_deferred_w)
     fastest = plan_for(s.spec, S, B // m, Method.OPTIMAL, **options).ranges
     try:
-        ranges = plan_for(s.spec, S, B // m, Method.OPTIMAL, memory_caps=s.memory_cap, **options).ranges
+        ranges = fastest if auto else plan_for(s.spec, S, B // m, Method.OPTIMAL, memory_caps=s.memory_cap, **options).ranges
     except ValueError:  # the count-based bound finds no split under the cap; the exact peaks below say by how much
         ranges = fastest
     layers = layer_memory(s.spec, B // m, s.dtype, s.optimizer)
     out = []
     for policy in (p for p in (RecomputePolicy.NONE, RecomputePolicy.ALL, RecomputePolicy.FIT) if p in s.recompute):
         where = ranges if policy is RecomputePolicy.NONE else fastest
+        least = generate(ScheduleKind.GPIPE, K, 1) if auto else sched  # auto: one microbatch per stage at a time
         choice = {RecomputePolicy.NONE: (NO_RECOMPUTE,) * S, RecomputePolicy.ALL: (RECOMPUTE_ALL,) * S,
-                  RecomputePolicy.FIT: fit_recompute(layers, sched, fastest, times, s.memory_cap)}[policy]
+                  RecomputePolicy.FIT: fit_recompute(layers, least, fastest, times, s.memory_cap)}[policy]
         if any(c.ranges == where and c.recompute == choice for c in out):
             continue  # the same candidate under another name
-        per_rank = rank_memory(layers, sched, where, choice)
-        reason = _fits(s, per_rank)
+        found, why = _search(s, layers, m, where, choice, times) if auto else (None, "")
+        per_rank = rank_memory(layers, found.schedule if found else sched, where, choice)
+        reason = why or _fits(s, per_rank)
         if reason and S > K:
             reason += f" (each device holds {S // K} of the stages {format_ranges(where)})"
         named = str(choice[0]) if len(set(choice)) == 1 else ",".join(str(c) for c in choice)
         plain = policy is RecomputePolicy.NONE
+        label = base.label + ("" if plain else f", recompute {named}") + (f" ({found.source})" if found else "")
         out.append(replace(base, id=cid + ("" if plain else f"-rc-{policy.value}"), ranges=where, memory_terms=per_rank,
-                           label=base.label + ("" if plain else f", recompute {named}"), reason=reason, recompute=choice))
+                           label=label, reason=reason, recompute=choice, ready=found.schedule if found else None))
     return out
+
+
+def _search(s: Setting, layers: LayerMemory, m: int, ranges: Ranges, choice: Sequence[Recompute],
+            times: Sequence[StageCost]) -> tuple[CappedResult, str]:
+    """The auto schedule of one stage per device: the fastest found within the cap (each device's budget for
+    activations is the cap less its parameters, gradients, optimizer state and messages); when none fits, the
+    fastest found without a cap, and why."""
+    static = [layers.stage(a, b, inflight=0).total for a, b in ranges]
+    costs = [recompute_stage_cost(times, a, b, c) for (a, b), c in zip(ranges, choice)]
+    held = tuple(layers.microbatch(a, b, c) for (a, b), c in zip(ranges, choice))
+    budget = tuple(math.inf if s.memory_cap is None else s.memory_cap - x for x in static)
+    try:
+        return capped_schedule(len(ranges), m, costs, ActivationCap(budget, held)), ""
+    except ValueError as err:
+        return capped_schedule(len(ranges), m, costs, ActivationCap(math.inf, held)), f"over the cap: {err}"

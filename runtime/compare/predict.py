@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from partition.recompute import per_stage, recompute_stage_cost
-from partition.schedule.generators import generate
 from partition.schedule.replay import TimedAction
 from partition.schedule.simulate import FREE_LINK, simulate
 from partition.schedule.trace import TraceEvent
@@ -169,7 +168,7 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
     """
     n, m = cand.microbatch_size, cand.microbatches
     real, skel = profiler.layers(n), profiler.layers(n, skeleton=True)
-    sched = generate(cand.schedule, cand.num_ranks, m, cand.virtual)
+    sched = cand.compute_schedule()
     split = uses_split_backward(sched)
     costs = []
     for (a, b), measured, choice in zip(cand.ranges, calib.stage_costs, per_stage(cand.recompute, len(cand.ranges))):
@@ -198,7 +197,7 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
 
 def explain_error(cand: Candidate, pred: Prediction, measured_costs: Sequence[StageCost], measured_step: float) -> dict:
     """The candidate's prediction error and its largest contributors (``runtime.calibrate.explain``)."""
-    sched = generate(cand.schedule, cand.num_ranks, cand.microbatches, cand.virtual)
+    sched = cand.compute_schedule()
     model = CostModel(pred.stage_costs, step_overhead=Term(pred.step_overhead, Origin.MEASURED), link=pred.link)
     ranges = [(s, s + 1) for s in range(len(pred.stage_costs))]
     here = this_run(sched, model, ranges, pred.boundary_bytes, pred.concurrent)

@@ -64,7 +64,7 @@ def build(ctx: RunContext, spec: MLPSpec, cand: Candidate) -> Pipeline:
     devices = resolve_devices(ctx.device, None, cand.num_stages)
     pcfg = PipelineConfig(spec=spec, ranges=cand.ranges, schedule=cand.schedule, microbatches=cand.microbatches,
                           devices=devices, dtype=ctx.torch_dtype, seed=ctx.seed, virtual=cand.virtual,
-                          recompute=cand.recompute)
+                          recompute=cand.recompute, ready=cand.ready)
     return Pipeline(pcfg, optimizer_factory(tcfg), LocalTransport())
 
 

@@ -9,7 +9,8 @@ from enum import Enum
 from partition.memory import MemoryReport
 from partition.plan import format_ranges
 from partition.recompute import Recompute
-from partition.schedule.actions import ScheduleKind
+from partition.schedule.actions import Schedule, ScheduleKind
+from partition.schedule.generators import generate
 
 
 class CandidateKind(Enum):
@@ -62,8 +63,9 @@ class Candidate:
     """One way to train: ``num_ranks`` devices running ``num_stages`` stages, ``microbatches`` per step of ``minibatch``.
 
     ``memory_terms[r]`` is the memory model's peak on device r; ``recompute`` the choice of each stage (empty:
-    none); ``reason`` is empty for a feasible candidate and otherwise says why it cannot run (over the cap, or the
-    schedule does not apply to this model).
+    none); ``ready`` the schedule itself when it was searched for (auto) rather than generated; ``reason`` is empty
+    for a feasible candidate and otherwise says why it cannot run (over the cap, or the schedule does not apply to
+    this model).
     """
 
     id: str
@@ -80,6 +82,7 @@ class Candidate:
     memory_terms: tuple[MemoryReport, ...] = ()
     reason: str = ""
     recompute: tuple[Recompute, ...] = ()
+    ready: Schedule | None = None
 
     @property
     def feasible(self) -> bool:
@@ -90,6 +93,10 @@ class Candidate:
     def planned(self) -> bool:
         """Whether it has a plan (layer ranges), so that its step time can be predicted."""
         return bool(self.ranges)
+
+    def compute_schedule(self) -> Schedule:
+        """The pipeline's compute schedule: the searched one, or the generated one of its kind."""
+        return self.ready or generate(self.schedule, self.num_ranks, self.microbatches, self.virtual)
 
     @property
     def microbatch_size(self) -> int:

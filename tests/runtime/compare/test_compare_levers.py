@@ -24,12 +24,13 @@ from runtime.compare.types import CandidateKind, LRRule, RecomputePolicy
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.engine.stage import Engine
 
-SPEC = MLPSpec((8, 16, 16, 16, 16, 4))
-CAP = 56_000  # between the 1f1b pipeline's peak without recomputation (59136 B on device 0) and with it (50016 B)
+SPEC = MLPSpec((8, 48, 8))  # two layers: one split over two devices, whatever the profiled times
+DEEP = MLPSpec((8, 16, 16, 16, 16, 4))
+CAP = 80_000  # between the 1f1b pipeline's peak on device 0 without recomputation (92288 B) and with it (67712 B)
 
 
-def _times(n):
-    return flop_times(layer_costs(SPEC, "float64"), 1e9, n)
+def _times(n, spec=SPEC):
+    return flop_times(layer_costs(spec, "float64"), 1e9, n)
 
 
 def _setting(cap, kinds=(ScheduleKind.ONE_F_ONE_B,), policies=tuple(RecomputePolicy)):
@@ -53,15 +54,18 @@ def test_rank_memory_by_hand():
     assert (last.parameters, last.communication, last.saved_activations) == (48, 200, 200 + 80 + 80)
 
 
-def test_recomputing_candidates_fit_exactly_when_the_memory_model_says_so():
-    roomy, tight = _pipes(None), _pipes(CAP)
-    assert set(roomy) == {"pipe-1f1b-m2", "pipe-1f1b-m2-rc-all"}  # without a cap, fit is no recomputation: no copy
-    assert set(tight) == {"pipe-1f1b-m2", "pipe-1f1b-m2-rc-all", "pipe-1f1b-m2-rc-fit"}
-    sched = generate(ScheduleKind.ONE_F_ONE_B, 2, 2)
+def test_recomputing_and_auto_candidates_fit_exactly_when_the_memory_model_says_so():
+    kinds = (ScheduleKind.ONE_F_ONE_B, ScheduleKind.AUTO)
+    roomy, tight = _pipes(None, kinds=kinds), _pipes(CAP, kinds=kinds)
+    # without a cap, fit is no recomputation: no second copy of it
+    assert set(roomy) == {"pipe-1f1b-m2", "pipe-1f1b-m2-rc-all", "pipe-auto-m2", "pipe-auto-m2-rc-all"}
+    assert set(tight) == set(roomy) | {"pipe-1f1b-m2-rc-fit"}  # auto's fit: none already fits one microbatch a stage
     split = tight["pipe-1f1b-m2-rc-all"].ranges
-    assert split == roomy["pipe-1f1b-m2"].ranges == ((0, 2), (2, 5))  # every recomputing candidate keeps the fastest
+    assert split == roomy["pipe-1f1b-m2"].ranges == ((0, 1), (1, 2))
     layers = layer_memory(SPEC, 64, DType.FLOAT64, Optimizer.MOMENTUM)
     for c in tight.values():
+        sched = c.compute_schedule()
+        assert (c.ready is not None) == (c.schedule is ScheduleKind.AUTO) and sched.kind is c.schedule
         static = [sum(layers.static(i) for i in range(a, b)) + (layers.boundary[a - 1] if a else 0)
                   + (layers.boundary[b - 1] if b < SPEC.num_layers else 0) for a, b in c.ranges]
         peaks = plan_activation_peaks(layers, sched, c.ranges, c.recompute)
@@ -74,6 +78,9 @@ def test_recomputing_candidates_fit_exactly_when_the_memory_model_says_so():
     assert tight["pipe-1f1b-m2"].ranges != split or not tight["pipe-1f1b-m2"].feasible
     assert full.feasible and tight["pipe-1f1b-m2-rc-fit"].feasible
     assert [str(r) for r in tight["pipe-1f1b-m2-rc-fit"].recompute] == ["all", "none"]  # device 1 needs none
+    # the searched schedule fits the cap on the fastest split without recomputation, where 1f1b's order does not
+    auto = tight["pipe-auto-m2"]
+    assert auto.feasible and auto.ranges == split and auto.ready.actions != roomy["pipe-auto-m2"].ready.actions
 
 
 def _all_choices(n):
@@ -85,7 +92,7 @@ def _all_choices(n):
                                                  (ScheduleKind.INTERLEAVED_1F1B, 2, ((0, 2), (2, 3), (3, 4), (4, 5)))])
 def test_fit_recompute_is_the_least_extra_forward_time_that_fits_by_brute_force(kind, virtual, ranges):
     sched = generate(kind, 2, 4, virtual)
-    layers, times = layer_memory(SPEC, 32, DType.FLOAT64, Optimizer.MOMENTUM), _times(32)
+    layers, times = layer_memory(DEEP, 32, DType.FLOAT64, Optimizer.MOMENTUM), _times(32, DEEP)
     combos = list(itertools.product(*(_all_choices(b - a) for a, b in ranges)))
     need = {combo: max(r.total for r in rank_memory(layers, sched, ranges, combo)) for combo in combos}
     for cap in sorted(set(need.values())):
@@ -153,13 +160,17 @@ def test_pareto_summary_charges_a_smaller_minibatch_its_extra_steps():
 def test_a_tiny_run_with_the_levers_writes_the_pareto_plot_and_json(tmp_path):
     cfg = CompareConfig(spec=SPEC, dataset="synthetic", samples=256, batch=128, devices=2, epochs=1, dtype="float64",
                         lr=0.05, profile_repeats=2, calibration_steps=2, progress=False, memory_cap=str(CAP),
-                        schedules=(ScheduleKind.ONE_F_ONE_B,), microbatches=(2,), recompute=tuple(RecomputePolicy),
+                        schedules=(ScheduleKind.ONE_F_ONE_B, ScheduleKind.AUTO), microbatches=(2,),
+                        recompute=tuple(RecomputePolicy),
                         out=str(tmp_path))
     results = compare(cfg, log=lambda line: None)
     data = json.loads((tmp_path / FILES["json"]).read_text())
     by_id = {e["id"]: e for e in data["candidates"]}
     assert by_id["pipe-1f1b-m2-rc-fit"]["recompute"] == ["all", "none"]
     assert by_id["pipe-1f1b-m2-rc-all"]["measured"] and by_id["pipe-1f1b-m2-rc-fit"]["measured"]
+    assert by_id["pipe-auto-m2"]["measured"] and by_id["pipe-auto-m2"]["schedule"] == "auto"
+    steps = {e["id"]: e["training"]["step_losses"] for e in data["candidates"] if e["training"] and e["minibatch"] == 128}
+    assert len(steps) >= 4 and all(max(abs(a - b) for a, b in zip(v, steps["accum-m2"])) < 1e-10 for v in steps.values())
     assert not by_id["pipe-1f1b-m2"]["feasible"] and by_id["pipe-1f1b-m2"]["measured"] is None
     pareto = data["pareto"]
     assert pareto == json.loads(json.dumps(pareto_summary(results)))
