@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--dtype", default="float32", choices=list(DTYPES))
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--threads", default="auto", help=THREADS_HELP)
-    g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind.fixed()), help="pipeline schedules to try")
+    g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind), help="pipeline schedules to try "
+                   "(auto: searched under the cap; default %(default)s)")
     g.add_argument("--recompute", default="none,fit", help="recomputation of each pipeline: none, fit (per device, the "
                    "least that fits the cap), all; comma-separated (default %(default)s)")
     g.add_argument("--microbatches", default=None, help="microbatch counts m to try (default K,2K,4K where they divide B)")
