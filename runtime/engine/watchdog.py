@@ -75,13 +75,15 @@ class Watchdog:
     """Heartbeats and the shared verdict for one rank of a ``world_size``-rank run."""
 
     def __init__(self, store: Store, rank: int, world_size: int, timeout: float, label: str,
-                 beat: float = 0.25, stale: float = 3.0) -> None:
-        self.store, self.rank, self.world_size = store, rank, world_size
+                 beat: float = 0.25, stale: float = 3.0, store_host: int | None = None) -> None:
+        """``store_host``: the rank whose process serves the store (rank 0 without torchrun's agent), if any."""
+        self.store, self.rank, self.world_size, self.store_host = store, rank, world_size, store_host
         self.timeout, self.label, self.beat, self.stale = timeout, label, beat, stale
         self._io = threading.Lock()  # one store request at a time from this process's threads
         self._exit = threading.Lock()  # held by whichever thread reports the failure
         self._stop = threading.Event()
         self._seen: dict[int, tuple[int, float]] = {}
+        self._store_ok = time.monotonic()  # when the store last answered the heartbeat thread
         self._done: set[int] = set()
         self._pipe: tuple[int, int] | None = None
         self._old_handler: object = None
@@ -140,14 +142,20 @@ class Watchdog:
             if found is not None:
                 return found
             culprit = self._stalest()
+            if culprit is None and self.store_host is not None and time.monotonic() - self._store_ok >= self.stale:
+                culprit = self.store_host  # the store is gone with the process that served it
             if culprit is not None:
                 return self._claim(Verdict(culprit, Fault.HUNG if hung else Fault.LOST, f"{self.timeout:g}"))
             time.sleep(self.beat)
         return guess if guess.rank >= 0 else Verdict(-1, Fault.LOST)
 
     def _stalest(self) -> int | None:
-        """The rank (not this one, not finished) whose heartbeat has been still longest, if over ``stale``."""
-        now = time.monotonic()
+        """The rank (not this one, not finished) whose heartbeat has been still longest, if over ``stale``.
+
+        Stillness counts up to the store's last answer only: a store that stopped answering says nothing
+        about the ranks.
+        """
+        now = self._store_ok
         quiet = [(seen, r) for r, (_, seen) in list(self._seen.items())
                  if r != self.rank and r not in self._done and now - seen >= self.stale]
         return min(quiet)[1] if quiet else None
@@ -199,7 +207,7 @@ class Watchdog:
                     self._done = {r for r in range(self.world_size) if self.store.add(self._key("done", r), 0)}
             except Exception:  # noqa: BLE001 - a store hiccup: try again next beat
                 continue
-            now = time.monotonic()
+            now = self._store_ok = time.monotonic()
             for r, count in counts.items():
                 if r not in self._seen or self._seen[r][0] != count:
                     self._seen[r] = (count, now)

@@ -127,7 +127,9 @@ def start(cfg: TrainConfig, watch: bool = True) -> Process:
     watchdog = None
     if watch:
         label = f"{Path(sys.argv[0]).name} [rank {grid.rank}]"
-        watchdog = Watchdog(open_store(10.0), grid.rank, grid.world.world_size, cfg.timeout, label).start()
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 serves the store
+        watchdog = Watchdog(open_store(3.0), grid.rank, grid.world.world_size, cfg.timeout, label,
+                            store_host=None if agent_store else 0).start()
     namer = None if watchdog is None else (lambda peer, exc: PeerLost(watchdog.name_failure(peer, exc)))
     dev = f"cuda:{grid.world.local_rank}" if backend is Backend.NCCL else "cpu"
     pcfg = replace(probe, devices=(dev,) * cfg.stages)

@@ -61,6 +61,7 @@ def test_the_rank_whose_heartbeat_stopped_first_is_named_and_the_first_verdict_s
     for dog in dogs:
         dog._seen = {0: (9, now), 1: (7, 95.0), 2: (8, now), 3: (5, 90.0)}
         dog._done = {1}
+        dog._store_ok = now  # the store answered at t=100
     monkeypatch.setattr(watchdog.time, "monotonic", lambda: now)
     assert dogs[0]._stalest() == 3
     first = dogs[0]._decide(Verdict(2, Fault.LOST), hung=True)  # its own wait was on rank 2: still rank 3
