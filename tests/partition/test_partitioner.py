@@ -12,6 +12,7 @@ import pytest
 
 from partition import minmax
 from partition.baselines import by_parameters, time_blocks, uniform
+from partition.choose import CANDIDATES, choose
 from partition.joint import joint_partition, recompute_options
 from partition.memory import LayerMemory, layer_memory, plan_memory
 from partition.partitioner import (
@@ -25,6 +26,8 @@ from partition.partitioner import (
     smallest_cap,
 )
 from partition.recompute import NO_RECOMPUTE
+from partition.schedule.actions import ScheduleKind
+from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
 
@@ -308,3 +311,49 @@ def test_joint_partition_equals_brute_force_over_ranges_and_recomputation_on_150
             if fits_without:  # a plan without recomputation fits too: the joint one is no slower
                 assert plan.bottleneck <= partition(problem).bottleneck * (1 + 1e-12)
     assert recomputed >= 30 and 5 <= infeasible <= 100, (recomputed, infeasible)
+
+
+def _chooser(cap, **kw):
+    spec = MLPSpec((784, 4096, 4096, 1024, 1024, 10))
+
+    def problem_with(inflight, deferred):
+        return problem_for(spec, 4, 1024, inflight=inflight, deferred_w=deferred, memory_caps=cap)
+
+    return choose(problem_with, 4, 8, **kw), problem_with
+
+
+def test_choose_simulates_every_candidate_and_keeps_the_fastest_that_fits():
+    free, _ = _chooser(None)
+    assert [o.kind for o in free.options] == list(CANDIDATES) and all(o.plan is not None for o in free.options)
+    assert free.best.step_time == min(o.step_time for o in free.options)
+    assert free.levers[0].startswith("ranges and recomputation: the fastest split")
+    cap = 250 * 2**20  # zb-h1 cannot fit, 1f1b fits only by recomputing, a generated schedule fits without
+    tight, problem_with = _chooser(cap)
+    by_kind = {o.kind: o for o in tight.options}
+    assert by_kind[ScheduleKind.ZB_H1].plan is None and "even recomputing every stage" in by_kind[ScheduleKind.ZB_H1].note
+    assert by_kind[ScheduleKind.ONE_F_ONE_B].plan.recompute is not None
+    assert tight.best.kind is ScheduleKind.AUTO and tight.best.plan.recompute is None
+    for option in tight.options:
+        if option.plan is not None:
+            assert max(option.peak_bytes) <= cap
+            assert simulate(option.schedule, option.plan.stage_costs).makespan == option.step_time  # free link
+    assert tight.best.step_time < by_kind[ScheduleKind.ONE_F_ONE_B].step_time
+    assert any(lever.startswith("schedule: auto") and "zb-h1 does not fit" in lever for lever in tight.levers)
+    counted, _ = _chooser(cap, max_inflight=2, recompute=False)
+    assert [o.kind for o in counted.options if o.plan is not None] == [ScheduleKind.AUTO]
+    assert max(simulate(counted.best.schedule, counted.best.plan.stage_costs).peak_inflight) <= 2
+
+
+def test_choose_says_why_recomputation_was_needed():
+    spec = MLPSpec((64, 512, 512, 512, 10))
+    options = dict(inflight=None, deferred_w=None, memory_caps=None)
+
+    def problem_with(inflight, deferred, cap=None):
+        return problem_for(spec, 2, 512, **{**options, "inflight": inflight, "deferred_w": deferred, "memory_caps": cap})
+
+    plain = choose(problem_with, 2, 4, kinds=(ScheduleKind.ONE_F_ONE_B,))
+    need = max(plain.best.peak_bytes)
+    squeezed = choose(lambda i, d: problem_with(i, d, need * 0.8), 2, 4, kinds=(ScheduleKind.ONE_F_ONE_B,))
+    assert squeezed.best.plan.recompute is not None
+    assert any(lever.startswith("recomputation: stage") and "over its cap" in lever for lever in squeezed.levers)
+
