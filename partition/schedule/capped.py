@@ -129,7 +129,7 @@ def capped_schedule(
     activation_bytes: Sequence[float] | None = None,
     placement: Placement = Placement.LINE,
     exact: bool | None = None,
-    max_nodes: int = 2_000_000,
+    max_nodes: int = 100_000,
 ) -> CappedResult:
     """The fastest schedule found for p ranks, m microbatches and per-stage ``costs`` within ``cap`` (see module doc).
 
