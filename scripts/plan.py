@@ -10,10 +10,15 @@
     python scripts/plan.py --microbatch 64 --save-profile prof.json --device cuda   # measure, save, use
     python scripts/plan.py --stages 4 --microbatch 64 --profile prof.json          # reuse measured times
     python scripts/plan.py --memory-report --widths 784,256,10 --batch 128 --dtype float32 --optimizer adam
+    python scripts/plan.py --stages 4 --microbatch 1024 --memory-cap 250MiB --schedule auto   # choose all three
+    python scripts/plan.py --stages 4 --microbatch 1024 --memory-cap 250MiB --schedule auto --max-inflight 2 --no-recompute
 
 Times come from FLOP counts at --tflops unless a profile is given. Peak memory per stage is parameters +
 gradients + optimizer state + (peak in-flight microbatches under the schedule) x saved bytes + deferred
 weight-gradient buffers + communication buffers; the in-flight counts and step times come from partition.schedule.simulate.
+With --schedule auto the ranges, each stage's recomputation and the schedule (gpipe, 1f1b, zb-h1 or one generated
+under the cap) are chosen together (partition.choose): --memory-cap stays the total bytes per device, and the
+generated schedule's activation budget is that cap minus the device's static bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ahead of scripts
 
 from _cli import add_bias_flags, require_positive, run_main
 
+from partition.choose import JointChoice, choose, schedule_counts
 from partition.cost import DType, Optimizer
 from partition.dot import to_dot
 from partition.graph import build_graph
@@ -36,10 +42,10 @@ from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.spec import Activation, Loss, MLPSpec, parse_widths
-from partition.timing import LinkModel, StageCost
+from partition.timing import LinkModel
 from partition.units import format_bytes, parse_bytes
 from runtime.calibrate.run import k_device_link
-from runtime.output import write_json
+from runtime.output import text_table, write_json
 from runtime.train.profile import Profile, profile_layers
 
 ONE_STAGE_PER_RANK = (ScheduleKind.GPIPE, ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1)
@@ -59,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--stages", type=int, default=4, help="pipeline stages, one per device (default %(default)s)")
     g.add_argument("--microbatch", type=int, default=64, help="samples per microbatch (default %(default)s)")
     g.add_argument("--microbatches", type=int, help="microbatches per step (default: 2 x stages)")
-    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in ONE_STAGE_PER_RANK])
+    g.add_argument("--schedule", default="1f1b", choices=[k.value for k in (*ONE_STAGE_PER_RANK, ScheduleKind.AUTO)],
+                   help="auto: ranges, recomputation and schedule chosen together (default %(default)s)")
+    g.add_argument("--max-inflight", type=int, help="with --schedule auto: at most this many microbatches in flight "
+                                                    "on any stage (default: no count cap)")
+    g.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --schedule auto: let stages recompute activations to fit (default: yes)")
     g.add_argument("--method", default="optimal", choices=[m.value for m in Method], help="plan shown in detail")
     g.add_argument("--ranges", help="also evaluate these inclusive layer ranges, e.g. 0-1,2,3-4")
     g = p.add_argument_group("devices and links")
@@ -93,12 +104,6 @@ def _floats(text: str | None, field: str) -> list[float] | None:
         raise ValueError(f"{field}: cannot read {text!r} ({err})") from None
 
 
-def schedule_counts(kind: ScheduleKind, num_stages: int, microbatches: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per stage: peak microbatches in flight and peak deferred W, as the simulator counts them."""
-    result = simulate(generate(kind, num_stages, microbatches), [StageCost(1.0, 1.0, 1.0)] * num_stages)
-    return result.peak_inflight, result.peak_deferred_w
-
-
 def step_time(plan: Plan, schedule: Schedule, link: LinkModel) -> tuple[float, float]:
     """(step seconds, bubble fraction) the simulator predicts for ``plan`` under ``schedule`` and ``link``."""
     result = simulate(schedule, plan.stage_costs, link=link, activation_bytes=plan.boundary_bytes or None)
@@ -114,26 +119,40 @@ def _si(seconds: float) -> str:
 
 def print_plan(plan: Plan, inflight: tuple[int, ...]) -> None:
     """The per-stage table of one plan."""
-    head = f"{'stage':>5}  {'layers':<8}{'params':>12}{'F':>11}{'B':>11}{'W':>11}{'comm':>11}{'cut bytes':>12}" \
-           f"{'in-flight':>10}{'peak memory':>13}{'cap':>11}"
-    print(head)
+    rows = []
     for s, (a, b) in enumerate(plan.ranges):
         c, cap = plan.stage_costs[s], plan.memory_caps[s] if plan.memory_caps else None
         cut = format_bytes(plan.boundary_bytes[s]) if s < len(plan.boundary_bytes) else "-"
-        print(f"{s:>5}  {format_ranges(((a, b),)):<8}{plan.parameters[s]:>12,}{_si(c.f):>11}"
-              f"{_si(c.b):>11}{_si(c.w):>11}{_si(plan.comm_times[s]):>11}{cut:>12}{inflight[s]:>10}"
-              f"{format_bytes(plan.memory[s]):>13}{format_bytes(cap) if cap else '-':>11}")
+        rows.append([s, format_ranges(((a, b),)), f"{plan.parameters[s]:,}", _si(c.f), _si(c.b), _si(c.w),
+                     _si(plan.comm_times[s]), cut, inflight[s], format_bytes(plan.memory[s]), format_bytes(cap) if cap else "-"])
+    print(text_table(["stage", "layers", "params", "F", "B", "W", "comm", "cut bytes", "in-flight", "peak memory", "cap"],
+                     rows, right=set(range(11)) - {1}))
+
+
+def print_joint(joint: JointChoice) -> None:
+    """Each candidate schedule with its best plan, the chosen one in detail, and the levers pulled."""
+    rows = []
+    for o in joint.options:
+        if o.plan is None:
+            rows.append([o.kind.value, "-", "-", "-", "-", "-", o.note.split(";")[0]])
+            continue
+        recompute = ",".join(str(c) for c in o.plan.recompute) if o.plan.recompute else "none"
+        rows.append([o.kind.value, o.plan.describe(), recompute, _si(o.step_time), f"{o.bubble_fraction:.1%}",
+                     format_bytes(max(o.peak_bytes)), o.note.split(";")[0]])
+    print(text_table(["schedule", "layers", "recompute", "step time", "bubble", "peak memory", "note"], rows,
+                     right={3, 4, 5}))
+    print(f"\nchosen: {joint.best.kind.value}, layers {joint.best.plan.describe()}")
+    for lever in joint.levers:
+        print(f"  - {lever}")
 
 
 def memory_report(spec: MLPSpec, batch: int, dtype: str, optimizer: str) -> None:
     """Exercise 3: training vs inference footprint, term by term."""
     train, infer = training_memory(spec, batch, dtype, optimizer), inference_memory(spec, batch, dtype)
     print(f"memory of MLP {'-'.join(map(str, spec.widths))} at batch {batch}, {dtype}, optimizer {optimizer}")
-    print(f"{'term':<26}{'training':>14}{'inference':>14}")
-    for (name, t), (_, i) in zip(train.rows(), infer.rows()):
-        if t or i:
-            print(f"{name:<26}{format_bytes(t):>14}{format_bytes(i):>14}")
-    print(f"{'total':<26}{format_bytes(train.total):>14}{format_bytes(infer.total):>14}")
+    rows = [[name, format_bytes(t), format_bytes(i)] for (name, t), (_, i) in zip(train.rows(), infer.rows()) if t or i]
+    rows.append(["total", format_bytes(train.total), format_bytes(infer.total)])
+    print(text_table(["term", "training", "inference"], rows, right={1, 2}))
     print(f"training needs {train.total / infer.total:.2f}x the memory of inference")
 
 
@@ -150,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= a.stages <= spec.num_layers:
         raise ValueError(f"stages: cannot place {spec.num_layers} layers on {a.stages} stages; "
                          f"use between 1 and {spec.num_layers} stages")
-    schedule = generate(kind, a.stages, m)
-    inflight, deferred = schedule_counts(kind, a.stages, m)
+    if a.max_inflight is not None and (kind is not ScheduleKind.AUTO or a.max_inflight < 1):
+        raise ValueError("max-inflight: needs --schedule auto and an integer >= 1")
     link = k_device_link(a.link, LinkModel())[0] if a.link else LinkModel(a.latency, a.bandwidth)
     layer_times, source = None, f"FLOPs at {a.tflops:g} TFLOP/s"
     if a.save_profile:
@@ -169,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
                    deferred_w=lambda k: schedule_counts(kind, k, m)[1],
                    memory_caps=parse_bytes(a.memory_cap) if a.memory_cap else caps,
                    device_speeds=_floats(a.device_speeds, "device-speeds"))
+    if kind is ScheduleKind.AUTO:
+        def problem_with(inflight, deferred):
+            return problem_for(spec, a.stages, a.microbatch, **{**options, "inflight": inflight, "deferred_w": deferred})
+        joint = choose(problem_with, a.stages, m, max_inflight=a.max_inflight, recompute=a.recompute)
+        print(f"MLP {'-'.join(map(str, spec.widths))}, {a.dtype}, {a.optimizer}; {a.stages} stages, {m} microbatches of "
+              f"{a.microbatch}; times: {source}; link: {'free' if link.is_free else link.describe()}")
+        print_joint(joint)
+        if a.json:
+            write_json(a.json, {"widths": list(spec.widths), "microbatches": m, "microbatch": a.microbatch,
+                                "joint": joint.to_dict()})
+        return 0
+    schedule = generate(kind, a.stages, m)
+    inflight, deferred = schedule_counts(kind, a.stages, m)
     problem: Problem = problem_for(spec, a.stages, a.microbatch, **options)
     plans = {Method.OPTIMAL: plan_for(spec, a.stages, a.microbatch, Method.OPTIMAL, **options)}
     plans.update({method: partition(problem, method) for method in Method if method is not Method.OPTIMAL})
@@ -180,14 +212,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{kind.value}; times: {source}; link: {'free' if link.is_free else link.describe()}")
     print(f"\nplan by {chosen.method.value}: layers {chosen.describe()}")
     print_plan(chosen, inflight)
-    rows = []
-    print(f"\n{'method':<13}{'layers':<24}{'bottleneck':>12}{'step time':>12}{'bubble':>8}{'max memory':>12}  fits")
+    rows, lines = [], []
     for method, plan in plans.items():
         step, bubble = step_time(plan, schedule, link)
         name = method.value if method else "given"
         rows.append({**plan.to_dict(), "method": name, "step_time": step, "bubble_fraction": bubble})
-        print(f"{name:<13}{plan.describe():<24}{_si(plan.bottleneck):>12}{_si(step):>12}{bubble:>8.1%}"
-              f"{format_bytes(max(plan.memory)):>12}  {'yes' if plan.fits else 'NO'}")
+        lines.append([name, plan.describe(), _si(plan.bottleneck), _si(step), f"{bubble:.1%}", format_bytes(max(plan.memory)),
+                      "yes" if plan.fits else "NO"])
+    print()
+    print(text_table(["method", "layers", "bottleneck", "step time", "bubble", "max memory", "fits"], lines,
+                     right={2, 3, 4, 5}))
     print("(bottleneck: slowest stage per microbatch incl. its links; step time and bubble: partition.schedule.simulate)")
     if a.json:
         write_json(a.json, {"widths": list(spec.widths), "schedule": kind.value, "microbatches": m,

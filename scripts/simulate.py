@@ -40,7 +40,7 @@ from partition.timing import LinkModel, StageCost
 from partition.units import count
 from runtime.calibrate.model_costs import model_costs
 from runtime.calibrate.run import k_device_link
-from runtime.output import write_json
+from runtime.output import text_table, write_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,13 +87,12 @@ def report(result: SimResult, placement: tuple[int, ...]) -> str:
     """The predicted figures as text: totals, then per rank, then per stage."""
     lines = [f"makespan          {result.makespan:.6g} s",
              f"bubble fraction   {result.bubble_fraction:.4f} ({result.bubble_fraction:.2%})",
-             "", "rank  stages        busy        idle"]
-    for r, (busy, idle) in enumerate(zip(result.busy, result.idle)):
-        stages = ",".join(str(s) for s, q in enumerate(placement) if q == r)
-        lines.append(f"{r:>4}  {stages:<8}{busy:>10.6g}  {idle:>10.6g}")
-    lines += ["", "stage  peak in-flight  peak deferred W"]
-    for s, (held, deferred) in enumerate(zip(result.peak_inflight, result.peak_deferred_w)):
-        lines.append(f"{s:>5}  {held:>14}  {deferred:>15}")
+             ""]
+    ranks = [[r, ",".join(str(s) for s, q in enumerate(placement) if q == r), f"{busy:.6g}", f"{idle:.6g}"]
+             for r, (busy, idle) in enumerate(zip(result.busy, result.idle))]
+    lines += [text_table(["rank", "stages", "busy", "idle"], ranks, right={0, 2, 3}), ""]
+    stages = [[s, held, deferred] for s, (held, deferred) in enumerate(zip(result.peak_inflight, result.peak_deferred_w))]
+    lines.append(text_table(["stage", "peak in-flight", "peak deferred W"], stages, right={0, 1, 2}))
     path = [str(a) for a in result.critical_path]
     shown = " ".join(path if len(path) <= 16 else path[:8] + ["..."] + path[-8:])
     lines += ["", f"critical path ({len(path)} actions): {shown}"]

@@ -16,6 +16,10 @@ def test_text_table_by_hand():
         "wide cell")
 
 
+def test_right_aligned_columns():
+    assert text_table(["n", "name"], [[7, "a"], [123, "bb"]], right={0}) == "  n  name\n---  ----\n  7  a\n123  bb"
+
+
 def test_markdown_table_by_hand():
     assert markdown_table(["k", "v"], [["a|b", 2]]) == ["| k | v |", "| --- | --- |", "| a/b | 2 |"]
 
