@@ -20,7 +20,7 @@ from partition.joint import joint_partition
 from partition.partitioner import Plan, Problem, partition
 from partition.recompute import NO_RECOMPUTE, per_stage, recompute_forward
 from partition.schedule.actions import Schedule, ScheduleKind
-from partition.schedule.capped import ActivationCap, capped_schedule
+from partition.schedule.capped import ActivationCap, CappedResult, capped_schedule
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.timing import StageCost
@@ -137,6 +137,19 @@ def _peaks(problem: Problem, plan: Plan, schedule: Schedule) -> tuple[int, ...]:
     return tuple(s + h for s, h in zip(_static(problem, plan), held))
 
 
+def auto_schedule(problem: Problem, plan: Plan, num_microbatches: int, max_inflight: int | None = None) -> CappedResult:
+    """The auto schedule for ``plan`` (one stage per device): each device's activation budget is its cap minus its
+    static bytes, each stage's bytes per microbatch follow its recomputation; ValueError (one line) if none fits."""
+    if problem.memory is None:
+        raise ValueError("auto schedule: the problem needs a memory model")
+    caps = problem.memory_caps or (math.inf,) * problem.num_stages
+    budgets = tuple(c - s for c, s in zip(caps, _static(problem, plan)))
+    choices = per_stage(plan.recompute or (), plan.num_stages)
+    stage_bytes = tuple(problem.memory.microbatch(a, b, c) for (a, b), c in zip(plan.ranges, choices))
+    return capped_schedule(problem.num_stages, num_microbatches, plan.stage_costs,
+                           ActivationCap(budgets, stage_bytes, max_inflight), problem.link, plan.boundary_bytes or None)
+
+
 def _auto(plans: list[tuple[Plan, Problem]], m: int, max_inflight: int | None) -> ScheduleOption:
     """The auto schedule on each distinct plan: the fastest that fits its budgets."""
     best, why = None, "no plan leaves room for activations"
@@ -146,13 +159,8 @@ def _auto(plans: list[tuple[Plan, Problem]], m: int, max_inflight: int | None) -
         if key in seen or problem.memory is None:
             continue
         seen.add(key)
-        caps = problem.memory_caps or (math.inf,) * problem.num_stages
-        budgets = tuple(c - s for c, s in zip(caps, _static(problem, plan)))
-        choices = per_stage(plan.recompute or (), plan.num_stages)
-        stage_bytes = tuple(problem.memory.microbatch(a, b, c) for (a, b), c in zip(plan.ranges, choices))
         try:
-            found = capped_schedule(problem.num_stages, m, plan.stage_costs, ActivationCap(budgets, stage_bytes, max_inflight),
-                                    problem.link, plan.boundary_bytes or None)
+            found = auto_schedule(problem, plan, m, max_inflight)
         except ValueError as err:
             why = str(err)
             continue
