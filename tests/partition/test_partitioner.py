@@ -357,3 +357,15 @@ def test_choose_says_why_recomputation_was_needed():
     assert squeezed.best.plan.recompute is not None
     assert any(lever.startswith("recomputation: stage") and "over its cap" in lever for lever in squeezed.levers)
 
+
+def test_cli_schedule_auto_reports_levers_and_every_candidate(tmp_path):
+    out = tmp_path / "joint.json"
+    proc = _cli("--stages", "4", "--microbatch", "1024", "--memory-cap", "250MiB", "--schedule", "auto",
+                "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen: auto" in proc.stdout and "- schedule: auto" in proc.stdout
+    joint = json.loads(out.read_text())["joint"]
+    assert joint["chosen"] == "auto" and [o["schedule"] for o in joint["options"]] == ["gpipe", "1f1b", "zb-h1", "auto"]
+    assert all(o["step_time"] > 0 for o in joint["options"] if o["fits"]) and joint["levers"]
+    proc = _cli("--schedule", "1f1b", "--max-inflight", "2")
+    assert proc.returncode == 2 and "needs --schedule auto" in proc.stderr
