@@ -133,7 +133,8 @@ def capped_schedule(
 ) -> CappedResult:
     """The fastest schedule found for p ranks, m microbatches and per-stage ``costs`` within ``cap`` (see module doc).
 
-    ``exact``: None runs the exact search when p x m <= 9, True always (within ``max_nodes``), False never.
+    ``exact``: None runs the exact search when p x m <= 9 (and every F and B takes time), True always (within
+    ``max_nodes``), False never.
     Raises ValueError (one line) when the cap cannot hold even one microbatch per stage.
     """
     p, m = num_ranks, num_microbatches
@@ -151,7 +152,10 @@ def capped_schedule(
         best_rule = tried[-1]
     fitting = [t for t in tried if t[0].fits]
     status, gap = "not run", None
-    if exact if exact is not None else p * m <= EXACT_UP_TO:
+    timed = all(f > 0 and b > 0 for f, b, _ in pipe.cost)  # the exact search's order needs F and B to take time
+    if not timed and exact:
+        raise ValueError("exact capped search: every stage needs F and B times > 0")
+    if timed and (exact if exact is not None else p * m <= EXACT_UP_TO):
         upper = min((c.makespan for c, _, _ in fitting), default=math.inf)
         found = exact_search(pipe, upper, max_nodes)
         if found.lists is not None:

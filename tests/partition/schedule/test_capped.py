@@ -194,3 +194,11 @@ def test_a_cap_below_one_microbatch_is_a_one_line_error():
         capped_schedule(2, 4, [UNIT] * 2, ActivationCap(1, (MicrobatchBytes(2, 2, 2),) * 2))
     with pytest.raises(ValueError, match="expected 2 StageCost"):
         capped_schedule(2, 4, [UNIT] * 3, ActivationCap())
+
+
+def test_zero_time_forwards_skip_the_exact_search_unless_asked():
+    costs = [StageCost(0.0, 1.0, 1.0), StageCost(1.0, 1.0, 0.0)]
+    result = capped_schedule(2, 3, costs, ActivationCap(2))
+    assert result.exact == "not run" and result.makespan == min(c.makespan for c in result.candidates if c.fits)
+    with pytest.raises(ValueError, match="needs F and B times > 0"):
+        capped_schedule(2, 3, costs, ActivationCap(2), exact=True)
