@@ -9,6 +9,7 @@
         --activation-bytes 4e6 --trace out.json --png out.png --json out.json
     python scripts/simulate.py --widths 1024,1024,1024,1024,1024 --microbatch-size 64 --stages 2 --link pcie
     python scripts/simulate.py --widths 784,4096,4096,1024,10 --microbatch-size 64 --profile prof.json --link cached
+    python scripts/simulate.py --widths 1024,1024,1024,1024,1024 --stages 2 --data-parallel 2 --link ethernet   # PP 2 x DP 2
 
 --stages is the pipeline depth p, the number of ranks. gpipe, 1f1b and zb-h1 place one stage per rank;
 interleaved-1f1b places --virtual (v) stages per rank, p*v stages in all (stage s on rank s % p); zb-v always
@@ -18,6 +19,8 @@ letters our B (input gradient) is I and our BW (whole backward) is B; tables her
 chrome://tracing or https://ui.perfetto.dev; --png needs matplotlib. With --widths, the costs are those of that
 model instead: every layer profiled here (or read from --profile), summed over the stages of --partition, and the
 activation crossing each stage boundary sized from the widths (the --link presets are nominal figures).
+--data-parallel D adds each stage's gradient all-reduce over D replicas (a ring: 2 (D - 1) hops of 1/D of the
+bytes over the link), started when the stage's last W or BW ends, one at a time per rank, overlapping the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 
 from _cli import run_main
 
+from partition.data_parallel import stage_gradient_bytes, with_all_reduce
 from partition.plan import format_ranges
 from partition.schedule.actions import ScheduleKind, format_table
 from partition.schedule.comms import insert_comms
@@ -74,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--latency", type=float, default=0.0, help="seconds per message (default 0)")
     g.add_argument("--bandwidth", type=float, default=float("inf"), help="bytes/second (default: infinite)")
     g.add_argument("--activation-bytes", type=float, default=0.0, help="bytes of one microbatch's activation (default 0)")
+    g = p.add_argument_group("data parallel: D replicas, each stage's gradients all-reduced (a ring over the link)")
+    g.add_argument("--data-parallel", type=int, default=1, metavar="D", help="replicas of the pipeline (default 1)")
+    g.add_argument("--grad-bytes", type=float, default=0.0,
+                   help="bytes of each stage's gradients (default 0; with --widths: the model's)")
     g = p.add_argument_group("output")
     g.add_argument("--table", action=argparse.BooleanOptionalAction, default=None,
                    help="print the step-by-rank table (default: when it has at most 64 steps)")
@@ -115,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         what = f"MLP {a.widths} in stages {format_ranges(mc.ranges)}; costs {mc.source}"
     link = k_device_link(a.link, LinkModel())[0] if a.link else LinkModel(a.latency, a.bandwidth)
     result = simulate(schedule, costs, link, sizes)
+    grads = [a.grad_bytes] * schedule.num_stages
+    if a.widths:
+        grads = stage_gradient_bytes(MLPSpec(parse_widths(a.widths)), mc.ranges, a.dtype)
+    dp = with_all_reduce(result, schedule, grads, a.data_parallel, link)
     steps = max(len(acts) for acts in schedule.actions.values())
     print(f"{kind.value}: {count(schedule.num_ranks, 'rank')}, {count(schedule.num_stages, 'stage')}, "
           f"{count(schedule.num_microbatches, 'microbatch')}; {what}; link {link.describe()}")
@@ -124,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     elif a.table is None:
         print(f"(table of {steps} steps not shown; --table prints it)")
     print(report(result, schedule.placement))
+    if a.data_parallel > 1:
+        ends = " ".join(f"{s}:{b:.6g}-{e:.6g}" for s, (b, e) in enumerate(zip(dp.reduce_start, dp.reduce_end)))
+        print(f"\ndata parallel x{a.data_parallel}: step {dp.makespan:.6g} s with the all-reduces ({dp.exposed:.6g} s "
+              f"not hidden behind the schedule); per stage start-end: {ends}")
     title = f"{kind.value}, p={schedule.num_ranks}, m={schedule.num_microbatches}: predicted"
     if a.trace:
         write_chrome_trace(a.trace, result.trace_events(), process_name=title)
@@ -135,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                    "costs": [{"f": c.f, "b": c.b, "w": c.w} for c in costs],
                    "link": {"latency": link.latency, "bandwidth": None if math.isinf(link.bandwidth) else link.bandwidth,
                             "activation_bytes": sizes},
-                   **result.to_json()}
+                   **result.to_json(),
+                   "data_parallel": {"replicas": a.data_parallel, "grad_bytes": grads, "step": dp.makespan,
+                                     "exposed": dp.exposed, "reduce_start": list(dp.reduce_start),
+                                     "reduce_end": list(dp.reduce_end)}}
         write_json(a.json, figures)
     return 0
 
