@@ -19,6 +19,7 @@ from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.measure import step_figures
 from runtime.train.process import Process, evaluate, optimizer_factory
 from runtime.train.progress import ProgressBar
+from runtime.train.slow_steps import SlowSteps
 
 RECENT_STEPS = 32  # steps whose action records give the measured per-action times
 
@@ -50,6 +51,7 @@ class Tally:
     step_times: list[float] = field(default_factory=list)
     records: list[ActionRecord] = field(default_factory=list)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))  # the last steps' action records
+    slow: SlowSteps | None = None  # warns once when steps run far over the prediction
 
 
 def run_epoch(cfg: TrainConfig, proc: Process, data: Dataset, epoch: int, tally: Tally, bar: ProgressBar) -> dict:
@@ -67,6 +69,8 @@ def run_epoch(cfg: TrainConfig, proc: Process, data: Dataset, epoch: int, tally:
         out = proc.pipe.step(data.x_train[idx], data.y_train[idx], idx.shape[0], tally.step, traced,
                              denom=float(cfg.batch_size))
         tally.step_times.append(time.perf_counter() - t0)
+        if tally.slow is not None:
+            tally.slow.observe(tally.step_times[-1], tally.step)
         tally.recent.append(out.records)
         if traced:
             tally.records = out.records

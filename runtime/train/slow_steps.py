@@ -2,7 +2,7 @@
 
 When another process holds a core that torch's threads wait for, steps slow down many times over (see
 runtime.threads); the prediction, made before the timed steps, does not. Three steps in a row over twice the
-prediction print one line, once per run.
+prediction (the run's first step, which allocates, not counted) print one line, once per run.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ class SlowSteps:
     warn: Callable[[str], None]
     streak: int = 0
     warned: bool = False
+    seen: int = 0  # the first step of a run allocates gradients and optimizer state: it does not count
 
     def observe(self, seconds: float, step: int) -> bool:
         """Record one step's time; True when this step triggered the warning."""
-        if not self.predicted or self.predicted <= 0:
+        self.seen += 1
+        if not self.predicted or self.predicted <= 0 or self.seen == 1:
             return False
         self.streak = self.streak + 1 if seconds > FACTOR * self.predicted else 0
         if self.streak < IN_A_ROW or self.warned:

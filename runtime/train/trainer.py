@@ -18,6 +18,7 @@ from runtime.train.loop import Tally, json_path, load_training_data, predict, ru
 from runtime.train.outputs import check_outputs
 from runtime.train.process import Process, build_pipeline, evaluate, gather_layers, optimizer_factory, start
 from runtime.train.progress import ProgressBar
+from runtime.train.slow_steps import SlowSteps
 
 __all__ = ["build_pipeline", "evaluate", "gather_layers", "optimizer_factory", "train"]
 
@@ -124,6 +125,10 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], held: ExitStack) -> dic
     return results
 
 
+def _quiet(_: str) -> None:
+    return None
+
+
 def _epochs(cfg: TrainConfig, log: Callable[[str], None], held: ExitStack, data: object, proc: Process) -> dict:
     """Claim and restore the checkpoint, run the remaining epochs (saving after each), summarize."""
     pipe, distributed = proc.pipe, proc.distributed
@@ -136,7 +141,7 @@ def _epochs(cfg: TrainConfig, log: Callable[[str], None], held: ExitStack, data:
     per_epoch = steps_per_epoch(cfg, data)
     prediction = predict(cfg, proc, data)
     bar = ProgressBar((cfg.epochs - start_epoch) * per_epoch, "train", cfg.progress and reporter)
-    tally = Tally(step=start_epoch * per_epoch)
+    tally = Tally(step=start_epoch * per_epoch, slow=SlowSteps(prediction.here.step_time, log if reporter else _quiet))
     for epoch in range(start_epoch, cfg.epochs):
         history.append(run_epoch(cfg, proc, data, epoch, tally, bar))
         if cfg.checkpoint_dir:
