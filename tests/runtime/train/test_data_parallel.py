@@ -121,9 +121,10 @@ def test_two_torchrun_launchers_as_two_nodes_agree_on_every_rank(tmp_path):
             "--microbatches", "2", "--data-parallel", "2", "--json", str(tmp_path / "rank{rank}.json")]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
                                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+                               "--rdzv-conf", f"is_host={int(node == 0)}",  # both "nodes" are this host: say which serves
                                str(ROOT / "scripts" / "train.py"), *args],
                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True) for node in range(2)]
     logs = [node.communicate(timeout=240) for node in nodes]
     for node, (_, err) in zip(nodes, logs):
         assert node.returncode == 0, err[-3000:]
