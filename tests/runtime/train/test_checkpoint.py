@@ -84,6 +84,28 @@ def launch(world: int, args: list[str]) -> list[subprocess.CompletedProcess]:
 
 
 @pytest.mark.dist
+def test_resume_as_pipeline_x_data_parallel_matches_to_1e_12(tmp_path):
+    """3 stages in one process for 2 epochs, then PP 2 x DP 2 (4 processes): the replicas' gradients are summed
+    in another order than one pipeline's, so the match is to rounding, not bitwise."""
+    common = ["--dataset", "synthetic", "--samples", "96", "--widths", "6,10,8,9,4", "--batch-size", "12",
+              "--microbatches", "2", "--dtype", "float64", "--lr", "0.05", "--partition", "uniform", "--no-progress"]
+    for folder, epochs in (("straight", "4"), ("split", "2")):
+        done = subprocess.run(TRAIN + common + ["--stages", "3", "--epochs", epochs, "--checkpoint-dir",
+                                                str(tmp_path / folder)], capture_output=True, text=True, env=ENV)
+        assert done.returncode == 0, done.stderr
+    ranks = launch(4, common + ["--stages", "2", "--data-parallel", "2", "--epochs", "4", "--resume",
+                                "--checkpoint-dir", str(tmp_path / "split")])
+    assert all(r.returncode == 0 for r in ranks), [r.stderr[-2000:] for r in ranks]
+    assert "resumed from epoch 2" in ranks[0].stdout
+    a, b = ckpt.load_checkpoint(tmp_path / "straight"), ckpt.load_checkpoint(tmp_path / "split")
+    assert b.manifest.layout["data_parallel"] == 2 and b.manifest.epoch == 4
+    for x, y in zip(a.layers, b.layers, strict=True):
+        for u, v in ((x.weight, y.weight), (x.bias, y.bias),
+                     (x.state["weight"]["momentum_buffer"], y.state["weight"]["momentum_buffer"])):
+            assert (u - v).abs().max().item() <= 1e-12
+
+
+@pytest.mark.dist
 def test_under_torchrun_every_rank_refuses_in_one_line(tmp_path):
     """The verdict of the rank that holds the folder reaches the others as a tensor: each exits non-zero."""
     args = ["--dataset", "synthetic", "--samples", "96", "--widths", "6,10,8,4", "--batch-size", "12", "--stages", "2",
