@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +28,7 @@ from partition.units import parse_bytes
 from runtime.calibrate.link import dist_link
 from runtime.comm import Backend, barrier, init_world, launched_by_torchrun
 from runtime.compare.memory import METHOD, measure_memory
-from runtime.compare.pareto import pareto_summary
+from runtime.compare.pareto import pareto_across, pareto_summary
 from runtime.compare.plan import Setting, plan_candidates
 from runtime.compare.predict import Profiler, calibrate, parameter_work, predict
 from runtime.compare.recommend import recommend
@@ -250,15 +250,26 @@ def _boundary_bytes(cfg: CompareConfig, cand: Candidate) -> list[float]:
     return [float(cand.microbatch_size * cfg.spec.widths[b] * size) for _, b in cand.ranges]
 
 
-def regenerate(json_path: str | Path, out: str | Path) -> dict:
-    """Rewrite the Markdown, CSV, PNGs (and JSON) under ``out`` from a results JSON, without running anything."""
+def load_results(json_path: str | Path, flag: str = "from-json") -> dict:
+    """The results of a run, read back from its JSON (ValueError naming ``flag`` when it is not one)."""
     try:
         results = json.loads(Path(json_path).read_text())
     except OSError as err:
-        raise ValueError(f"from-json: cannot read {json_path}: {err.strerror}") from None
+        raise ValueError(f"{flag}: cannot read {json_path}: {err.strerror}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"from-json: {json_path} is not JSON ({err})") from None
+        raise ValueError(f"{flag}: {json_path} is not JSON ({err})") from None
     if not isinstance(results, dict) or "candidates" not in results or "timings" not in results:
-        raise ValueError(f"from-json: {json_path} is not a report written by compare.py (no candidates/timings)")
+        raise ValueError(f"{flag}: {json_path} is not a report written by compare.py (no candidates/timings)")
+    return results
+
+
+def regenerate(json_path: str | Path, out: str | Path) -> dict:
+    """Rewrite the Markdown, CSV, PNGs (and JSON) under ``out`` from a results JSON, without running anything."""
+    results = load_results(json_path)
     write_report(results, out, started=None)
     return results
+
+
+def pareto_table(json_paths: Sequence[str | Path]) -> str:
+    """The memory-time table over runs of one model at several caps (``pareto.pareto_across``), as Markdown."""
+    return "\n".join(pareto_across([load_results(path, "pareto-table") for path in json_paths])) + "\n"

@@ -59,6 +59,11 @@ def pareto_summary(r: dict) -> dict:
             "points": points, **{f"{side}_front": ids for side, ids in fronts.items()}}
 
 
+def _recompute(choices: Sequence[str]) -> str:
+    """Per-stage recomputation as written: one word when every stage does the same."""
+    return "none" if not choices else choices[0] if len(set(choices)) == 1 else ",".join(choices)
+
+
 def _t(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -73,7 +78,7 @@ def pareto_markdown(r: dict) -> list[str]:
         marks = "".join(mark for mark, side in (("P", "predicted"), ("M", "measured"), ("K", "k_devices"))
                         if q[f"on_{side}_front"])
         meas = q["measured_peak_bytes"]
-        rows.append([f"`{q['id']}`", ",".join(dict.fromkeys(q["recompute"])) or "none",
+        rows.append([f"`{q['id']}`", _recompute(q["recompute"]),
                      format_bytes(q["predicted_peak_bytes"]), "-" if meas is None else format_bytes(meas),
                      _t(q["predicted_seconds_per_batch"]), _t(q["measured_seconds_per_batch"]),
                      _t(q["predicted_seconds_per_batch_k_devices"]), "yes" if q["feasible"] else "no", marks or "-"])
@@ -85,6 +90,30 @@ def pareto_markdown(r: dict) -> list[str]:
             *markdown_table(["candidate", "recompute", "peak predicted", "peak measured", "per B predicted",
                              "per B measured", "per B on K devices (simulator)", "fits the cap", "front"], rows), "",
             f"![memory-time trade: predicted and measured points, each labelled]({PNG})", ""]
+
+
+def pareto_across(runs: Sequence[dict]) -> list[str]:
+    """One table over runs of one model at several caps: per cap, every candidate that fits, with its peak per device
+    and time per batch, predicted and measured, and the fronts it is on within its run."""
+    rows = []
+    for r in sorted(runs, key=lambda r: -(r["setup"]["memory_cap"] or float("inf"))):
+        cap = r["setup"]["memory_cap"]
+        entries = {e["id"]: e for e in r["candidates"]}
+        for q in sorted(pareto_summary(r)["points"], key=lambda q: (q["predicted_peak_bytes"], q["id"])):
+            if not q["feasible"]:
+                continue
+            e = entries[q["id"]]
+            marks = "".join(mark for mark, side in (("P", "predicted"), ("M", "measured"), ("K", "k_devices"))
+                            if q[f"on_{side}_front"])
+            measured = e["measured"]["memory_per_device"] if e["measured"] else []
+            what = e["schedule"] if e["kind"] == "pipeline" else e["kind"]
+            rows.append(["none" if cap is None else format_bytes(cap), f"`{q['id']}`", what,
+                         _recompute(q["recompute"]), " / ".join(format_bytes(d["total"]) for d in e["predicted_memory"]),
+                         " / ".join(format_bytes(v) for v in measured) or "-", _t(q["predicted_seconds_per_batch"]),
+                         _t(q["measured_seconds_per_batch"]), _t(q["predicted_seconds_per_batch_k_devices"]),
+                         marks or "-"])
+    return markdown_table(["cap", "candidate", "schedule", "recompute", "peak per device predicted", "measured",
+                           "per B predicted", "measured", "per B on K devices", "front"], rows)
 
 
 def write_pareto_plot(r: dict, path: Path) -> None:

@@ -15,9 +15,9 @@ from partition.schedule.generators import generate
 from partition.spec import MLPSpec
 from runtime.comm import LocalTransport
 from runtime.compare import memory as compare_memory
-from runtime.compare.harness import CompareConfig, compare
+from runtime.compare.harness import CompareConfig, compare, pareto_table
 from runtime.compare.memory import measure_memory
-from runtime.compare.pareto import PNG, pareto_front, pareto_summary
+from runtime.compare.pareto import PNG, pareto_across, pareto_front, pareto_summary
 from runtime.compare.plan import Setting, fit_recompute, plan_candidates, rank_memory
 from runtime.compare.report import FILES
 from runtime.compare.types import CandidateKind, LRRule, RecomputePolicy
@@ -157,6 +157,17 @@ def test_pareto_summary_charges_a_smaller_minibatch_its_extra_steps():
     assert per["a"]["on_measured_front"] and not per["a"]["on_predicted_front"] and not per["c"]["on_measured_front"]
 
 
+def test_pareto_table_across_caps_lists_what_fits_under_each_cap_largest_first():
+    roomy = {"setup": {"batch": 64, "memory_cap": None}, "candidates": [
+        _entry("a", 64, [100, 300], 1.0, (290, 1.2)), _entry("b", 16, [200], 0.2, (150, 0.5))]}
+    tight = {"setup": {"batch": 64, "memory_cap": 250.0}, "candidates": [
+        _entry("a", 64, [100, 300], 1.0, feasible=False), _entry("b", 16, [200], 0.2, (150, 0.5))]}
+    lines = pareto_across([tight, roomy])
+    assert len(lines) == 2 + 3  # header, rule, two rows without a cap, one under 250 B
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| none", "`b`"], ["| none", "`a`"], ["| 250 B", "`b`"]]
+    assert lines[3] == "| none | `a` | 1f1b | none | 100 B / 300 B | 290 B | 1 s | 1.2 s | 500 ms | M |"
+
+
 def test_a_tiny_run_with_the_levers_writes_the_pareto_plot_and_json(tmp_path):
     cfg = CompareConfig(spec=SPEC, dataset="synthetic", samples=256, batch=128, devices=2, epochs=1, dtype="float64",
                         lr=0.05, profile_repeats=2, calibration_steps=2, progress=False, memory_cap=str(CAP),
@@ -181,3 +192,5 @@ def test_a_tiny_run_with_the_levers_writes_the_pareto_plot_and_json(tmp_path):
     assert (tmp_path / PNG).stat().st_size > 1000
     text = (tmp_path / FILES["markdown"]).read_text()
     assert "## Memory-time trade (Pareto front)" in text and f"]({PNG})" in text and "`pipe-1f1b-m2-rc-fit`" in text
+    table = pareto_table([tmp_path / FILES["json"]])
+    assert all(f"`{cid}`" in table for cid in ran) and "`pipe-1f1b-m2`" not in table
