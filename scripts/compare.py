@@ -10,6 +10,7 @@
     python scripts/compare.py --schedules 1f1b,zb-h1 --microbatches 4,8,16 --lr-rule sqrt
     python scripts/compare.py --schedules 1f1b,zb-h1 --recompute none,fit,all --memory-cap 60KiB   # the memory-time trade
     python scripts/compare.py --from-json out/compare/compare.json --out out/again   # re-plot, no training
+    python scripts/compare.py --pareto-table out/cap1/compare.json out/cap2/compare.json   # one table over caps
     torchrun --nproc_per_node=4 scripts/compare.py --devices 4 --device cuda          # pipelines on 4 real GPUs
 
 Writes OUT/compare.md (the report and the recommendation), OUT/compare.json (a top-level "candidates" list with
@@ -26,7 +27,7 @@ from _cli import add_bias_flags, run_main
 
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
-from runtime.compare.harness import QUICK, CompareConfig, compare, regenerate
+from runtime.compare.harness import QUICK, CompareConfig, compare, pareto_table, regenerate
 from runtime.compare.types import LRRule, RecomputePolicy
 from runtime.threads import HELP as THREADS_HELP
 from runtime.threads import parse_threads
@@ -84,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("output")
     g.add_argument("--out", default="out/compare", help="folder for compare.md/.json/.csv and the PNGs")
     g.add_argument("--from-json", default=None, help="rewrite the report from this JSON (no planning, no training)")
+    g.add_argument("--pareto-table", nargs="+", default=None, metavar="JSON",
+                   help="print one memory-time table over these runs' JSON (one model at several caps), then stop")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
@@ -109,6 +112,9 @@ def config_from_args(a: argparse.Namespace) -> CompareConfig:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment (or rewrite its report from JSON) and print where the report is."""
     a = parse_args(argv)
+    if a.pareto_table:
+        print(pareto_table(a.pareto_table), end="")
+        return 0
     if a.from_json:
         regenerate(a.from_json, a.out)
         print(f"report rewritten from {a.from_json}: {a.out}/compare.md")
