@@ -7,6 +7,8 @@ be the same on every side, and the GPU reference figure excludes it):
 * ``compiled``: the same under ``torch.compile`` (reported as failed where it cannot compile);
 * ``custom``: ``PipeModel`` (runtime.ops.functions' LinearFn/ActivationFn and the chapter's loss), weight gradient in B;
 * ``custom-split``: the same with a ``WeightGradStore``: the backward defers dJ/dW, then one flush runs it.
+
+After the timed steps every contender's loss and gradients are checked against float64 (runtime.bench.equal_math).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import torch
 
 from partition.cost import step_flops
 from partition.spec import MLPSpec
+from runtime.bench import equal_math
+from runtime.bench.contenders import Grads, module_grads
 from runtime.bench.flops import describe_rate, device_peak, throughput
-from runtime.bench.models import Params, bench_spec, device_params, make_batch, reference_loss, reference_sequential
+from runtime.bench.models import Batch, Params, bench_spec, device_params, make_batch, reference_loss, reference_sequential
 from runtime.bench.report import dtype_name, machine, ms, ratio
+from runtime.bench.rows import math_cell
 from runtime.bench.timing import Group, Measured, Variant, measure, paired_ratio, release_memory
 from runtime.ops.model import PipeModel, init_parameters, loss_term
 from runtime.ops.wgrad import WeightGradStore
@@ -55,9 +60,8 @@ def _zeroed(params: list[torch.nn.Parameter], run: Callable[[], torch.Tensor]) -
     return step
 
 
-def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.dtype, device: torch.device) -> list[Variant]:
-    batch = make_batch(spec, cfg.batch, dtype, device)
-    x, y = batch.x, batch.y
+def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.dtype, batch: Batch) -> list[Variant]:
+    x, y, device = batch.x, batch.y, batch.x.device
     ref = reference_loss(spec)
     seq = reference_sequential(spec, params, dtype, device)
     model = PipeModel(spec, device_params(params, dtype, device))
@@ -80,7 +84,17 @@ def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.
         store.flush()
         return loss.detach()
 
-    out = [Variant("autograd", _zeroed(seq_params, autograd_step), group=Group.BASELINE)]
+    seq_grads = module_grads([(0, seq)])
+
+    def model_grads() -> Grads:
+        out: Grads = {}
+        for layer, (w, b) in enumerate(model.layer_params()):
+            out[(layer, "w")] = w.grad
+            if b is not None:
+                out[(layer, "b")] = b.grad
+        return out
+
+    out = [Variant("autograd", _zeroed(seq_params, autograd_step), group=Group.BASELINE, grads=seq_grads)]
     if cfg.compile:
         torch.compiler.reset()
         compiled = torch.compile(lambda a, b: ref(seq(a), b))
@@ -90,9 +104,9 @@ def _variants(cfg: FunctionsConfig, spec: MLPSpec, params: Params, dtype: torch.
             loss.backward()
             return loss.detach()
 
-        out.append(Variant("compiled", _zeroed(seq_params, compiled_step), group=Group.BASELINE))
-    out += [Variant("custom", _zeroed(model_params, custom_step)),
-            Variant("custom-split", _zeroed(model_params, split_step))]
+        out.append(Variant("compiled", _zeroed(seq_params, compiled_step), group=Group.BASELINE, grads=seq_grads))
+    out += [Variant("custom", _zeroed(model_params, custom_step), grads=model_grads),
+            Variant("custom-split", _zeroed(model_params, split_step), grads=model_grads)]
     return out
 
 
@@ -116,10 +130,16 @@ def run_functions(cfg: FunctionsConfig, log: Callable[[str], None] = print,
         flops = step_flops(spec, cfg.batch)
         for dtype in cfg.dtypes:
             log(f"functions: width {width} x {cfg.layers} layers, batch {cfg.batch}, {dtype_name(dtype)} ...")
-            measured = measure(_variants(cfg, spec, params, dtype, device), device, cfg.warmup, cfg.repeats)
+            batch = make_batch(spec, cfg.batch, dtype, device)
+            variants = _variants(cfg, spec, params, dtype, batch)
+            measured = measure(variants, device, cfg.warmup, cfg.repeats)
+            checks = equal_math.check_all(variants, *equal_math.reference(spec, params, batch.x, batch.y), dtype,
+                                          skip={n for n, r in measured.items() if r.error})
+            del variants
             peak = device_peak(device, dtype)
             base = measured["autograd"]
-            results += [_row(m, base, width, dtype, flops, peak) for m in measured.values()]
+            results += [_row(m, base, width, dtype, flops, peak) | {"math": checks[m.name].to_json() if m.name in checks
+                                                                    else None} for m in measured.values()]
             torch.compiler.reset()
             release_memory(device)
             out["table"] = table_text(out)
@@ -132,9 +152,10 @@ def run_functions(cfg: FunctionsConfig, log: Callable[[str], None] = print,
 def table_text(result: dict) -> str:
     """The `functions` table, from the result's JSON alone."""
     body = [[r["width"], r["dtype"], r["variant"], ms(r["step_time"]) if not r["error"] else f"failed: {r['error'][:60]}",
-             describe_rate(r), ratio(r["speedup_vs_autograd"]), _loss_text(r["loss"])] for r in result["results"]]
+             describe_rate(r), ratio(r["speedup_vs_autograd"]), _loss_text(r["loss"]), math_cell(r)]
+            for r in result["results"]]
     return text_table(["width", "dtype", "variant", "step (median [p25-p75])", "achieved", "speedup vs autograd (paired)",
-                       "loss"], body)
+                       "loss", "math"], body)
 
 
 def _row(m: Measured, base: Measured, width: int, dtype: torch.dtype, flops: int, peak: object) -> dict:

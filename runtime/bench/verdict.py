@@ -73,8 +73,11 @@ def _functions(result: dict) -> list[str]:
             target = Target(f"functions {r['dtype']} width {r['width']}: custom vs autograd (CPU, within 5%)", 0.95)
         else:
             continue
-        out.append(target.line(_median(r["speedup_vs_autograd"]), "speedup", r["speedup_vs_autograd"]))
-    return out
+        if _math_failed(r):
+            out.append(f"MISSED  {target.what}: custom failed the equal-math check ({r['math']['detail']})")
+        else:
+            out.append(target.line(_median(r["speedup_vs_autograd"]), "speedup", r["speedup_vs_autograd"]))
+    return out + [_math_line("functions", result["results"])]
 
 
 def _pipeline(result: dict) -> list[str]:
