@@ -14,6 +14,7 @@ import torch
 
 from runtime.bench.functions import FunctionsConfig, run_functions
 from runtime.bench.pipeline import PipelineBenchConfig, run_pipeline_bench
+from runtime.bench.render import table_text
 from runtime.bench.sim import SimBenchConfig, run_sim_bench
 from runtime.bench.timing import Variant, measure, paired_ratio
 from runtime.bench.verdict import verdicts
@@ -29,6 +30,11 @@ def load_peers():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def same_table_from_json(res):
+    """The table printed by the run is the one rebuilt from its JSON alone."""
+    assert table_text(json.loads(json.dumps(res, default=str))) == res["table"]
 
 
 def positive_ratio(d):
@@ -64,6 +70,7 @@ def test_functions_bench_fields_and_equal_losses():
     assert all(r["math"]["ok"] for r in rows), [r["math"] for r in rows]
     lines = verdicts(res)  # CPU targets start at width 1024: only the equal-math line
     assert lines == ["MET     functions: equal math: every contender's loss and gradients match the float64 reference"]
+    same_table_from_json(res)
 
 
 def test_pipeline_bench_every_contender_and_peer_agrees():
@@ -92,6 +99,7 @@ def test_pipeline_bench_every_contender_and_peer_agrees():
     assert summary["math_failures"] == [] and summary["headline"] == cfg.headline
     lines = verdicts(res)
     assert len(lines) == 5 and cfg.headline in lines[0] and lines[-1].startswith("MET")
+    same_table_from_json(res)
 
 
 def test_simulator_bench_one_process():
@@ -104,6 +112,7 @@ def test_simulator_bench_one_process():
     for r in res["results"]:
         assert r["error"] is None and r["predicted_step_time"] > 0 and 0 <= r["predicted_bubble_fraction"] < 1
         assert math.isfinite(r["error_fraction"]) and r["measured_step_time"]["median"] > 0
+    same_table_from_json(res)
 
 
 def test_cli_writes_json_and_rejects_bad_flags(tmp_path):
