@@ -179,10 +179,9 @@ def is_joined() -> bool:
 def init_world(backend: Backend, timeout: float) -> WorldInfo:
     """Join the process group torchrun describes in the environment (env:// rendezvous, multi-node capable)."""
     if not dist.is_initialized():
-        kwargs = {"timeout": timedelta(seconds=timeout)}
         if backend is Backend.NCCL:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend.value, **kwargs)
+        dist.init_process_group(backend.value, timeout=timedelta(seconds=timeout))
     return WorldInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -200,6 +199,7 @@ class Grid:
     dp_size: int
     pp_size: int
     mesh: DeviceMesh
+    timeout: float  # seconds any collective may wait (the subgroups' own default is half an hour)
 
     @property
     def rank(self) -> int:
@@ -220,15 +220,20 @@ class Grid:
         """Global rank of each pipeline rank of this process's replica."""
         return [self.dp_rank * self.pp_size + p for p in range(self.pp_size)]
 
-    def all_reduce(self, values: torch.Tensor, dim: Dim | None = None, async_op: bool = False) -> dist.Work | None:
-        """Sum ``values`` in place over ``dim``'s group (None: every rank); a handle to wait on when async."""
+    def all_reduce_async(self, values: torch.Tensor, dim: Dim | None = None) -> tuple[dist.Work, torch.Tensor]:
+        """Start summing ``values`` over ``dim``'s group (None: every rank): (handle, the buffer that gets the sum)."""
         group = None if dim is None else self.mesh.get_group(dim.value)
-        if self.backend is Backend.NCCL and values.device.type == "cpu" and not async_op:
+        buf = values
+        if self.backend is Backend.NCCL and values.device.type == "cpu":  # NCCL reduces device memory only
             buf = values.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(buf, group=group)
+        return dist.all_reduce(buf, group=group, async_op=True), buf
+
+    def all_reduce(self, values: torch.Tensor, dim: Dim | None = None) -> None:
+        """Sum ``values`` in place over ``dim``'s group (None: every rank), waiting at most ``timeout`` seconds."""
+        work, buf = self.all_reduce_async(values, dim)
+        wait(work, self.timeout)
+        if buf is not values:
             values.copy_(buf)
-            return None
-        return dist.all_reduce(values, group=group, async_op=async_op)
 
 
 def init_grid(backend: Backend, timeout: float, pp_size: int, dp_size: int) -> Grid:
@@ -239,7 +244,7 @@ def init_grid(backend: Backend, timeout: float, pp_size: int, dp_size: int) -> G
                          f"{pp_size * dp_size} processes, torchrun started {world.world_size}")
     device = "cuda" if backend is Backend.NCCL else "cpu"
     mesh = init_device_mesh(device, (dp_size, pp_size), mesh_dim_names=(Dim.DP.value, Dim.PP.value))
-    return Grid(world, backend, dp_size, pp_size, mesh)
+    return Grid(world, backend, dp_size, pp_size, mesh, timeout)
 
 
 def wait(work: dist.Work, timeout: float) -> None:
@@ -258,13 +263,10 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum ``values`` over all ranks (host tensor for gloo); a no-op without a process group."""
     if not dist.is_initialized():
         return values
-    dev = values.device
-    if dist.get_backend() == "gloo":
-        buf = values.cpu()
-    else:  # NCCL reduces device memory only
-        buf = values.to(torch.device("cuda", torch.cuda.current_device()))
+    gloo = dist.get_backend() == "gloo"  # NCCL reduces device memory only
+    buf = values.cpu() if gloo else values.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(buf)
-    return buf.to(dev)
+    return buf.to(values.device)
 
 
 def gather_rows(rows: torch.Tensor) -> list[torch.Tensor]:

@@ -43,9 +43,8 @@ class GridCollectives:
 
     spans_ranks = True
 
-    def __init__(self, grid: Grid, timeout: float, name_failure: Namer = None, bucket_bytes: int = BUCKET_BYTES) -> None:
+    def __init__(self, grid: Grid, name_failure: Namer = None, bucket_bytes: int = BUCKET_BYTES) -> None:
         self.grid = grid
-        self.timeout = timeout
         self.name_failure = name_failure
         self.bucket_bytes = bucket_bytes
         self._pending: list[tuple[object, torch.Tensor, list[torch.Tensor]]] = []
@@ -57,14 +56,14 @@ class GridCollectives:
         params = [p for p in stage.parameters() if p.grad is not None]
         for bucket in buckets(params, self.bucket_bytes):
             flat = torch.cat([p.grad.reshape(-1) for p in bucket])
-            work = self._guard(lambda flat=flat: self.grid.all_reduce(flat, Dim.DP, async_op=True))
-            self._pending.append((work, flat, bucket))
+            work, summed = self._guard(lambda flat=flat: self.grid.all_reduce_async(flat, Dim.DP))
+            self._pending.append((work, summed, bucket))
 
     def wait_grads(self) -> None:
         """Wait for every started reduction and copy the sums back into the gradients."""
         pending, self._pending = self._pending, []
         for work, flat, bucket in pending:
-            self._guard(lambda work=work: wait(work, self.timeout))
+            self._guard(lambda work=work: wait(work, self.grid.timeout))
             offset = 0
             for p in bucket:
                 n = p.grad.numel()

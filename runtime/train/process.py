@@ -135,7 +135,7 @@ def start(cfg: TrainConfig, watch: bool = True) -> Process:
     pcfg = replace(probe, devices=(dev,) * cfg.stages)
     transport = DistTransport(backend, cfg.timeout, grid.pipeline_peers(), namer)
     pipe = Pipeline(pcfg, optimizer_factory(cfg), transport, [grid.pp_rank],
-                    collectives=GridCollectives(grid, cfg.timeout, namer))
+                    collectives=GridCollectives(grid, namer))
     return Process(pipe, grid, watchdog, owns)
 
 
