@@ -12,17 +12,20 @@ ranges, recomputation and schedule the caps moved, and why.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from partition.activation_peak import rank_activation_peaks
+from partition.cost import DType, Optimizer
 from partition.joint import joint_partition
-from partition.partitioner import Plan, Problem, partition
-from partition.recompute import NO_RECOMPUTE, per_stage, recompute_forward
+from partition.partitioner import Plan, Problem, partition, problem_for
+from partition.plan import Ranges
+from partition.recompute import NO_RECOMPUTE, Recompute, per_stage, recompute_forward
 from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.capped import ActivationCap, CappedResult, capped_schedule
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
+from partition.spec import MLPSpec
 from partition.timing import StageCost
 from partition.units import format_bytes
 
@@ -148,6 +151,23 @@ def auto_schedule(problem: Problem, plan: Plan, num_microbatches: int, max_infli
     stage_bytes = tuple(problem.memory.microbatch(a, b, c) for (a, b), c in zip(plan.ranges, choices))
     return capped_schedule(problem.num_stages, num_microbatches, plan.stage_costs,
                            ActivationCap(budgets, stage_bytes, max_inflight), problem.link, plan.boundary_bytes or None)
+
+
+def auto_for_ranges(
+    spec: MLPSpec,
+    ranges: Ranges,
+    microbatch: int,
+    num_microbatches: int,
+    memory_cap: float | None = None,
+    max_inflight: int | None = None,
+    recompute: Sequence[Recompute] = (),
+    dtype: DType | str = DType.FLOAT32,
+    optimizer: Optimizer | str = Optimizer.SGD,
+) -> Schedule:
+    """The auto schedule for fixed layer ranges (one stage per device), with FLOP-based stage times: what a
+    training run uses. ``memory_cap``: bytes per device (None: only ``max_inflight`` limits)."""
+    problem = problem_for(spec, len(ranges), microbatch, dtype=dtype, optimizer=optimizer, memory_caps=memory_cap)
+    return auto_schedule(problem, problem.evaluate(tuple(ranges), recompute=recompute), num_microbatches, max_inflight).schedule
 
 
 def _auto(plans: list[tuple[Plan, Problem]], m: int, max_inflight: int | None) -> ScheduleOption:

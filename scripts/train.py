@@ -26,6 +26,7 @@ from partition.plan import format_ranges
 from partition.recompute import parse_recompute
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
+from partition.units import parse_bytes
 from runtime.calibrate.run import LINK_HELP, format_predictions
 from runtime.engine.stage import Engine
 from runtime.threads import HELP as THREADS_HELP
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--recompute", default="none",
                    help="activation recomputation: none, all, first:K (the first K layers of every stage), or one "
                         "per stage, comma-separated, e.g. all,none,first:1 (default %(default)s)")
+    g.add_argument("--memory-cap", help="with --schedule auto: bytes per device the generated schedule keeps within, "
+                                        "e.g. 200MiB (activations get the cap minus parameters, gradients, optimizer state)")
+    g.add_argument("--max-inflight", type=int, help="with --schedule auto: at most this many microbatches in flight per stage")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on another rank may take")
     g.add_argument("--threads", default="auto", help=THREADS_HELP)
     g.add_argument("--data-parallel", type=int, default=1, metavar="D",
@@ -105,6 +109,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         resume=a.resume, overwrite=a.overwrite, json=a.json, progress=a.progress and sys.stderr.isatty(),
         timeout=a.timeout, fuse_w=a.fuse_w, defer_w=a.defer_w, engine=Engine(a.engine), recompute=parse_recompute(a.recompute),
         threads=parse_threads(a.threads), data_parallel=a.data_parallel, clip_grad_norm=a.clip_grad_norm,
+        memory_cap=parse_bytes(a.memory_cap) if a.memory_cap else None, max_inflight=a.max_inflight,
     )
 
 

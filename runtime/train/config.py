@@ -68,6 +68,8 @@ class TrainConfig:
     engine: Engine = Engine.AUTOGRAD
     recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
     threads: int | None = None  # torch CPU threads; None: auto (runtime.threads)
+    memory_cap: float | None = None  # bytes per device the auto schedule keeps within (activations: cap - static)
+    max_inflight: int | None = None  # the auto schedule's cap on microbatches in flight per stage
 
     def __post_init__(self) -> None:
         checks = [
@@ -100,6 +102,8 @@ class TrainConfig:
             raise ValueError("overwrite: replaces the checkpoint that --resume would continue; choose one")
         per_stage(self.recompute, self.stages)
         parse_dtype(self.dtype)
+        if self.schedule is ScheduleKind.AUTO and (self.virtual != 1 or (self.memory_cap, self.max_inflight) == (None, None)):
+            raise ValueError("schedule: auto needs --memory-cap and/or --max-inflight, and one stage per device")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from partition.choose import auto_for_ranges
+from partition.schedule.actions import ScheduleKind
 from partition.units import count
 from runtime.comm import (
     Backend,
@@ -45,10 +47,15 @@ def pipeline_config(cfg: TrainConfig, devices: tuple[str, ...]) -> PipelineConfi
     """The pipeline the training config describes, on ``devices`` (one per stage), its schedule checked."""
     replica_batch = cfg.batch_size // cfg.data_parallel
     ranges = resolve_ranges(cfg.spec, cfg.stages, cfg.partition, replica_batch // cfg.microbatches)
+    ready = None
+    if cfg.schedule is ScheduleKind.AUTO:
+        state = "adam" if cfg.optimizer is OptimizerKind.ADAM else "momentum" if cfg.momentum else "sgd"
+        ready = auto_for_ranges(cfg.spec, ranges, replica_batch // cfg.microbatches, cfg.microbatches, cfg.memory_cap,
+                                cfg.max_inflight, cfg.recompute, cfg.dtype, state)
     pcfg = PipelineConfig(spec=cfg.spec, ranges=ranges, schedule=cfg.schedule, microbatches=cfg.microbatches,
                           devices=devices, dtype=cfg.torch_dtype, seed=cfg.seed, virtual=cfg.virtual,
                           fuse_w=cfg.fuse_w, defer_w=cfg.defer_w, engine=cfg.engine, clip_grad_norm=cfg.clip_grad_norm,
-                          recompute=cfg.recompute)
+                          recompute=cfg.recompute, ready=ready)
     pcfg.build_schedule()
     return pcfg
 

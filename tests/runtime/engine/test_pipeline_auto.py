@@ -6,12 +6,15 @@ from torch import nn
 
 from partition.schedule.actions import ScheduleKind
 from partition.schedule.capped import ActivationCap, Placement, capped_schedule
+from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import StageCost
 from runtime.comm import LocalTransport
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.engine.stage import Engine
 from runtime.ops.model import PipeModel
+from runtime.train.config import TrainConfig
+from runtime.train.process import pipeline_config
 
 F64 = torch.float64
 LR, STEPS = 0.05, 3
@@ -61,3 +64,14 @@ def test_a_ready_schedule_must_match_the_plan():
     cfg = PipelineConfig(spec, ((0, 1), (1, 2), (2, 3)), ScheduleKind.AUTO, 2, ("cpu",) * 3, ready=found.schedule)
     with pytest.raises(ValueError, match="the given one has 3 stages and 4 microbatches"):
         cfg.build_schedule()
+
+
+def test_a_training_config_with_schedule_auto_gets_a_generated_schedule():
+    cfg = TrainConfig(spec=MLPSpec((16, 32, 32, 8)), stages=3, schedule=ScheduleKind.AUTO, microbatches=6, batch_size=48,
+                      max_inflight=2, partition="uniform")
+    pcfg = pipeline_config(cfg, ("cpu",) * 3)
+    schedule = pcfg.build_schedule()
+    assert schedule.kind is ScheduleKind.AUTO and schedule.num_microbatches == 6
+    assert max(simulate(schedule, [StageCost(1.0, 1.0, 1.0)] * 3).peak_inflight) <= 2
+    with pytest.raises(ValueError, match="auto needs --memory-cap and/or --max-inflight"):
+        TrainConfig(stages=3, schedule=ScheduleKind.AUTO, microbatches=2)
