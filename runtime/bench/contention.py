@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.bench.report import ms
+import torch
+
+from runtime.bench.report import machine, ms
 from runtime.output import text_table
 from runtime.stats import Spread
 
@@ -65,6 +67,7 @@ def _median_step(command: Sequence[str], cfg: ContentionConfig) -> float:
 
 def run_contention(cfg: ContentionConfig, command: Sequence[str], log: Callable[[str], None] = print) -> dict:
     """Median step time alone and with busy loops (rounds alternate); JSON-ready, with ``table``."""
+    where = machine(torch.device("cpu"))  # the load average before the runs
     alone: list[float] = []
     loaded: list[float] = []
     log(f"contention: {' '.join(command[1:])} for {cfg.epochs} epochs, alone and next to {cfg.busy} busy loop(s) ...")
@@ -73,8 +76,9 @@ def run_contention(cfg: ContentionConfig, command: Sequence[str], log: Callable[
         with busy_loops(cfg.busy):
             loaded.append(_median_step(command, cfg))
     a, b = Spread.of(alone), Spread.of(loaded)
-    out = {"benchmark": "contention", "config": {"command": list(command[1:]), "epochs": cfg.epochs, "rounds": cfg.rounds,
-                                                  "busy": cfg.busy, "flags": list(cfg.flags)},
+    config = {"command": list(command[1:]), "epochs": cfg.epochs, "rounds": cfg.rounds, "busy": cfg.busy,
+              "flags": list(cfg.flags)}
+    out = {"benchmark": "contention", "machine": where, "config": config,
            "results": [{"case": "alone", "step_time": a.to_json()},
                        {"case": f"with {cfg.busy} busy loop(s)", "step_time": b.to_json()}],
            "ratio": b.median / a.median}
