@@ -65,12 +65,19 @@ def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
         r = json.loads(out.read_text())
         top = r["prediction_explained"]["contributors"][:1]
         return [{"name": case.name, "predicted": r["predicted_step_time"], "measured": r["measured_step_time"]["median"],
-                 "error": r["prediction_error"], "term": _term(top[0]) if top else "-"}]
+                 "error": r["prediction_error"], "term": _term(top[0]) if top else "-",
+                 "noise": _noise(r["measured_step_time"])}]
     r = json.loads((out / "compare.json").read_text())
     return [{"name": f"{case.name}: {e['id']}", "predicted": e["predicted"]["predicted_step_time"],
              "measured": e["measured"]["measured_step_time"]["median"], "error": e["errors"]["prediction_error"],
-             "term": _term(e["prediction_explained"]["contributors"][0]) if e.get("prediction_explained") else "-"}
+             "term": _term(e["prediction_explained"]["contributors"][0]) if e.get("prediction_explained") else "-",
+             "noise": _noise(e["measured"]["measured_step_time"])}
             for e in r["candidates"] if e["errors"] and e["errors"]["prediction_error"] is not None]
+
+
+def _noise(spread: dict) -> float:
+    """Interquartile range of the measured steps over their median: how disturbed the measurement was."""
+    return (spread["p75"] - spread["p25"]) / spread["median"] if spread["median"] else 0.0
 
 
 def _term(row: dict) -> str:
@@ -100,6 +107,7 @@ def fidelity(cases: Sequence[Case], runs: int = 3, timeout: float = 900.0,
                      "median_abs_error": statistics.median(errors), "min_abs_error": min(errors),
                      "max_abs_error": max(errors), "predicted": middle["predicted"], "measured": middle["measured"],
                      "largest_term": middle["term"], "within_target": statistics.median(errors) <= TARGET,
+                     "noise": statistics.median(s.get("noise", 0.0) for s in seen),
                      "failed": failed.get(name, [])})
     return rows
 
@@ -107,10 +115,11 @@ def fidelity(cases: Sequence[Case], runs: int = 3, timeout: float = 900.0,
 def fidelity_table(rows: Sequence[dict]) -> list[str]:
     """The rows as a Markdown table (errors over the runs; the term named where a row misses the target)."""
     body = [[r["name"], f"{r['predicted'] * 1e3:.3g}", f"{r['measured'] * 1e3:.3g}", f"{r['median_abs_error']:.1%}",
-             f"{r['min_abs_error']:.1%}-{r['max_abs_error']:.1%}", r["runs"],
+             f"{r['min_abs_error']:.1%}-{r['max_abs_error']:.1%}", r["runs"], f"{r['noise']:.0%}",
              "yes" if r["within_target"] else f"no: {r['largest_term']}"] if r["runs"] else
-            [r["name"], "-", "-", "-", "-", 0, f"failed: {r['failed'][-1][:80]}"] for r in rows]
+            [r["name"], "-", "-", "-", "-", 0, "-", f"failed: {r['failed'][-1][:80]}"] for r in rows]
     return markdown_table(["case", "predicted ms", "measured ms", "median abs error", "range", "runs",
+                           "measured IQR / median",
                            f"within {TARGET:.0%} (else the largest term)"], body)
 
 
