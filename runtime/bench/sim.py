@@ -213,7 +213,7 @@ def _row(name: str, sim: SimResult, in_step: SimResult, rec: Measured, busy: tor
     row = {"schedule": name, "error": rec.error, "measured_step_time": spread.to_json() if spread else None,
            "predicted_step_time": predicted(sim), "predicted_makespan": sim.makespan,
            "predicted_bubble_fraction": sim.bubble_fraction, "busy_seconds": float(busy.median()),
-           "error_fraction": error(predicted(sim)),
+           "prediction_error": error(predicted(sim)),
            "predicted_from_step_costs": predicted(in_step), "error_from_step_costs": error(predicted(in_step))}
     if distributed and spread:
         bubbles = [1.0 - float(b) / (p * t) for b, t in zip(busy.tolist(), rec.times)]
@@ -229,7 +229,7 @@ def table_text(result: dict) -> str:
     rows, distributed = result["results"], result["mode"] == "torchrun"
     body = []
     for r in rows:
-        err = "-" if r["error_fraction"] is None else f"{r['error_fraction']:+.1%}"
+        err = "-" if r["prediction_error"] is None else f"{r['prediction_error']:+.1%}"
         mb = r["measured_bubble_fraction"]
         extra = (f"{mb:.1%}" if mb is not None else "-") if distributed else (
             "-" if r.get("outside_actions_seconds") is None else f"{r['outside_actions_seconds'] * 1e3:.2f} ms")

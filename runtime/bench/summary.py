@@ -42,7 +42,7 @@ def _rows(result: dict) -> list[list[str]]:
             rate = "-" if r["flops_per_second"] is None else describe_rate(r)
             rows.append([bench, r["dtype"], r["case"], f"{r['seconds'] * 1e3:.3f} ms", rate, "-", "one layer"])
         elif bench == "simulator":
-            err = r["error_fraction"]
+            err = r.get("prediction_error", r.get("error_fraction"))  # error_fraction: files before the rename
             rows.append([bench, result["config"]["dtype"], r["schedule"], _ms(r["measured_step_time"]),
                          f"predicted {r['predicted_step_time'] * 1e3:.2f} ms", "-" if err is None else f"{err:+.1%}", "error"])
     return rows

@@ -127,7 +127,12 @@ def _dist(result: dict) -> list[str]:
 
 def _simulator(result: dict) -> list[str]:
     return [Target(f"simulator ({result['mode']}): {r['schedule']} |predicted - measured| / measured", 0.10, False).line(
-        None if r["error_fraction"] is None else abs(r["error_fraction"]), "error") for r in result["results"]]
+        _abs(r.get("prediction_error", r.get("error_fraction"))), "error")  # error_fraction: files before the rename
+        for r in result["results"]]
+
+
+def _abs(value: float | None) -> float | None:
+    return None if value is None else abs(value)
 
 
 def _contention(result: dict) -> list[str]:

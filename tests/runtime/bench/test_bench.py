@@ -111,7 +111,7 @@ def test_simulator_bench_one_process():
         "1f1b+defer-w+direct"}
     for r in res["results"]:
         assert r["error"] is None and r["predicted_step_time"] > 0 and 0 <= r["predicted_bubble_fraction"] < 1
-        assert math.isfinite(r["error_fraction"]) and r["measured_step_time"]["median"] > 0
+        assert math.isfinite(r["prediction_error"]) and r["measured_step_time"]["median"] > 0
     same_table_from_json(res)
 
 
