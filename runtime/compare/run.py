@@ -54,18 +54,23 @@ class RunContext:
 
 
 def build(ctx: RunContext, spec: MLPSpec, cand: Candidate) -> Pipeline:
-    """The candidate's pipeline: every stage here, or this rank's stages when it spans the torchrun processes."""
-    tcfg = TrainConfig(spec=spec, batch_size=cand.minibatch, lr=cand.lr, optimizer=ctx.optimizer, momentum=ctx.momentum,
-                       seed=ctx.seed, dtype=ctx.dtype, device=ctx.device, stages=cand.num_stages, schedule=cand.schedule,
-                       microbatches=cand.microbatches, virtual=cand.virtual, partition=format_ranges(cand.ranges),
-                       progress=False, timeout=ctx.timeout, recompute=cand.recompute)
+    """The candidate's pipeline: every stage here, or this rank's stages when it spans the torchrun processes.
+
+    A searched (auto) schedule is handed over as it is, so only a pipeline built here can run it.
+    """
     if ctx.spans_processes(cand):
+        tcfg = TrainConfig(spec=spec, batch_size=cand.minibatch, lr=cand.lr, optimizer=ctx.optimizer,
+                           momentum=ctx.momentum, seed=ctx.seed, dtype=ctx.dtype, device=ctx.device,
+                           stages=cand.num_stages, schedule=cand.schedule, microbatches=cand.microbatches,
+                           virtual=cand.virtual, partition=format_ranges(cand.ranges), progress=False,
+                           timeout=ctx.timeout, recompute=cand.recompute)
         return build_pipeline(tcfg)[0]
     devices = resolve_devices(ctx.device, None, cand.num_stages)
     pcfg = PipelineConfig(spec=spec, ranges=cand.ranges, schedule=cand.schedule, microbatches=cand.microbatches,
                           devices=devices, dtype=ctx.torch_dtype, seed=ctx.seed, virtual=cand.virtual,
                           recompute=cand.recompute, ready=cand.ready)
-    return Pipeline(pcfg, optimizer_factory(tcfg), LocalTransport())
+    make = optimizer_factory(TrainConfig(lr=cand.lr, optimizer=ctx.optimizer, momentum=ctx.momentum))
+    return Pipeline(pcfg, make, LocalTransport())
 
 
 def step_inputs(pipe: Pipeline, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
