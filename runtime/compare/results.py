@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Sequence
 
 from partition.timing import StageCost
+from runtime.calibrate.costs import Origin
 from runtime.compare.predict import Prediction, explain_error
 from runtime.compare.run import time_to_target
 from runtime.compare.types import Candidate, CandidateKind
@@ -33,6 +34,9 @@ def entry(cand: Candidate, pred: Prediction | None, memory: dict | None, run: di
             "bubble_fraction_k_devices": pred.bubble_fraction, "step_overhead": pred.step_overhead,
             "memory_per_device": list(cand.memory_per_device),
             "stage_costs": [{"f": c.f, "b": c.b, "w": c.w} for c in pred.stage_costs],
+            "origins": {"layers": Origin.PROFILED.value, "action_overhead": Origin.MEASURED.value,
+                        "step_overhead": Origin.MEASURED.value, "optimizer": Origin.MEASURED.value,
+                        "link": (Origin.MEASURED if pred.concurrent else Origin.DEFAULT).value},
         }
         if cand.kind is CandidateKind.PIPELINE:
             out["timeline"] = [[e.rank, e.name, e.start, e.end, e.lane] for e in pred.timeline]

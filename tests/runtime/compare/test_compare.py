@@ -89,6 +89,7 @@ def test_predictions_and_measurements_are_present_and_finite(report):
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in figures), e["id"]
         assert p["predicted_step_time"] > 0 and m["measured_step_time"]["median"] > 0 and min(m["memory_per_device"]) > 0
         assert len(m["memory_per_device"]) == len(p["memory_per_device"]) == e["devices"]
+        assert p["origins"]["layers"] == "profiled" and p["origins"]["link"] == "default"  # one process: no link
         if e["kind"] == "pipeline":  # both timelines of the step, every rank in each; where the error comes from
             assert {row[0] for row in e["timeline"]} == {row[0] for row in e["measured_timeline"]} == set(range(e["devices"]))
             explained = e["prediction_explained"]
