@@ -3,8 +3,8 @@
 ``compare(cfg)`` plans every candidate under the memory cap (``plan``), predicts its step time and memory
 (``predict``, from profiles measured before any run), measures its memory in one instrumented step
 (``memory``) and trains it with the same seed on the same samples (``run``), then recommends one
-(``recommend``) and writes the report (``report``: Markdown, JSON, CSV and PNG plots).
-``regenerate`` rewrites the report from its JSON alone.
+(``recommend``) and writes the report (``report``: Markdown, JSON, CSV and PNG plots, with the memory-time trade
+of ``pareto``). ``regenerate`` rewrites the report from its JSON alone; ``pareto_table`` tables several runs.
 """
 
 from __future__ import annotations
