@@ -47,9 +47,10 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     the slowest rank.
     """
     records, times, outside = [], [], []
+    rows = torch.arange(batch)
     for i in range(steps + 2):
         t0 = time.perf_counter()
-        out = skel.step(x, y, batch, i, sync_timing=True)
+        out = skel.step(x[rows], y[rows], batch, i, sync_timing=True)  # gathering the rows, as a training step does
         if i >= 2:
             times.append(time.perf_counter() - t0)
             records += out.records
