@@ -5,7 +5,7 @@ computed (a pipeline of K stages, or m microbatches accumulated on one device: t
 step itself is smaller (one device at a minibatch b < B: more optimizer steps, its learning rate set by an
 :class:`LRRule`). Feasibility comes from the analytic memory model (``partition.memory``): a candidate whose
 predicted peak on some device exceeds the cap is kept, marked infeasible, with the reason. A pipeline's peak per
-device is exact: parameters, gradients, optimizer state and messages of its stages, plus the activation peak of
+device is the parameters, gradients, optimizer state and messages of its stages plus the exact activation peak of
 walking its schedule (``partition.activation_peak``). Beside each pipeline without recomputation come, per
 :class:`RecomputePolicy`, the same schedule on the fastest split with every stage recomputing (``all``) or with the
 least recomputation that fits the cap (``fit``). The ``auto`` schedule (one stage per device, on the fastest split) is
