@@ -29,14 +29,21 @@ def check_file(path: str | Path, flag: str) -> None:
 
 
 def check_folder(path: str | Path, flag: str) -> None:
-    """Make the folder ``path`` and prove a file can be created in it; ValueError naming ``--flag`` otherwise."""
+    """Prove a file can be created in the folder ``path`` (folders made for the proof are removed again: the run
+    makes its own); ValueError naming ``--flag`` otherwise."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".pipegraph-probe-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
         raise ValueError(f"{flag}: cannot write into {path}: {err.strerror or err}") from None
+    finally:
+        for folder in made:  # deepest first
+            if folder.is_dir():
+                folder.rmdir()
 
 
 def check_outputs(cfg: TrainConfig) -> None:

@@ -81,8 +81,14 @@ def test_output_paths_are_checked_before_the_first_step(tmp_path):
     cfg = TrainConfig(trace=str(tmp_path / "nodir" / "t.json"), json=str(tmp_path / "a" / "b" / "r.json"),
                       checkpoint_dir=str(tmp_path / "ck" / "pt"))
     check_outputs(cfg)
-    assert (tmp_path / "nodir").is_dir() and (tmp_path / "a" / "b").is_dir() and (tmp_path / "ck" / "pt").is_dir()
-    assert not (tmp_path / "nodir" / "t.json").exists() and list((tmp_path / "ck" / "pt").iterdir()) == []
+    assert (tmp_path / "nodir").is_dir() and (tmp_path / "a" / "b").is_dir() and not (tmp_path / "ck").exists()
+    assert not (tmp_path / "nodir" / "t.json").exists()
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway: nothing to refuse there
+        with pytest.raises(ValueError, match="--checkpoint-dir: cannot write"):
+            check_outputs(TrainConfig(checkpoint_dir=str(tmp_path / "locked" / "ck")))
+    with pytest.raises(ValueError, match="--checkpoint-dir: cannot write"):
+        check_outputs(TrainConfig(checkpoint_dir="/proc/pipegraph-ck"))
 
 
 def test_an_oversize_run_is_refused_before_allocating():
