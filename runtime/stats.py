@@ -54,3 +54,8 @@ def spread_json(values: Sequence[float]) -> dict:
     if not values:
         return {k: (0 if k == "n" else None) for k in SPREAD_KEYS}
     return Spread.of(values).to_json()
+
+
+def relative_iqr(spread: dict) -> float:
+    """(p75 - p25) / median of a ``to_json`` dict: how disturbed the measurement was (0 when it has no median)."""
+    return (spread["p75"] - spread["p25"]) / spread["median"] if spread["median"] else 0.0

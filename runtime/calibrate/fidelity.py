@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.output import markdown_table, write_json
+from runtime.stats import relative_iqr
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 0.10  # the this-run prediction should land within 10% of the measured median step
@@ -66,18 +67,13 @@ def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
         top = r["prediction_explained"]["contributors"][:1]
         return [{"name": case.name, "predicted": r["predicted_step_time"], "measured": r["measured_step_time"]["median"],
                  "error": r["prediction_error"], "term": _term(top[0]) if top else "-",
-                 "noise": _noise(r["measured_step_time"])}]
+                 "noise": relative_iqr(r["measured_step_time"])}]
     r = json.loads((out / "compare.json").read_text())
     return [{"name": f"{case.name}: {e['id']}", "predicted": e["predicted"]["predicted_step_time"],
              "measured": e["measured"]["measured_step_time"]["median"], "error": e["errors"]["prediction_error"],
              "term": _term(e["prediction_explained"]["contributors"][0]) if e.get("prediction_explained") else "-",
-             "noise": _noise(e["measured"]["measured_step_time"])}
+             "noise": relative_iqr(e["measured"]["measured_step_time"])}
             for e in r["candidates"] if e["errors"] and e["errors"]["prediction_error"] is not None]
-
-
-def _noise(spread: dict) -> float:
-    """Interquartile range of the measured steps over their median: how disturbed the measurement was."""
-    return (spread["p75"] - spread["p25"]) / spread["median"] if spread["median"] else 0.0
 
 
 def _term(row: dict) -> str:

@@ -11,6 +11,7 @@ from runtime.calibrate.costs import Origin
 from runtime.compare.predict import Prediction, explain_error
 from runtime.compare.run import time_to_target
 from runtime.compare.types import Candidate, CandidateKind
+from runtime.stats import relative_iqr
 
 NOISY = 0.2  # step times whose interquartile range exceeds this share of the median were disturbed
 
@@ -118,13 +119,11 @@ def error_summary(entries: Sequence[dict]) -> dict:
     explained = [e for e in entries if e.get("prediction_explained") and e["errors"]["prediction_error"] is not None]
     worst = max(explained, key=lambda e: abs(e["errors"]["prediction_error"]), default=None)
     out["largest_error"] = None if worst is None else {"id": worst["id"], "text": worst["prediction_explained"]["text"]}
-    out["noisy_step_times"] = [e["id"] for e in entries if e["measured"] and _noise(e["measured"]["measured_step_time"]) > NOISY]
+    out["noisy_step_times"] = [e["id"] for e in entries
+                               if e["measured"] and relative_iqr(e["measured"]["measured_step_time"]) > NOISY]
     return out
 
 
-def _noise(spread: dict) -> float:
-    """Interquartile range of the step times relative to their median."""
-    return (spread["p75"] - spread["p25"]) / spread["median"] if spread["median"] else 0.0
 
 
 def finite(value: object) -> bool:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.stats import SPREAD_KEYS, Spread, spread_json
+from runtime.stats import SPREAD_KEYS, Spread, relative_iqr, spread_json
 
 
 def test_inclusive_quartiles_by_hand():
@@ -21,3 +21,8 @@ def test_empty_and_round_trip():
     assert spread_json([]) == {"median": None, "p25": None, "p75": None, "min": None, "max": None, "n": 0}
     d = spread_json([3.0, 1.0, 2.0])
     assert tuple(d) == SPREAD_KEYS and Spread.from_json(d) == Spread.of([1.0, 2.0, 3.0])
+
+
+def test_relative_iqr():
+    assert relative_iqr(spread_json([1.0, 2.0, 3.0, 4.0])) == pytest.approx(1.5 / 2.5)
+    assert relative_iqr(spread_json([])) == 0.0
