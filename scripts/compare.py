@@ -8,7 +8,7 @@
     python scripts/compare.py --dataset synthetic --widths 32,64,64,64,8 --batch 64 --devices 2 --memory-cap 120KiB
     python scripts/compare.py --dataset idx:/data/mnist --widths 784,512,512,512,10 --batch 256 --device cuda
     python scripts/compare.py --schedules 1f1b,zb-h1 --microbatches 4,8,16 --lr-rule sqrt
-    python scripts/compare.py --schedules 1f1b,zb-h1 --recompute none,fit,all --memory-cap 60KiB   # the memory-time trade
+    python scripts/compare.py --schedules 1f1b,zb-h1,auto --recompute none,fit,all --memory-cap 900KiB   # memory vs time
     python scripts/compare.py --from-json out/compare/compare.json --out out/again   # re-plot, no training
     python scripts/compare.py --pareto-table out/cap1/compare.json out/cap2/compare.json   # one table over caps
     torchrun --nproc_per_node=4 scripts/compare.py --devices 4 --device cuda          # pipelines on 4 real GPUs
