@@ -7,7 +7,6 @@ samples a benchmark or a training run takes. ``Spread.of([1, 2, 3, 4, 5])`` has 
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,10 +42,6 @@ class Spread:
     def to_json(self) -> dict:
         """The figures as a dict (the keys of SPREAD_KEYS)."""
         return {"median": self.median, "p25": self.p25, "p75": self.p75, "min": self.min, "max": self.max, "n": self.n}
-
-    def rel_iqr(self) -> float:
-        """(p75 - p25) / median: how noisy the samples were."""
-        return (self.p75 - self.p25) / self.median if self.median else math.inf
 
 
 def spread_json(values: Sequence[float]) -> dict:

@@ -12,7 +12,6 @@ def test_inclusive_quartiles_by_hand():
     s = Spread.of([1.0, 2.0, 3.0, 4.0])
     assert (s.p25, s.median, s.p75) == (1.75, 2.5, 3.25)
     assert Spread.of([7.0]).to_json() == {"median": 7.0, "p25": 7.0, "p75": 7.0, "min": 7.0, "max": 7.0, "n": 1}
-    assert s.rel_iqr() == pytest.approx(1.5 / 2.5)
 
 
 def test_empty_and_round_trip():
