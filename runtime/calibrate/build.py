@@ -53,7 +53,7 @@ def measure_link(pipe: Pipeline, rows: int, concurrent: bool, timeout: float) ->
     if concurrent:
         t = pipe.executor.transport
         rank = t.rank  # the global rank: global ranks 0 and 1 ping, whatever the grid
-        link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout)
+        link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout, peers=list(t.peers))
         what = f"{t.backend.value} between processes" + (", staged through host memory" if t.backend.value == "gloo"
                                                          and devices[0].type == "cuda" else "")
         name = t.backend.value

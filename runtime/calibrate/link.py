@@ -37,14 +37,16 @@ def ping_sizes(max_bytes: float) -> list[int]:
 
 
 def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: int, timeout: float,
-              repeats: int = 20) -> tuple[LinkModel, list[tuple[int, float]]]:
-    """Ping-pong between ranks 0 and 1 through ``DistTransport`` (every rank must call this; the others wait).
+              repeats: int = 20, peers: list[int] | None = None) -> tuple[LinkModel, list[tuple[int, float]]]:
+    """Ping-pong between pipeline ranks 0 and 1 through ``DistTransport`` (every process must call this; the others
+    wait). ``rank`` is this process's pipeline rank and ``peers`` maps pipeline ranks to global ones (one replica of a
+    data-parallel grid; every replica measures its own pair at once and the mean is kept).
 
     Returns the fitted link, shared by every rank, and the (bytes, one-way seconds) medians it was fitted from.
     """
-    transport = DistTransport(backend, timeout)
+    transport = DistTransport(backend, timeout, peers)
     sizes = ping_sizes(max_bytes)
-    found = torch.zeros(len(sizes), dtype=torch.float64)
+    found = torch.zeros(len(sizes) + 1, dtype=torch.float64)  # the last entry counts the pairs that measured
     if rank in (0, 1):
         for k, size in enumerate([4] + sizes):  # one round of 4-byte trips first: the pair's connection is set up
             buf = torch.zeros(size // 4, dtype=torch.float32, device=device)
@@ -62,8 +64,9 @@ def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: in
                 trips.append(time.perf_counter() - start)
             if rank == 0 and k > 0:
                 found[k - 1] = statistics.median(trips[2:]) / 2
+        found[-1] = 1.0 if rank == 0 else 0.0
     found = all_reduce_sum(found)
-    points = [(s, float(t)) for s, t in zip(sizes, found)]
+    points = [(s, float(t) / max(float(found[-1]), 1.0)) for s, t in zip(sizes, found[:-1])]
     return LinkModel.fit([p[0] for p in points], [p[1] for p in points]), points
 
 
