@@ -2,6 +2,9 @@
 
 import itertools
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +197,9 @@ def test_a_tiny_run_with_the_levers_writes_the_pareto_plot_and_json(tmp_path):
     assert "## Memory-time trade (Pareto front)" in text and f"]({PNG})" in text and "`pipe-1f1b-m2-rc-fit`" in text
     table = pareto_table([tmp_path / FILES["json"]])
     assert all(f"`{cid}`" in table for cid in ran) and "`pipe-1f1b-m2`" not in table
+    script = [sys.executable, str(Path(__file__).resolve().parents[3] / "scripts" / "compare.py"), "--pareto-table"]
+    printed = subprocess.run(script + [str(tmp_path / FILES["json"])], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0 and printed.stdout == table
+    bad = subprocess.run(script + [str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"compare.py: error: pareto-table: cannot read {tmp_path / 'missing.json'}: No such file or directory"]
