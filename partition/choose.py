@@ -184,10 +184,16 @@ def _auto(plans: list[tuple[Plan, Problem]], m: int, max_inflight: int | None) -
         except ValueError as err:
             why = str(err)
             continue
-        option = _option(ScheduleKind.AUTO, plan, found.schedule, problem, f"{found.source}; exact search {found.exact}")
+        option = _option(ScheduleKind.AUTO, plan, found.schedule, problem, _auto_note(found))
         if best is None or option.step_time < best.step_time:
             best = option
     return best or _unfit(ScheduleKind.AUTO, why)
+
+
+def _auto_note(found: CappedResult) -> str:
+    """Where the auto schedule came from, whether the exact search proved it optimal, and the rules' gap to it."""
+    gap = "" if found.gap is None else f", best priority rule {found.gap:.1%} slower"
+    return f"{found.source}; exact search {found.exact}{gap}"
 
 
 def _levers(problem_for, best: ScheduleOption, options: tuple[ScheduleOption, ...]) -> tuple[str, ...]:

@@ -138,7 +138,7 @@ def print_joint(joint: JointChoice) -> None:
             continue
         recompute = ",".join(str(c) for c in o.plan.recompute) if o.plan.recompute else "none"
         rows.append([o.kind.value, o.plan.describe(), recompute, _si(o.step_time), f"{o.bubble_fraction:.1%}",
-                     format_bytes(max(o.peak_bytes)), o.note.split(";")[0]])
+                     format_bytes(max(o.peak_bytes)), o.note])
     print(text_table(["schedule", "layers", "recompute", "step time", "bubble", "peak memory", "note"], rows,
                      right={3, 4, 5}))
     print(f"\nchosen: {joint.best.kind.value}, layers {joint.best.plan.describe()}")
