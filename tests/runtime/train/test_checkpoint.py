@@ -191,6 +191,11 @@ def damage_layer_missing(folder):
     (folder / "layer3-epoch1.pt").unlink()
 
 
+def damage_layer_other_run(folder):
+    payload = torch.load(folder / "layer1-epoch1.pt", weights_only=True)
+    torch.save({**payload, "run": "0123456789abcdef"}, folder / "layer1-epoch1.pt")
+
+
 def damage_history(folder):
     (folder / ckpt.HISTORY).write_text("{}")
 
@@ -208,6 +213,7 @@ DAMAGE = {
     "random-layer": (damage_layer_random, "unreadable by torch.load"),
     "unrelated-torch-save": (damage_layer_unrelated, "expected a layer file"),
     "missing-layer": (damage_layer_missing, "is missing"),
+    "layer-of-another-run": (damage_layer_other_run, "belongs to another run"),
     "history": (damage_history, "expected a list of epochs"),
     "meta-list": (meta_holding([1, 2]), "found a list"),
     "meta-empty-object": (meta_holding({}), "found an empty object"),
