@@ -1,16 +1,15 @@
-"""Exact capped schedules by branch and bound over every per-rank order of the split F/B/W actions.
+"""Exact capped schedules by branch and bound over every per-rank order of the F/B/W actions.
 
 The space: each rank's list orders the F, B and W (or fused BW) of its stages, each (stage, op) taking
 microbatches 0..m-1 in turn, with every rank's byte budget and the in-flight cap respected (``capped_state``);
 BW is tried only on stages whose deferred set is larger than the backward window (elsewhere B then W at once is
-as fast and holds no more). The search builds a
-schedule action by action in the order of start times (ties by rank), which visits every combination of rank
-lists exactly once: the simulator's timeline of any combination, sorted that way, is a sequence in which every
-action's inputs come before it, because F and B take time (so the search needs F, B > 0 on every stage). A
-branch is cut when a lower bound reaches the best makespan found: for every rank, its unplaced work after
-max(its free time, the current start); for every stage, its unplaced F (or B) run back to back followed by the
-shortest chain from that action to the end of the step. Returns the optimum, or None for "not proven" when the
-node budget runs out first.
+as fast and holds no more). The search builds a schedule action by action in the order of start times (ties by
+rank), which visits every combination of rank lists exactly once: the simulator's timeline of any combination,
+sorted that way, is a sequence in which every action's inputs come before it, because F and B take time (so the
+search needs F, B > 0 on every stage). A branch is cut when a lower bound reaches the best makespan found: for
+every rank, its unplaced work after max(its free time, the current start); for every stage, its unplaced F (or
+B) run back to back followed by the shortest chain from that action to the end of the step. The answer says
+whether the search finished (a proven optimum) or ran out of its node budget first.
 """
 
 from __future__ import annotations
