@@ -89,7 +89,7 @@ def _step_times(r: dict) -> list[str]:
             "The predicted step is what the measuring process does (see *How the figures are made*); "
             f"the last column is the simulator's prediction on {k} real devices, which nothing measures in "
             "single-process emulation.", "",
-            *markdown_table(["candidate", "predicted step", "measured step: median [p25, p75]", "error",
+            *markdown_table(["candidate", "predicted step (this run)", "measured step: median [p25, p75]", "error",
                              "samples/s predicted / measured", f"on {k} devices (simulator): step, samples/s, bubble"], rows), ""]
 
 
@@ -162,12 +162,15 @@ def _method(r: dict) -> list[str]:
     err = r["prediction_errors"]
     st, mem = err["prediction_error"], err["memory"]
     return ["## How the figures are made", "",
-            "- Predicted step time: per-layer F/B/W seconds from `runtime.train.profile` (profiled once per microbatch size, "
-            "before any run), plus the runtime's per-action overhead measured on a skeleton of the model (same input and "
+            "- Predicted step time (this run): per-layer F/B/W seconds from `runtime.train.profile` (profiled once per "
+            "microbatch size before any run, the caches overwritten between calls as the rest of a step does), plus the "
+            "runtime's per-action overhead measured on a skeleton of the model (same input and "
             "output widths, hidden widths 1, same schedule and stages; timed right before and after each run and averaged, "
             "or the smaller where they disagree by over 20%), plus the optimizer's work on the real parameters. "
             "In one process every stage runs in turn on the one device, so the compared prediction is the sum over "
-            "stages and microbatches; under torchrun it is the simulator's makespan. The K-device column is the simulator's.",
+            "stages and microbatches; under torchrun it is the simulator's makespan, transfers costing what the link measured "
+            "at start-up says. The K-device column is the simulator's. Each pipeline's `prediction_explained` in the JSON "
+            "names the terms that contributed most to its error.",
             "- Predicted memory: the analytic model (`partition.memory`), with the simulator's in-flight and deferred-W "
             "counts per stage; a device holding several stages adds them. It adds the gradients to the peak of the "
             "activations, an upper bound where the gradient buffers appear only at the first backward (measured lower), "
