@@ -96,6 +96,8 @@ class PipelineConfig:
     @property
     def stages_per_rank(self) -> int:
         """How many stages each rank holds: v for interleaving, 2 for the V-shaped zero-bubble schedule."""
+        if self.ready is not None:
+            return self.ready.num_stages // self.ready.num_ranks
         return self.schedule.stages_per_rank(self.virtual)
 
     @property

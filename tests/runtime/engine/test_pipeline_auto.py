@@ -48,7 +48,7 @@ def test_auto_schedule_runs_and_equals_gradient_accumulation(placement, ranges, 
     cfg = PipelineConfig(spec, ranges, ScheduleKind.AUTO, m, ("cpu",) * len(ranges), F64, 3, engine=engine,
                          ready=found.schedule)
     pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=LR), LocalTransport())
-    assert pipe.schedule is found.schedule
+    assert pipe.schedule is found.schedule and cfg.num_ranks == p
     for i, (x, y) in enumerate(data):
         pipe.step(x, y, x.shape[0], i)
     got = [q.detach() for s in range(len(ranges)) for q in pipe.stages[s].parameters()]
