@@ -117,7 +117,8 @@ def pareto_across(runs: Sequence[dict]) -> list[str]:
 
 
 def write_pareto_plot(r: dict, path: Path) -> None:
-    """The trade as a scatter plot: predicted (open) and measured (filled) points, labelled, both fronts drawn."""
+    """The trade as scatter plots, every point labelled: this run, predicted (open) against measured (filled), and
+    the simulator's prediction on K devices; the fronts drawn, the cap as a line, red where a point is over it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,32 +126,41 @@ def write_pareto_plot(r: dict, path: Path) -> None:
 
     summary = pareto_summary(r)
     points = {q["id"]: q for q in summary["points"]}
-    fig, ax = plt.subplots(figsize=(10, 6))
-    mib = 2.0**20
+    fig, (here, k_dev) = plt.subplots(1, 2, figsize=(15, 6))
+    mib, cap = 2.0**20, r["setup"]["memory_cap"]
     for q in points.values():
-        px, py = q["predicted_peak_bytes"] / mib, q["predicted_seconds_per_batch"] * 1e3
         colour = "#3182bd" if q["feasible"] else "#d6604d"
-        ax.scatter([px], [py], facecolors="none", edgecolors=colour, s=36, zorder=3)
-        ax.annotate(q["id"] + " (predicted)", (px, py), fontsize=6, color=colour, xytext=(4, 3), textcoords="offset points")
+        px, py = q["predicted_peak_bytes"] / mib, q["predicted_seconds_per_batch"] * 1e3
+        here.scatter([px], [py], facecolors="none", edgecolors=colour, s=36, zorder=3)
+        here.annotate(q["id"] + " (predicted)", (px, py), fontsize=6, color=colour, xytext=(4, 3), textcoords="offset points")
         if q["measured_peak_bytes"] is not None:
             mx, my = q["measured_peak_bytes"] / mib, q["measured_seconds_per_batch"] * 1e3
-            ax.scatter([mx], [my], color=colour, s=24, zorder=3)
-            ax.plot([px, mx], [py, my], color=colour, linewidth=0.5, alpha=0.5)
-            ax.annotate(q["id"], (mx, my), fontsize=6, xytext=(4, -8), textcoords="offset points")
-    for side, style in (("predicted", "--"), ("measured", "-")):
+            here.scatter([mx], [my], color=colour, s=24, zorder=3)
+            here.plot([px, mx], [py, my], color=colour, linewidth=0.5, alpha=0.5)
+            here.annotate(q["id"], (mx, my), fontsize=6, xytext=(4, -8), textcoords="offset points")
+        ky = q["predicted_seconds_per_batch_k_devices"] * 1e3
+        k_dev.scatter([px], [ky], facecolors="none", edgecolors=colour, s=36, zorder=3)
+        k_dev.annotate(q["id"], (px, ky), fontsize=6, color=colour, xytext=(4, 3), textcoords="offset points")
+    for ax, side, memory, time, style in ((here, "predicted", "predicted_peak_bytes", "predicted_seconds_per_batch", "--"),
+                                          (here, "measured", "measured_peak_bytes", "measured_seconds_per_batch", "-"),
+                                          (k_dev, "k_devices", "predicted_peak_bytes",
+                                           "predicted_seconds_per_batch_k_devices", "--")):
         front = [points[cid] for cid in summary[f"{side}_front"]]
         if front:
-            ax.step([q[f"{side}_peak_bytes"] / mib for q in front], [q[f"{side}_seconds_per_batch"] * 1e3 for q in front],
-                    style, where="post", color="#444444", linewidth=1, label=f"{side} front")
-    if r["setup"]["memory_cap"] is not None:
-        ax.axvline(r["setup"]["memory_cap"] / mib, color="#b2182b", linewidth=1, label="cap per device")
+            ax.step([q[memory] / mib for q in front], [q[time] * 1e3 for q in front], style, where="post",
+                    color="#444444", linewidth=1, label=f"{side.replace('_', ' ')} front")
     values = [v for q in points.values() for v in (q["predicted_peak_bytes"], q["measured_peak_bytes"]) if v]
-    if values and max(values) > 10 * min(values):
-        ax.set_xscale("log")
-    ax.set_xlabel("peak MiB on the fullest device (open: predicted, filled: measured; red: over the cap)")
-    ax.set_ylabel(f"ms per global batch of {r['setup']['batch']} samples")
-    ax.set_title("Memory-time trade: lower left is better", loc="left", fontsize=10)
-    ax.legend(fontsize=7)
+    devices, batch = r["setup"]["devices"], r["setup"]["batch"]
+    for ax, title in ((here, "This run: predicted (open) and measured (filled)"),
+                      (k_dev, f"On {devices} devices, predicted by the simulator")):
+        if cap is not None:
+            ax.axvline(cap / mib, color="#b2182b", linewidth=1, label="cap per device")
+        if values and max(values) > 10 * min(values):
+            ax.set_xscale("log")
+        ax.set_xlabel("peak MiB on the fullest device (red: over the cap)")
+        ax.set_ylabel(f"ms per global batch of {batch} samples")
+        ax.set_title(f"Memory-time trade, lower left is better. {title}", loc="left", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
