@@ -1,8 +1,8 @@
 """Ranges, per-stage recomputation and the schedule chosen together, by simulating each candidate schedule.
 
-For every fixed schedule (one stage per device) the in-flight and deferred-W counts it implies feed the joint
-partition (``partition.joint``: exact ranges x recomputation under the caps); the plan is then simulated with
-that schedule. The auto schedule (``partition.schedule.capped``) is tried on each of those plans and on the one
+For every fixed schedule (one stage per device) the joint partition (``partition.joint``: exact ranges x
+recomputation under the caps, memory by the exact walk of that schedule's lists) gives its plan, which is then
+simulated with that schedule. The auto schedule (``partition.schedule.capped``) is tried on each of those plans and on the one
 planned for a single microbatch in flight (the leanest any schedule can be): each device's activation budget is
 its cap minus its static bytes (parameters, gradients, optimizer state, message buffers), and the generator
 finds the fastest schedule within it. The fastest option that fits wins; ``levers`` says, in words, which of
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from partition.activation_peak import rank_activation_peaks
 from partition.cost import DType, Optimizer
-from partition.joint import joint_partition
+from partition.joint import joint_partition, stage_need
 from partition.partitioner import Plan, Problem, partition, problem_for
 from partition.plan import Ranges
 from partition.recompute import NO_RECOMPUTE, Recompute, per_stage, recompute_forward
@@ -96,7 +96,7 @@ def choose(
             options.append(_unfit(kind, f"holds {max(inflight)} microbatches in flight, over the cap of {max_inflight}"))
             continue
         try:
-            plan = joint_partition(problem, recompute)
+            plan = joint_partition(problem, recompute, schedule)
         except ValueError as err:
             options.append(_unfit(kind, str(err)))
             continue
@@ -207,7 +207,7 @@ def _levers(problem_for, best: ScheduleOption, options: tuple[ScheduleOption, ..
     for s, choice in enumerate(plan.recompute or ()):
         if choice != NO_RECOMPUTE:
             a, b = plan.ranges[s]
-            need = problem.memory.stage(a, b, problem.inflight[s], problem.deferred_w[s]).total
+            need = stage_need(problem, s, a, b, NO_RECOMPUTE, best.schedule)
             extra = recompute_forward(problem.layer_times, a, b, choice) / problem.device_speeds[s]
             out.append(f"recomputation: stage {s} (layers {a}-{b - 1}) recomputes {choice}: without it the stage needs "
                        f"{format_bytes(need)} over its cap of {format_bytes(problem.memory_caps[s])}, or a slower "

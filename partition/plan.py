@@ -42,6 +42,7 @@ class Plan:
     memory_terms: tuple[MemoryReport, ...] | None = None
     memory_caps: tuple[float, ...] | None = None
     recompute: tuple[Recompute, ...] | None = None  # per stage; None: no stage recomputes
+    peaks: tuple[int, ...] | None = None  # per stage: exact peak bytes under a known schedule (else the bound)
 
     @property
     def num_stages(self) -> int:
@@ -60,7 +61,9 @@ class Plan:
 
     @property
     def memory(self) -> tuple[int, ...] | None:
-        """Predicted peak bytes per stage (None without a memory model)."""
+        """Predicted peak bytes per stage: ``peaks`` when known, else the sum of the memory terms (None without)."""
+        if self.peaks is not None:
+            return self.peaks
         return None if self.memory_terms is None else tuple(m.total for m in self.memory_terms)
 
     @property
@@ -88,6 +91,8 @@ class Plan:
             if self.memory_caps is not None:
                 entry["memory_cap"] = self.memory_caps[s]
             entry["recompute"] = str(self.recompute[s]) if self.recompute else "none"
+            if self.peaks is not None:
+                entry["peak_bytes"] = self.peaks[s]
             stages.append(entry)
         return {"method": None if self.method is None else self.method.value, "ranges": self.describe(),
                 "bottleneck": self.bottleneck, "fits": self.fits, "stages": stages}
