@@ -97,6 +97,8 @@ class Watchdog:
     def start(self) -> Watchdog:
         """Start beating and listening for SIGTERM (call from the main thread)."""
         self._bump()
+        now = time.monotonic()  # a rank that never beats counts as still from here on
+        self._seen = {r: (-1, now) for r in range(self.world_size)}
         threading.Thread(target=self._beat_loop, name="pipegraph-heartbeat", daemon=True).start()
         if threading.current_thread() is threading.main_thread():
             read, write = os.pipe()
