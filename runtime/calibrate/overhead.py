@@ -47,10 +47,11 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     the slowest rank.
     """
     records, times, outside = [], [], []
-    rows = torch.arange(batch)
+    picked = torch.arange(batch)
     for i in range(steps + 2):
         t0 = time.perf_counter()
-        out = skel.step(x[rows], y[rows], batch, i, sync_timing=True)  # gathering the rows, as a training step does
+        xs, ys = (None if t is None else t[picked] for t in (x, y))  # gathering the rows, as a training step does
+        out = skel.step(xs, ys, batch, i, sync_timing=True)
         if i >= 2:
             times.append(time.perf_counter() - t0)
             records += out.records
@@ -60,10 +61,12 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     dev = next(iter(skel.stages.values())).device
     own = profile_layers(cfg.spec, rows, str(dev), _dtype_name(cfg.dtype), repeats=10, warmup=2, cold_cache_bytes=0)
     costs = costs_from_records(records, cfg.num_stages)
+    split = any(a.op is Op.W for acts in skel.schedule.actions.values() for a in acts)
     over = torch.zeros(cfg.num_stages, 3, dtype=torch.float64)
     for s, st in skel.stages.items():
         q = StageCost.summed(own.layers[st.start:st.stop])
-        over[s] = torch.tensor([max(0.0, costs[s].f - q.f), max(0.0, costs[s].b - q.b), max(0.0, costs[s].w - q.w)])
+        q_b = q.b if split else q.b + q.w  # the records count a fused backward BW as B
+        over[s] = torch.tensor([max(0.0, costs[s].f - q.f), max(0.0, costs[s].b - q_b), max(0.0, costs[s].w - q.w)])
     if concurrent:
         over = all_reduce_sum(over)
         measured = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
