@@ -39,17 +39,12 @@ def checkpoint_layout(cfg: TrainConfig, pipe: Pipeline, distributed: bool) -> di
             "data_parallel": cfg.data_parallel, "processes": int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1}
 
 
-def _leader(distributed: bool) -> bool:
-    """Whether this process speaks for the run about its checkpoint folder (global rank 0 under torchrun)."""
-    return not distributed or os.environ.get("RANK") == "0"
-
-
-def _claim(cfg: TrainConfig, distributed: bool, held: ExitStack) -> str:
-    """Lock the checkpoint folder for this run (one process does) and check it; returns the run id.
+def _claim(cfg: TrainConfig, proc: Process, held: ExitStack) -> str:
+    """Lock the checkpoint folder for this run (global rank 0 does) and check it; returns the run id.
 
     Under torchrun the verdict travels to every rank, so each fails with the same line.
     """
-    leader = _leader(distributed)
+    leader = proc.rank == 0
     verdict = ""
     if leader:
         try:
@@ -58,7 +53,7 @@ def _claim(cfg: TrainConfig, distributed: bool, held: ExitStack) -> str:
             verdict = "ok " + run
         except ValueError as exc:
             verdict = "error " + str(exc)
-    if distributed:
+    if proc.distributed:
         verdict = ckpt_guard.share_text(verdict, leader)
     kind, _, text = verdict.partition(" ")
     if kind != "ok":
@@ -83,20 +78,21 @@ def _restore(cfg: TrainConfig, pipe: Pipeline, log: Callable[[str], None] | None
     return found.manifest.epoch, found.history
 
 
-def _save(cfg: TrainConfig, pipe: Pipeline, epoch: int, history: list[dict], run: str, distributed: bool) -> None:
-    """Write every held layer, wait for all ranks, then (one writer) the manifest that makes the epoch complete.
+def _save(cfg: TrainConfig, proc: Process, epoch: int, history: list[dict], run: str) -> None:
+    """Replica 0 writes its layers; all ranks wait; global rank 0 writes the manifest that makes the epoch complete.
 
     With ``overwrite`` the folder's old checkpoint goes just before the first epoch is written.
     """
     if cfg.overwrite and epoch == 1:
-        if _leader(distributed):
+        if proc.rank == 0:
             ckpt.remove_checkpoint(cfg.checkpoint_dir)
         barrier()
-    for layer, state in ckpt_state.layer_states(pipe).items():
-        ckpt.save_layer(cfg.checkpoint_dir, layer, epoch, run, state)
+    if proc.grid is None or proc.grid.dp_rank == 0:  # the other replicas hold the same layers, bit for bit
+        for layer, state in ckpt_state.layer_states(proc.pipe).items():
+            ckpt.save_layer(cfg.checkpoint_dir, layer, epoch, run, state)
     barrier()
-    if pipe.last is not None:
-        manifest = ckpt.Manifest(epoch, run, fingerprint(cfg), checkpoint_layout(cfg, pipe, distributed),
+    if proc.rank == 0:  # every rank holds the whole grid's history
+        manifest = ckpt.Manifest(epoch, run, fingerprint(cfg), checkpoint_layout(cfg, proc.pipe, proc.distributed),
                                  cfg.spec.num_layers)
         ckpt.write_manifest(cfg.checkpoint_dir, manifest, history)
     barrier()
@@ -131,9 +127,9 @@ def _quiet(_: str) -> None:
 
 def _epochs(cfg: TrainConfig, log: Callable[[str], None], held: ExitStack, data: object, proc: Process) -> dict:
     """Claim and restore the checkpoint, run the remaining epochs (saving after each), summarize."""
-    pipe, distributed = proc.pipe, proc.distributed
+    pipe = proc.pipe
     reporter = proc.rank == 0
-    run = _claim(cfg, distributed, held) if cfg.checkpoint_dir else ""
+    run = _claim(cfg, proc, held) if cfg.checkpoint_dir else ""
     start_epoch, history = _restore(cfg, pipe, log if reporter else None)
     if start_epoch >= cfg.epochs:
         raise ValueError(f"resume: the checkpoint in {cfg.checkpoint_dir} is already at epoch {start_epoch} of "
@@ -145,6 +141,6 @@ def _epochs(cfg: TrainConfig, log: Callable[[str], None], held: ExitStack, data:
     for epoch in range(start_epoch, cfg.epochs):
         history.append(run_epoch(cfg, proc, data, epoch, tally, bar))
         if cfg.checkpoint_dir:
-            _save(cfg, pipe, epoch + 1, history, run, distributed)
+            _save(cfg, proc, epoch + 1, history, run)
     bar.close()
     return summarize(cfg, proc, history, tally, prediction)

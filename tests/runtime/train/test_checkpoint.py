@@ -99,6 +99,9 @@ def test_resume_as_pipeline_x_data_parallel_matches_to_1e_12(tmp_path):
     assert "resumed from epoch 2" in ranks[0].stdout
     a, b = ckpt.load_checkpoint(tmp_path / "straight"), ckpt.load_checkpoint(tmp_path / "split")
     assert b.manifest.layout["data_parallel"] == 2 and b.manifest.epoch == 4
+    for x, y in zip(a.history, b.history, strict=True):  # written by rank 0, which holds only the first stage
+        assert len(x["step_losses"]) == len(y["step_losses"]) > 0
+        assert max(abs(u - v) for u, v in zip(x["step_losses"], y["step_losses"])) <= 1e-12
     for x, y in zip(a.layers, b.layers, strict=True):
         for u, v in ((x.weight, y.weight), (x.bias, y.bias),
                      (x.state["weight"]["momentum_buffer"], y.state["weight"]["momentum_buffer"])):
