@@ -94,17 +94,18 @@ def pareto_markdown(r: dict) -> list[str]:
 
 def pareto_across(runs: Sequence[dict]) -> list[str]:
     """One table over runs of one model at several caps: per cap, every candidate that fits, with its peak per device
-    and time per batch, predicted and measured, and the fronts it is on within its run."""
+    and time per batch, predicted and measured, and the fronts it is on within its run; the one-device alternatives
+    (smaller minibatch, accumulation) also when they do not fit, marked so."""
     rows = []
     for r in sorted(runs, key=lambda r: -(r["setup"]["memory_cap"] or float("inf"))):
         cap = r["setup"]["memory_cap"]
         entries = {e["id"]: e for e in r["candidates"]}
         for q in sorted(pareto_summary(r)["points"], key=lambda q: (q["predicted_peak_bytes"], q["id"])):
-            if not q["feasible"]:
-                continue
             e = entries[q["id"]]
+            if not q["feasible"] and e["kind"] == "pipeline":
+                continue
             marks = "".join(mark for mark, side in (("P", "predicted"), ("M", "measured"), ("K", "k_devices"))
-                            if q[f"on_{side}_front"])
+                            if q[f"on_{side}_front"]) if q["feasible"] else "over the cap"
             measured = e["measured"]["memory_per_device"] if e["measured"] else []
             what = e["schedule"] if e["kind"] == "pipeline" else e["kind"]
             rows.append(["none" if cap is None else format_bytes(cap), f"`{q['id']}`", what,

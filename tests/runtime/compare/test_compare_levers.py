@@ -163,11 +163,14 @@ def test_pareto_summary_charges_a_smaller_minibatch_its_extra_steps():
 def test_pareto_table_across_caps_lists_what_fits_under_each_cap_largest_first():
     roomy = {"setup": {"batch": 64, "memory_cap": None}, "candidates": [
         _entry("a", 64, [100, 300], 1.0, (290, 1.2)), _entry("b", 16, [200], 0.2, (150, 0.5))]}
+    one = dict(_entry("c", 64, [400], 0.5, feasible=False), kind="accumulation")  # an alternative over the cap
     tight = {"setup": {"batch": 64, "memory_cap": 250.0}, "candidates": [
-        _entry("a", 64, [100, 300], 1.0, feasible=False), _entry("b", 16, [200], 0.2, (150, 0.5))]}
+        _entry("a", 64, [100, 300], 1.0, feasible=False), _entry("b", 16, [200], 0.2, (150, 0.5)), one]}
     lines = pareto_across([tight, roomy])
-    assert len(lines) == 2 + 3  # header, rule, two rows without a cap, one under 250 B
-    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| none", "`b`"], ["| none", "`a`"], ["| 250 B", "`b`"]]
+    assert len(lines) == 2 + 4  # header, rule, two rows without a cap, two under 250 B (no pipeline over it)
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| none", "`b`"], ["| none", "`a`"], ["| 250 B", "`b`"],
+                                                            ["| 250 B", "`c`"]]
+    assert lines[5] == "| 250 B | `c` | accumulation | none | 400 B | - | 500 ms | - | 250 ms | over the cap |"
     assert lines[3] == "| none | `a` | 1f1b | none | 100 B / 300 B | 290 B | 1 s | 1.2 s | 500 ms | M |"
 
 
