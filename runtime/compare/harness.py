@@ -178,7 +178,6 @@ def _compare(cfg: CompareConfig, log: Callable[[str], None]) -> dict:
         for c in cands:  # every rank profiles the same sizes in the same order (averaged over the ranks under torchrun)
             if c.planned:
                 profiler.layers(c.microbatch_size)
-                profiler.layers(c.microbatch_size, skeleton=True)
     timings["planning"] -= profiler.seconds
     timings["profiling"] = profiler.seconds
     spanning = [c for c in cands if c.planned and ctx.spans_processes(c)]  # first, while every rank takes part
@@ -218,7 +217,7 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
     for c in cands:  # the skeleton is timed right before and after the run it predicts
         rows = data.x_train[first[: c.minibatch]], data.y_train[first[: c.minibatch]]
         with _timed(timings, "calibration"):
-            calib = calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps)
+            calib = calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps, link)
         if c.feasible:
             with _timed(timings, "memory_probe"):
                 pipe = build(ctx, cfg.spec, c)
@@ -227,7 +226,8 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
                 runs[c.id] = train_candidate(ctx, cfg.spec, data, c, cfg.batch, cfg.epochs, cfg.target_loss,
                                              lambda note: bar.update(1, note))
             with _timed(timings, "calibration"):
-                calib = calib.merge(calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps))
+                calib = calib.merge(calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps,
+                                              link))
         with _timed(timings, "prediction"):
             preds[c.id] = predict(c, profiler, calib, param_extra, ctx.spans_processes(c), link, _boundary_bytes(cfg, c))
     bar.close()

@@ -5,16 +5,18 @@ A candidate runs m microbatches of n samples through stages s (layer ranges); ea
 * P_s: the F, B and W seconds of the stage's layers for one microbatch, from ``runtime.train.profile`` (profiled once per
   microbatch size, before any run; a recomputing stage's B also reruns the F of its recomputed layers), plus
 * O_s: what an action costs beyond its arithmetic (Python, autograd, the executor, the loss), measured on a skeleton
-  of the model: the same input and output widths, every hidden width 1, so that its layers cost next to nothing.
-  A few steps of a skeleton pipeline of the candidate's shape (schedule, stages, m), timed right before and right
-  after the candidate's run (averaged, or the smaller where they disagree: other work on a shared machine only adds
-  time), give its per-action times; O_s is those minus the skeleton's own profile. Work that grows with the width
+  of the model (``runtime.calibrate.overhead``, as ``train.py`` does): the same input and output widths, every hidden
+  width 1, so that its layers cost next to nothing. A few steps of a skeleton pipeline of the candidate's shape
+  (schedule, stages, m), timed right before and right after the candidate's run (averaged, or the smaller where they
+  disagree: other work on a shared machine only adds time), give its per-action times; O_s is those minus the
+  skeleton's own profile. Work that grows with the width
   of the activation crossing a stage boundary (the finite check of a stage's output, autograd's handling of its
   gradient) is not in the skeleton, whose boundaries are 1 wide, so pipelines of wide layers come out a little low
   (about 5-10% on CPU).
 
-Per step comes E: the skeleton step's remainder beyond its actions (loop, messages, optimizer calls), plus the
-optimizer's and the l2 term's work on the real parameter sizes (timed once, minus the same on the skeleton's).
+Per step comes E: the skeleton step's remainder beyond its actions (loop, messages, optimizer calls; under torchrun,
+beyond its simulated step with the measured link), plus the optimizer's and the l2 term's work on the real parameter
+sizes (timed once, minus the same on the skeleton's).
 
 Which prediction is compared with which measurement: in one process every stage runs on this one device, one after
 another, so the compared prediction is sum_s m * (P_s + O_s) + E. Under torchrun (one process per device) it is the
@@ -24,7 +26,6 @@ devices) is reported for every candidate; in single-process emulation nothing me
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,14 +41,12 @@ from partition.timing import LinkModel, StageCost
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.explain import explain
 from runtime.calibrate.forecast import emulated_timeline, this_run
-from runtime.calibrate.overhead import parameter_seconds, skeleton_spec
+from runtime.calibrate.overhead import action_overheads, parameter_seconds, skeleton_spec
 from runtime.comm import all_reduce_sum
-from runtime.compare.plan import uses_split_backward
 from runtime.compare.run import RunContext, build, step_inputs
 from runtime.compare.types import Candidate
 from runtime.ops.model import init_parameters
 from runtime.train.config import TrainConfig
-from runtime.train.measure import costs_from_records
 from runtime.train.profile import profile_layers
 from runtime.train.trainer import optimizer_factory
 
@@ -55,36 +54,34 @@ AGREE = 1.2  # two calibrations within this ratio are averaged, else the smaller
 
 
 class Profiler:
-    """Per-layer F/B/W seconds of a model and of its skeleton, profiled once per microbatch size and kept."""
+    """Per-layer F/B/W seconds of a model, profiled once per microbatch size and kept."""
 
     def __init__(self, spec: MLPSpec, ctx: RunContext, repeats: int = 20, warmup: int = 5) -> None:
         self.spec, self.ctx, self.repeats, self.warmup = spec, ctx, repeats, warmup
         self.seconds = 0.0
-        self._cache: dict[tuple[bool, int], tuple[StageCost, ...]] = {}
+        self._cache: dict[int, tuple[StageCost, ...]] = {}
 
-    def layers(self, microbatch: int, skeleton: bool = False) -> tuple[StageCost, ...]:
+    def layers(self, microbatch: int) -> tuple[StageCost, ...]:
         """Per-layer costs for one microbatch of ``microbatch`` samples (averaged over the ranks under torchrun)."""
-        key = (skeleton, microbatch)
-        if key not in self._cache:
+        if microbatch not in self._cache:
             begin = time.perf_counter()
-            spec = skeleton_spec(self.spec) if skeleton else self.spec
-            layers = profile_layers(spec, microbatch, self.ctx.device, self.ctx.dtype, self.repeats, self.warmup,
+            layers = profile_layers(self.spec, microbatch, self.ctx.device, self.ctx.dtype, self.repeats, self.warmup,
                                     self.ctx.seed).layers
             if self.ctx.distributed:  # every rank must plan with the same numbers
                 table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))
                 ranks = float(all_reduce_sum(torch.ones(1, dtype=torch.float64))[0])
                 layers = tuple(StageCost(*(float(v) / ranks for v in row)) for row in table)
-            self._cache[key] = layers
+            self._cache[microbatch] = layers
             self.seconds += time.perf_counter() - begin
-        return self._cache[key]
+        return self._cache[microbatch]
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A skeleton pipeline of the candidate's shape: median per-action costs per stage and median step time."""
+    """A skeleton pipeline of the candidate's shape: per-stage action overheads and the step's overhead beyond them."""
 
-    stage_costs: tuple[StageCost, ...]
-    step_time: float
+    action_overhead: tuple[StageCost, ...]
+    step_overhead: float
 
     def merge(self, other: Calibration) -> Calibration:
         """Two calibrations of one shape combined figure by figure: their mean when they agree within 20%, else the
@@ -94,32 +91,19 @@ class Calibration:
             return (a + b) / 2 if max(a, b) <= AGREE * min(a, b) else min(a, b)
 
         costs = tuple(StageCost(pick(a.f, b.f), pick(a.b, b.b), pick(a.w, b.w))
-                      for a, b in zip(self.stage_costs, other.stage_costs))
-        return Calibration(costs, pick(self.step_time, other.step_time))
+                      for a, b in zip(self.action_overhead, other.action_overhead))
+        return Calibration(costs, pick(self.step_overhead, other.step_overhead))
 
 
 def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
-              steps: int = 8) -> Calibration:
-    """Time ``steps`` steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand``.
-
-    Each step gathers its rows of ``x`` and ``y`` by the next slice of ``order``, as a training step does.
-    """
+              steps: int = 8, link: LinkModel = FREE_LINK) -> Calibration:
+    """Time ``steps`` steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand`` on the rows
+    ``order`` starts with (``runtime.calibrate.overhead.action_overheads``; ``link`` between processes)."""
     pipe = build(ctx, skeleton_spec(spec), replace(cand, lr=1e-9))
-    records, times = [], []
-    b = cand.minibatch
-    for i in range(steps + 2):
-        idx = order[(i * b) % (len(order) - b + 1) :][:b]
-        t0 = time.perf_counter()
-        xs, ys = step_inputs(pipe, x[idx], y[idx])
-        out = pipe.step(xs, ys, cand.minibatch, i, sync_timing=True)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-            records += out.records
-    costs = costs_from_records(records, cand.num_stages)
-    if ctx.spans_processes(cand):  # each process timed only its own stages
-        table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
-        costs = [StageCost(*map(float, row)) for row in table]
-    return Calibration(tuple(costs), statistics.median(times))
+    idx = order[: cand.minibatch]
+    xs, ys = step_inputs(pipe, x[idx], y[idx])
+    over, extra = action_overheads(pipe, xs, ys, cand.minibatch, steps, ctx.spans_processes(cand), link)
+    return Calibration(over, extra)
 
 
 def parameter_work(spec: MLPSpec, ctx: RunContext, repeats: int = 20) -> float:
@@ -163,31 +147,24 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
             link: LinkModel = FREE_LINK, nbytes: Sequence[float] | None = None) -> Prediction:
     """The candidate's predicted step time here, on K devices, and both timelines.
 
-    Under torchrun, transfers of ``nbytes`` per stage boundary cost what ``link`` says (the skeleton's, with its
-    one-wide boundaries, are taken out of its step the same way).
+    Under torchrun, transfers of ``nbytes`` per stage boundary cost what ``link`` says.
     """
     n, m = cand.microbatch_size, cand.microbatches
-    real, skel = profiler.layers(n), profiler.layers(n, skeleton=True)
+    real = profiler.layers(n)
     sched = cand.compute_schedule()
-    split = uses_split_backward(sched)
     costs = []
-    for (a, b), measured, choice in zip(cand.ranges, calib.stage_costs, per_stage(cand.recompute, len(cand.ranges))):
-        p, q = recompute_stage_cost(real, a, b, choice), recompute_stage_cost(skel, a, b, choice)
-        over_b = measured.b - q.b - (0.0 if split else q.w)
-        over_w = measured.w - q.w if split else 0.0
-        costs.append(StageCost(p.f + max(0.0, measured.f - q.f), p.b + max(0.0, over_b), p.w + max(0.0, over_w)))
+    for (a, b), over, choice in zip(cand.ranges, calib.action_overhead, per_stage(cand.recompute, len(cand.ranges))):
+        p = recompute_stage_cost(real, a, b, choice)
+        costs.append(StageCost(p.f + over.f, p.b + over.b, p.w + over.w))
     sim = simulate(sched, costs)
     if distributed:
-        skel_bytes = [b / max(profiler.spec.widths[r[1]], 1) for b, r in zip(nbytes or [], cand.ranges)] or None
-        accounted = simulate(sched, calib.stage_costs, link, skel_bytes).makespan
         here_sim = simulate(sched, costs, link, nbytes)
         timeline = _events(here_sim.timeline) + _events(here_sim.transfers, "transfers")
         body = here_sim.makespan
     else:
-        accounted = m * sum(c.total for c in calib.stage_costs)
         timeline = _events(emulated_timeline(sched, costs))
         body = m * sum(c.total for c in costs)
-    extra = max(0.0, calib.step_time - accounted) + param_extra
+    extra = calib.step_overhead + param_extra
     basis = (f"{cand.num_ranks} devices, one process each (simulator)" if distributed and cand.num_ranks > 1
              else "this one device, all stages in turn")
     return Prediction(body + extra, basis, sim.makespan + extra / cand.num_ranks, sim.bubble_fraction, tuple(costs), extra,
