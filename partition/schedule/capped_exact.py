@@ -7,8 +7,9 @@ as fast and holds no more). The search builds a schedule action by action in the
 rank), which visits every combination of rank lists exactly once: the simulator's timeline of any combination,
 sorted that way, is a sequence in which every action's inputs come before it, because F and B take time (so the
 search needs F, B > 0 on every stage). A branch is cut when a lower bound reaches the best makespan found: for
-every rank, its unplaced work after max(its free time, the current start); for every stage, its unplaced F (or
-B) run back to back followed by the shortest chain from that action to the end of the step. The answer says
+every rank, its unplaced work after the earliest start of any of its next actions (its free time, their inputs'
+arrival, or an unplaced input's producer starting now); for every stage, its unplaced F (or B) run back to back
+from that start followed by the shortest chain from that action to the end of the step. The answer says
 whether the search finished (a proven optimum) or ran out of its node budget first.
 """
 
@@ -59,16 +60,39 @@ class _Search:
 
     def bound(self, now: float) -> float:
         st, pipe, m = self.state, self.pipe, self.pipe.num_microbatches
-        low = st.makespan
+        low, first = st.makespan, [float("inf")] * pipe.num_ranks
+        est = [[0.0] * pipe.num_stages for _ in range(3)]
+        for op in (F, B, W):
+            for s, k in enumerate(st.next[op]):
+                if k < m:
+                    r = pipe.placement[s]
+                    est[op][s] = at = max(st.free[r], self.earliest(op, s, now))
+                    first[r] = min(first[r], at)
         for r, left in enumerate(self.left):
-            if left > 0:
-                low = max(low, max(st.free[r], now) + left)
+            if first[r] < float("inf"):  # a rank with nothing left may keep a rounding residue in ``left``
+                low = max(low, first[r] + left)
         for op in (F, B):
             tail = self.tail[op]
             for s, k in enumerate(st.next[op]):
                 if k < m:
-                    r = pipe.placement[s]
-                    low = max(low, max(st.free[r], now) + (m - 1 - k) * pipe.cost[s][op] + tail[s])
+                    low = max(low, est[op][s] + (m - 1 - k) * pipe.cost[s][op] + tail[s])
+        return low
+
+    def earliest(self, op: int, s: int, now: float) -> float:
+        """A lower bound on the start of the next ``op`` of stage ``s``: its ready time, or an unplaced input's
+        producer starting no earlier than ``now`` and taking its time (and its transfer)."""
+        st, pipe = self.state, self.pipe
+        at = st.ready(op, s)
+        if at >= 0:
+            return max(at, now)
+        m, k, cost = pipe.num_microbatches, st.next[op][s], pipe.cost
+        if op == F:
+            return now + cost[s - 1][F] + pipe.transfer[s - 1]
+        if op == W:
+            return now + cost[s][B]
+        low = now if st.end[F][s * m + k] >= 0 else now + cost[s][F]
+        if s < pipe.num_stages - 1 and st.end[B][(s + 1) * m + k] < 0:
+            low = max(low, now + cost[s + 1][B] + pipe.transfer[s])
         return low
 
     def run(self, now: float, last_rank: int) -> None:
