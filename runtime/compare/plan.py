@@ -6,11 +6,14 @@ step itself is smaller (one device at a minibatch b < B: more optimizer steps, i
 :class:`LRRule`). Feasibility comes from the analytic memory model (``partition.memory``): a candidate whose
 predicted peak on some device exceeds the cap is kept, marked infeasible, with the reason. A pipeline's peak per
 device is the parameters, gradients, optimizer state and messages of its stages plus the exact activation peak of
-walking its schedule (``partition.activation_peak``). Beside each pipeline without recomputation come, per
-:class:`RecomputePolicy`, the same schedule on the fastest split with every stage recomputing (``all``) or with the
-least recomputation that fits the cap (``fit``). The ``auto`` schedule (one stage per device, on the fastest split) is
-searched for each recomputation choice by ``partition.schedule.capped``: the fastest order whose exact peaks fit
-the cap; its ``fit`` choice is the least recomputation with which one microbatch per stage fits.
+walking its schedule (``partition.activation_peak``). Its split is the fastest that fits the cap (auto's: the
+fastest): with one stage per device the joint partition judged by that exact walk (``partition.joint``), with
+several the count-based partitioner; the fastest split regardless of the cap when none fits. Beside it come,
+per :class:`RecomputePolicy`, every stage recomputing on the fastest split (``all``), and ``fit``: ranges and
+per-stage recomputation chosen together within the cap (``partition.joint``; with several stages per device, the
+least recomputation per device on the fastest split). The ``auto`` schedule (one stage per device) is searched for
+each choice by ``partition.choose.auto_schedule``: the fastest order whose exact peaks fit; for its ``fit`` the
+walk is one microbatch per stage at a time.
 """
 
 from __future__ import annotations
@@ -21,20 +24,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 from partition.activation_peak import plan_activation_peaks
+from partition.choose import auto_schedule
 from partition.cost import DType, Optimizer
+from partition.joint import joint_partition
 from partition.memory import LayerMemory, MemoryReport, layer_memory, stage_memory, training_memory
-from partition.partitioner import plan_for
-from partition.plan import Method, Ranges, format_ranges
+from partition.partitioner import Problem, partition, problem_for
+from partition.plan import Plan, Ranges, format_ranges
 from partition.recompute import (
     NO_RECOMPUTE,
     RECOMPUTE_ALL,
     Recompute,
     RecomputeKind,
+    per_stage,
     recompute_forward,
-    recompute_stage_cost,
 )
 from partition.schedule.actions import Op, Schedule, ScheduleKind
-from partition.schedule.capped import ActivationCap, CappedResult, capped_schedule
+from partition.schedule.capped import CappedResult
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
@@ -188,8 +193,8 @@ def fit_recompute(layers: LayerMemory, sched: Schedule, ranges: Ranges, times: S
 
 
 def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) -> list[Candidate]:
-    """A pipeline over K devices with the partitioner's time-optimal plan under the cap (or why there is none), and
-    its recomputing variants on the fastest split."""
+    """A pipeline over K devices on the fastest split that fits the cap (or why there is none), and its recomputing
+    variants (see the module docstring)."""
     B, K, L = s.batch, s.devices, s.spec.num_layers
     virtual = s.virtual if kind is ScheduleKind.INTERLEAVED_1F1B else 1
     cid = f"pipe-{kind.value}-m{m}"
@@ -211,21 +216,26 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
     times = tuple(layer_times(B // m))
     options = dict(layer_times=times, dtype=s.dtype, optimizer=s.optimizer, inflight=sim.peak_inflight,
                    deferred_w=sim.peak_deferred_w)
-    fastest = plan_for(s.spec, S, B // m, Method.OPTIMAL, **options).ranges
-    try:
-        ranges = fastest if auto else plan_for(s.spec, S, B // m, Method.OPTIMAL, memory_caps=s.memory_cap, **options).ranges
-    except ValueError:  # the count-based bound finds no split under the cap; the exact peaks below say by how much
-        ranges = fastest
+    roomy, capped = problem_for(s.spec, S, B // m, **options), problem_for(s.spec, S, B // m, memory_caps=s.memory_cap,
+                                                                         **options)
+    fastest = partition(roomy).ranges
+    walk = generate(ScheduleKind.GPIPE, K, 1) if auto else sched if S == K else None  # auto: one microbatch a stage
     layers = layer_memory(s.spec, B // m, s.dtype, s.optimizer)
     out = []
     for policy in (p for p in (RecomputePolicy.NONE, RecomputePolicy.ALL, RecomputePolicy.FIT) if p in s.recompute):
-        where = ranges if policy is RecomputePolicy.NONE else fastest
-        least = generate(ScheduleKind.GPIPE, K, 1) if auto else sched  # auto: one microbatch per stage at a time
-        choice = {RecomputePolicy.NONE: (NO_RECOMPUTE,) * S, RecomputePolicy.ALL: (RECOMPUTE_ALL,) * S,
-                  RecomputePolicy.FIT: fit_recompute(layers, least, fastest, times, s.memory_cap)}[policy]
+        if policy is RecomputePolicy.ALL:
+            where, choice = fastest, (RECOMPUTE_ALL,) * S
+        elif walk is None and policy is RecomputePolicy.FIT:  # several stages a device: the least on the fastest split
+            where, choice = fastest, fit_recompute(layers, sched, fastest, times, s.memory_cap)
+        elif auto and policy is RecomputePolicy.NONE:
+            where, choice = fastest, (NO_RECOMPUTE,) * S
+        else:  # the fastest split (and with fit, recomputation) within the cap, where one exists
+            plan, fit = _plan(capped, walk, policy), policy is RecomputePolicy.FIT
+            where = plan.ranges if plan else fastest
+            choice = per_stage(plan.recompute or (), S) if plan and fit else (RECOMPUTE_ALL if fit else NO_RECOMPUTE,) * S
         if any(c.ranges == where and c.recompute == choice for c in out):
             continue  # the same candidate under another name
-        found, why = _search(s, layers, m, where, choice, times) if auto else (None, "")
+        found, why = _search(roomy, capped, roomy.evaluate(where, recompute=choice), m) if auto else (None, "")
         per_rank = rank_memory(layers, found.schedule if found else sched, where, choice)
         reason = why or _fits(s, per_rank)
         if reason and S > K:
@@ -238,16 +248,21 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
     return out
 
 
-def _search(s: Setting, layers: LayerMemory, m: int, ranges: Ranges, choice: Sequence[Recompute],
-            times: Sequence[StageCost]) -> tuple[CappedResult, str]:
-    """The auto schedule of one stage per device: the fastest found within the cap (each device's budget for
-    activations is the cap less its parameters, gradients, optimizer state and messages); when none fits, the
-    fastest found without a cap, and why."""
-    static = [layers.stage(a, b, inflight=0).total for a, b in ranges]
-    costs = [recompute_stage_cost(times, a, b, c) for (a, b), c in zip(ranges, choice)]
-    held = tuple(layers.microbatch(a, b, c) for (a, b), c in zip(ranges, choice))
-    budget = tuple(math.inf if s.memory_cap is None else s.memory_cap - x for x in static)
+def _plan(problem: Problem, walk: Schedule | None, policy: RecomputePolicy) -> Plan | None:
+    """The fastest plan within the cap (ranges, and with ``fit`` the recomputation each stage needs): the joint
+    partition judged by the exact walk of ``walk`` (one stage per device), else by the count-based bound; None when
+    nothing fits."""
     try:
-        return capped_schedule(len(ranges), m, costs, ActivationCap(budget, held)), ""
+        if walk is None:
+            return partition(problem)
+        return joint_partition(problem, policy is RecomputePolicy.FIT, walk)
+    except ValueError:
+        return None
+
+
+def _search(roomy: Problem, capped: Problem, plan: Plan, m: int) -> tuple[CappedResult, str]:
+    """The auto schedule on ``plan``: the fastest found within the cap; when none fits, the fastest at all, and why."""
+    try:
+        return auto_schedule(capped, plan, m), ""
     except ValueError as err:
-        return capped_schedule(len(ranges), m, costs, ActivationCap(math.inf, held)), f"over the cap: {err}"
+        return auto_schedule(roomy, plan, m), f"over the cap: {err}"

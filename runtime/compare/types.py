@@ -25,7 +25,7 @@ class RecomputePolicy(Enum):
     """Which activation recomputation a pipeline candidate uses on its stages."""
 
     NONE = "none"  # every stage keeps what its backward needs
-    FIT = "fit"  # per rank, the recomputation of least extra forward time that brings it within the cap (partial)
+    FIT = "fit"  # ranges and per-stage recomputation chosen together to fit the cap (partial recomputation)
     ALL = "all"  # every stage keeps only its input and recomputes its forward in backward
 
     @classmethod

@@ -106,6 +106,29 @@ def test_fit_recompute_is_the_least_extra_forward_time_that_fits_by_brute_force(
         assert sum(recompute_forward(times, a, b, c) for (a, b), c in zip(ranges, chosen)) == pytest.approx(best)
 
 
+@pytest.mark.parametrize("kind", [ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1])
+def test_fit_chooses_split_and_recomputation_together_as_brute_force_does(kind):
+    # one stage per device: every split x per-stage choice, judged by the exact walk of the schedule
+    sched, L = generate(kind, 2, 4), DEEP.num_layers
+    layers, times = layer_memory(DEEP, 8, DType.FLOAT64, Optimizer.MOMENTUM), _times(8, DEEP)
+    trials = []
+    for cut in range(1, L):
+        ranges = ((0, cut), (cut, L))
+        for combo in itertools.product(*(_all_choices(b - a) for a, b in ranges)):
+            need = max(r.total for r in rank_memory(layers, sched, ranges, combo))
+            slowest = max(sum(t.total for t in times[a:b]) + recompute_forward(times, a, b, c)
+                          for (a, b), c in zip(ranges, combo))
+            trials.append((need, slowest))
+    for cap in sorted({need for need, _ in trials})[::3]:
+        setting = Setting(DEEP, 32, 2, cap, DType.FLOAT64, Optimizer.MOMENTUM, (kind,), (4,), 2, 0.05, LRRule.LINEAR,
+                          (RecomputePolicy.FIT,))
+        (fit,) = [c for c in plan_candidates(setting, lambda n: _times(n, DEEP)) if c.kind is CandidateKind.PIPELINE]
+        best = min(slowest for need, slowest in trials if need <= cap)
+        got = max(sum(t.total for t in times[a:b]) + recompute_forward(times, a, b, c)
+                  for (a, b), c in zip(fit.ranges, fit.recompute))
+        assert fit.feasible and got == pytest.approx(best), (cap, fit.ranges, fit.recompute)
+
+
 def test_measured_memory_sees_the_recompute_window(monkeypatch):
     # 1f1b, 2 stages, 4 microbatches: device 0's peak is with two inputs kept and one microbatch's forward rebuilt
     spec = MLPSpec((4, 48, 40, 3), activation="tanh")
