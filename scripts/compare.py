@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--threads", default="auto", help=THREADS_HELP)
     g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind), help="pipeline schedules to try "
                    "(auto: searched under the cap; default %(default)s)")
-    g.add_argument("--recompute", default="none,fit", help="recomputation of each pipeline: none, fit (per device, the "
-                   "least that fits the cap), all; comma-separated (default %(default)s)")
+    g.add_argument("--recompute", default="none,fit", help="recomputation of each pipeline: none, fit (split and "
+                   "per-stage recomputation chosen to fit the cap), all; comma-separated (default %(default)s)")
     g.add_argument("--microbatches", default=None, help="microbatch counts m to try (default K,2K,4K where they divide B)")
     g.add_argument("--virtual", type=int, default=2, help="stages per device for interleaved-1f1b (default 2)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds a torchrun rank waits for a peer")
