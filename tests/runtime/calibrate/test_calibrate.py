@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from partition.schedule.actions import ScheduleKind
+from partition.schedule.generators import generate
 from partition.spec import MLPSpec
-from partition.timing import LinkPreset
+from partition.timing import LinkPreset, StageCost
+from runtime.calibrate.costs import CostModel, Origin, Term
+from runtime.calibrate.forecast import this_run
 from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
 from runtime.calibrate.run import k_device_link
 from runtime.train.config import TrainConfig
@@ -36,6 +39,13 @@ def test_an_emulated_run_predicts_from_its_calibration_and_draws_both_timelines(
     assert model["link"] == {"latency": 0.0, "bandwidth": None, "origin": "measured",
                              "note": "in-process, one device (cpu): no copies"}
     assert len(res["predicted_peak_memory_per_rank"]) == 3 and all(b > 0 for b in res["predicted_peak_memory_per_rank"])
+    # the prediction is a function of the calibration alone (made before the timed steps): recomputed from the JSON
+    stage = [StageCost(**c) for c in model["action_overhead"]["seconds"]]
+    again = CostModel(tuple(StageCost(**c) for c in model["layers"]["seconds"]), Origin.PROFILED, tuple(stage),
+                      Origin.MEASURED, *(Term(model[k]["seconds"], Origin(model[k]["origin"]))
+                                         for k in ("step_overhead", "optimizer", "loss_all_reduce")))
+    fc = this_run(generate(ScheduleKind.ZB_H1, 3, 3), again, [(0, 1), (1, 2), (2, 3)], None, concurrent=False)
+    assert fc.step_time == pytest.approx(res["predicted_step_time"], rel=1e-12)
     assert gantt.stat().st_size > 0
     events = json.loads(trace.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
