@@ -11,10 +11,12 @@ from partition.schedule.trace import TraceEvent, write_chrome_trace
 from partition.units import format_bytes
 from runtime.calibrate.forecast import Forecast
 
+REST = "rest of the step"  # the predicted per-step terms (step overhead, optimizer, all-reduce), drawn after the actions
+
 
 def _bubbles(events: Sequence[TraceEvent]) -> dict[int, float]:
     """Per rank: the share of the step's span its compute lane is idle."""
-    compute = [e for e in events if not e.lane]
+    compute = [e for e in events if not e.lane and e.name != REST]
     if not compute:
         return {}
     span = max(e.end for e in compute) - min(e.start for e in compute)
@@ -49,12 +51,21 @@ def predicted_events(forecast: Forecast) -> list[TraceEvent]:
     return [event(t, "") for t in forecast.timeline] + [event(t, TRANSFER_LANE) for t in forecast.transfers]
 
 
-def comparison_panels(measured: Sequence[TraceEvent], predicted: Sequence[TraceEvent], basis: str,
+def with_rest(events: Sequence[TraceEvent], step_time: float) -> list[TraceEvent]:
+    """``events`` and, on every rank after the last action, the rest of a predicted step of ``step_time`` seconds."""
+    end = max((e.end for e in events), default=0.0)
+    ranks = sorted({e.rank for e in events if not e.lane})
+    return list(events) + [TraceEvent(r, REST, end, max(end, step_time)) for r in ranks]
+
+
+def comparison_panels(measured: Sequence[TraceEvent], predicted: Sequence[TraceEvent], basis: str, step_time: float,
                       predicted_peaks: Mapping[int, int] | None, measured_peaks: Mapping[int, int] | None) -> list[Panel]:
-    """The measured step above its prediction (``basis`` says which), each rank labelled with bubble and peak memory."""
+    """The measured step above its prediction (``basis`` says which; the predicted actions then the rest of its
+    ``step_time``), each rank labelled with bubble and peak memory."""
+    predicted = with_rest(predicted, step_time)
     return [Panel(f"measured (one step: {_span(measured) * 1e3:.3g} ms)", tuple(measured),
                   _labels(measured, measured_peaks)),
-            Panel(f"predicted before the run ({basis}; actions {_span(predicted) * 1e3:.3g} ms)", tuple(predicted),
+            Panel(f"predicted before the run ({basis}; step {_span(predicted) * 1e3:.3g} ms)", tuple(predicted),
                   _labels(predicted, predicted_peaks))]
 
 
@@ -62,7 +73,8 @@ def write_timelines(gantt: str | os.PathLike | None, trace: str | os.PathLike | 
                     forecast: Forecast, predicted_peaks: Mapping[int, int], measured_peaks: Mapping[int, int] | None,
                     title: str) -> None:
     """Measured above predicted (this run), one ms axis: the PNG at ``gantt``, the Chrome trace at ``trace``."""
-    panels = comparison_panels(measured, predicted_events(forecast), forecast.basis, predicted_peaks, measured_peaks)
+    panels = comparison_panels(measured, predicted_events(forecast), forecast.basis, forecast.step_time, predicted_peaks,
+                               measured_peaks)
     if gantt:
         write_comparison_gantt(gantt, panels, title)
     if trace:

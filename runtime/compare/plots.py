@@ -168,6 +168,7 @@ def _gantt(r: dict, path: Path) -> None:
     measured = measured_events([tuple(row) for row in chosen["measured_timeline"]])
     m = chosen["measured"]
     panels = comparison_panels(measured, predicted, chosen["predicted"]["prediction_basis"],
+                               chosen["predicted"]["predicted_step_time"],
                                dict(enumerate(chosen["predicted"]["memory_per_device"])),
                                dict(enumerate(m["memory_per_device"])) if m else None)
     write_comparison_gantt(path, panels, f"{chosen['label']} ({chosen['id']}): measured and predicted step, per device")
