@@ -1,7 +1,9 @@
 """The link between ranks, measured at start-up on the transport the run uses, and cached per machine.
 
-Ping-pongs of a few sizes (4 bytes up to twice the largest activation) give one-way times; ``LinkModel.fit``
-draws latency + bytes / bandwidth through them. Between processes the messages go through ``DistTransport``
+Ping-pongs of a few sizes (4 bytes up to twice the largest activation) give one-way times (the lower quartile of
+each size's round trips, halved: a round trip during which another process held either end's core measures that
+process, not the link); ``LinkModel.fit`` draws latency + bytes / bandwidth through them. Between processes the
+messages go through ``DistTransport``
 (gloo stages device tensors through host memory; NCCL moves device memory); within one process they are the
 device copies ``LocalTransport`` makes, which cost nothing when every stage is on one device.
 Each measurement is cached in ``~/.cache/pipegraph/links.json`` (``PIPEGRAPH_CACHE`` overrides the folder) under
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from partition.timing import LinkModel
 from runtime.comm import Backend, DistTransport, Message, all_reduce_sum
 from runtime.output import write_json
+from runtime.stats import Spread
 
 TAG_BASE = 1 << 24  # above every pipeline message tag
 
@@ -63,7 +65,7 @@ def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: in
                 transport.flush()
                 trips.append(time.perf_counter() - start)
             if rank == 0 and k > 0:
-                found[k - 1] = statistics.median(trips[2:]) / 2
+                found[k - 1] = Spread.of(trips[2:]).p25 / 2
         found[-1] = 1.0 if rank == 0 else 0.0
     found = all_reduce_sum(found)
     points = [(s, float(t) / max(float(found[-1]), 1.0)) for s, t in zip(sizes, found[:-1])]
@@ -87,7 +89,7 @@ def local_link(src: torch.device, dst: torch.device, max_bytes: float,
                     torch.cuda.synchronize(d)
             del back
             trips.append(time.perf_counter() - start)
-        points.append((size, statistics.median(trips[2:]) / 2))
+        points.append((size, Spread.of(trips[2:]).p25 / 2))
     return LinkModel.fit([p[0] for p in points], [p[1] for p in points]), points
 
 
