@@ -3,9 +3,9 @@
 Ping-pongs of a few sizes (4 bytes up to twice the largest activation) give one-way times (the lower quartile of
 each size's round trips, halved: a round trip during which another process held either end's core measures that
 process, not the link); ``LinkModel.fit`` draws latency + bytes / bandwidth through them. Between processes the
-messages go through ``DistTransport``
-(gloo stages device tensors through host memory; NCCL moves device memory); within one process they are the
-device copies ``LocalTransport`` makes, which cost nothing when every stage is on one device.
+messages go through ``DistTransport`` (gloo stages device tensors through host memory; NCCL moves device memory);
+within one process they are the device copies ``LocalTransport`` makes, which cost nothing when every stage is on
+one device.
 Each measurement is cached in ``~/.cache/pipegraph/links.json`` (``PIPEGRAPH_CACHE`` overrides the folder) under
 the conditions it was taken in: host, transport, devices, torch version, threads, processes.
 """
