@@ -145,6 +145,11 @@ class Schedule:
         """True when the action lists contain send/recv actions (see ``partition.schedule.comms.insert_comms``)."""
         return any(a.op.is_comm for acts in self.actions.values() for a in acts)
 
+    @property
+    def splits_backward(self) -> bool:
+        """True when the backward runs as separate B and W actions (zero-bubble) rather than as fused BW."""
+        return any(a.op is Op.W for acts in self.actions.values() for a in acts)
+
     def with_actions(self, actions: Mapping[int, tuple[Action, ...]]) -> Schedule:
         """The same schedule with other action lists."""
         return Schedule(self.kind, self.num_ranks, self.num_stages, self.num_microbatches, self.placement, actions)

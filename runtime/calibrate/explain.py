@@ -19,10 +19,6 @@ from runtime.calibrate.forecast import Forecast, step_body
 OUTSIDE = "outside the actions (transfers, waits, host time)"
 
 
-def _split(schedule: Schedule) -> bool:
-    return any(a.op is Op.W for acts in schedule.actions.values() for a in acts)
-
-
 def _as_recorded(c: StageCost, split: bool) -> StageCost:
     """A stage cost as the records count it: a fused backward BW is all in B."""
     return c if split else StageCost(c.f, c.b + c.w, 0.0)
@@ -31,7 +27,7 @@ def _as_recorded(c: StageCost, split: bool) -> StageCost:
 def explain(forecast: Forecast, schedule: Schedule, model: CostModel, activation_bytes: Sequence[float] | None,
             concurrent: bool, measured_costs: Sequence[StageCost], measured_step: float, top: int = 4) -> dict:
     """The prediction error and its largest contributors, JSON-ready; ``text`` holds the short printed block."""
-    split = _split(schedule)
+    split = schedule.splits_backward
     predicted = [_as_recorded(c, split) for c in forecast.stage_costs]
     measured = list(measured_costs)
     base, _ = step_body(schedule, predicted, model.link, activation_bytes, concurrent)

@@ -61,7 +61,7 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     dev = next(iter(skel.stages.values())).device
     own = profile_layers(cfg.spec, rows, str(dev), _dtype_name(cfg.dtype), repeats=10, warmup=2, cold_cache_bytes=0)
     costs = costs_from_records(records, cfg.num_stages)
-    split = any(a.op is Op.W for acts in skel.schedule.actions.values() for a in acts)
+    split = skel.schedule.splits_backward
     over = torch.zeros(cfg.num_stages, 3, dtype=torch.float64)
     for s, st in skel.stages.items():
         q = StageCost.summed(own.layers[st.start:st.stop])

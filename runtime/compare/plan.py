@@ -38,7 +38,7 @@ from partition.recompute import (
     per_stage,
     recompute_forward,
 )
-from partition.schedule.actions import Op, Schedule, ScheduleKind
+from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.capped import CappedResult
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
@@ -78,11 +78,6 @@ def largest_fitting_batch(spec: MLPSpec, cap: float, dtype: DType, optimizer: Op
     one, two = training_memory(spec, 1, dtype, optimizer).total, training_memory(spec, 2, dtype, optimizer).total
     per_sample = two - one
     return max(0, math.floor((cap - (one - per_sample)) / per_sample))
-
-
-def uses_split_backward(schedule: Schedule) -> bool:
-    """Whether the schedule runs the backward as separate B and W actions (zero-bubble) rather than fused BW."""
-    return any(a.op is Op.W for acts in schedule.actions.values() for a in acts)
 
 
 def plan_candidates(s: Setting, layer_times: LayerTimes) -> list[Candidate]:

@@ -16,12 +16,10 @@ from runtime.calibrate.run import RunPrediction, predict_run, state_kind
 from runtime.engine.executor import ActionRecord
 from runtime.train.config import TrainConfig
 from runtime.train.datasets import Dataset, load_dataset
-from runtime.train.measure import step_figures
+from runtime.train.measure import RECENT_STEPS, step_figures
 from runtime.train.process import Process, evaluate, optimizer_factory
 from runtime.train.progress import ProgressBar
 from runtime.train.slow_steps import SlowSteps
-
-RECENT_STEPS = 32  # steps whose action records give the measured per-action times
 
 
 def load_training_data(cfg: TrainConfig) -> Dataset:

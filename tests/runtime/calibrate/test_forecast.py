@@ -95,6 +95,7 @@ def test_the_error_is_put_where_the_measurement_differs():
     ms = 1e-3
     model = CostModel((StageCost(ms, ms, ms),) * 2, step_overhead=Term(0.5 * ms, Origin.GIVEN))
     sched = generate(ScheduleKind.ONE_F_ONE_B, 2, 4)
+    assert not sched.splits_backward and generate(ScheduleKind.ZB_H1, 2, 4).splits_backward
     fc = this_run(sched, model, [(0, 1), (1, 2)], None, concurrent=False)
     assert fc.step_time == pytest.approx(24.5 * ms)
     measured = [StageCost(ms, 2 * ms, 0.0), StageCost(ms, 3 * ms, 0.0)]  # records count a fused backward as B
