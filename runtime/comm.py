@@ -1,4 +1,8 @@
-"""Transports that move activations and gradients between stages; the only module importing torch.distributed."""
+"""The one door to torch.distributed: the distributed transport, the dp x pp grid, collectives and the store.
+
+``LocalTransport``, ``Message``, ``PeerLost`` and the ``Transport`` protocol live in ``runtime.transport`` and are
+imported here too, so a caller that needs the door finds everything through it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,19 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from typing import Protocol
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from runtime.transport import FailureNamer, LocalTransport, Message, PeerLost, Transport
+
+__all__ = ["Backend", "Dim", "DistTransport", "FailureNamer", "Grid", "LocalTransport", "Message", "PeerLost", "Transport",
+           "WorldInfo", "all_reduce_sum", "barrier", "gather_rows", "init_grid", "init_world", "launched_by_torchrun",
+           "open_store", "shutdown", "wait"]
+
+T = TypeVar("T")
 
 
 class Backend(Enum):
@@ -26,68 +38,6 @@ class Dim(Enum):
 
     DP = "dp"
     PP = "pp"
-
-
-class PeerLost(RuntimeError):
-    """A peer rank failed, was killed, or did not answer in time."""
-
-
-# Turns a failed wait on global rank ``peer`` (None: a collective) into the error naming who is gone.
-FailureNamer = Callable[[int | None, BaseException], PeerLost]
-
-
-@dataclass(frozen=True)
-class Message:
-    """One tensor addressed to a receive: ``key`` names the receiving action, ``tag`` numbers it for gloo."""
-
-    key: Hashable
-    tag: int
-    peer: int
-
-
-class Transport(Protocol):
-    """What the executor needs to move a tensor between ranks: post a send, test or take a receive, flush."""
-
-    def send(self, msg: Message, tensor: torch.Tensor, dst_device: torch.device) -> None:
-        """Hand ``tensor`` to the receive ``msg`` names (may return before it arrives)."""
-
-    def ready(self, msg: Message) -> bool:
-        """Whether the receive named by ``msg`` can be taken now without waiting on this process."""
-
-    def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The tensor sent to ``msg`` (``shape`` and ``dtype`` come from the plan)."""
-
-    def flush(self) -> None:
-        """Complete every posted send (end of a step)."""
-
-
-class LocalTransport:
-    """In-process mailbox for stages held by one process: a send is a device copy, a receive a lookup."""
-
-    def __init__(self) -> None:
-        self._box: dict[Hashable, torch.Tensor] = {}
-
-    def send(self, msg: Message, tensor: torch.Tensor, dst_device: torch.device) -> None:
-        """Deliver ``tensor`` (moved to the receiver's device) under ``msg.key``."""
-        if msg.key in self._box:
-            raise RuntimeError(f"transport: a message for {msg.key} is already waiting")
-        self._box[msg.key] = tensor.to(dst_device)
-
-    def ready(self, msg: Message) -> bool:
-        """Whether the receive named by ``msg`` can complete now."""
-        return msg.key in self._box
-
-    def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Take the tensor sent to ``msg.key``."""
-        try:
-            return self._box.pop(msg.key)
-        except KeyError:
-            raise RuntimeError(f"transport: nothing was sent to {msg.key}") from None
-
-    def flush(self) -> None:
-        """Nothing is ever in flight; checks that no message was left unreceived."""
-        if self._box:
-            raise RuntimeError(f"transport: {len(self._box)} messages were never received: {sorted(map(str, self._box))[:4]}")
 
 
 class DistTransport:
@@ -113,7 +63,7 @@ class DistTransport:
         if self.backend is Backend.GLOO and tensor.device.type != "cpu":
             tensor = tensor.cpu()
         tensor = tensor.contiguous()
-        work = dist.isend(tensor, self.peers[msg.peer], tag=msg.tag)
+        work = self._post(lambda: dist.isend(tensor, self.peers[msg.peer], tag=msg.tag), msg, "sending")
         # forget sends that have completed, so a rank holds only the tensors still in flight
         self._sends = [s for s in self._sends if not s[0].is_completed()]
         self._sends.append((work, tensor, msg))
@@ -126,7 +76,8 @@ class DistTransport:
         """Receive the tensor for ``msg`` from ``msg.peer`` into a fresh buffer on ``device``."""
         staged = self.backend is Backend.GLOO and device.type != "cpu"
         buf = torch.empty(shape, dtype=dtype, device="cpu" if staged else device)
-        self._wait(dist.irecv(buf, self.peers[msg.peer], tag=msg.tag), msg, "receiving")
+        self._wait(self._post(lambda: dist.irecv(buf, self.peers[msg.peer], tag=msg.tag), msg, "receiving"), msg,
+                   "receiving")
         return buf.to(device) if staged else buf
 
     def flush(self) -> None:
@@ -136,11 +87,17 @@ class DistTransport:
             self._wait(work, msg, "sending")
 
     def _wait(self, work: dist.Work, msg: Message, what: str) -> None:
+        def finish() -> None:
+            if work.wait(self.timeout) is False:
+                raise TimeoutError(f"timed out after {self.timeout.total_seconds():g} s")
+
+        self._post(finish, msg, what)
+
+    def _post(self, call: Callable[[], T], msg: Message, what: str) -> T:
+        """Run a gloo/NCCL call on ``msg``'s peer; posting can fail too (a closed connection): name the peer."""
         peer = self.peers[msg.peer]
         try:
-            ok = work.wait(self.timeout)
-            if ok is False:
-                raise TimeoutError(f"timed out after {self.timeout.total_seconds():g} s")
+            return call()
         except Exception as exc:  # gloo raises on a closed connection or a timeout
             if self.name_failure is not None:
                 raise self.name_failure(peer, exc) from exc

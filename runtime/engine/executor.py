@@ -10,8 +10,8 @@ import torch
 
 from partition.schedule.actions import Action, Op, Schedule, format_table
 from partition.schedule.comms import insert_comms
-from runtime.comm import Message, Transport
 from runtime.engine.stage import Stage
+from runtime.transport import Message, Transport
 
 RECEIVES = (Op.RECV_F, Op.RECV_B)
 

@@ -13,11 +13,11 @@ from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.transforms import defer_all_w
 from partition.spec import MLPSpec
-from runtime.comm import Transport
 from runtime.engine.executor import ActionRecord, Executor
 from runtime.engine.stage import Engine, Stage
 from runtime.ops.clip import clip_grad_norm
 from runtime.ops.model import forward_layers, init_parameters
+from runtime.transport import Transport
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
