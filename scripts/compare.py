@@ -11,7 +11,7 @@
     python scripts/compare.py --schedules 1f1b,zb-h1,auto --recompute none,fit,all --memory-cap 900KiB   # memory vs time
     python scripts/compare.py --from-json out/compare/compare.json --out out/again   # re-plot, no training
     python scripts/compare.py --pareto-table out/cap1/compare.json out/cap2/compare.json   # one table over caps
-    torchrun --nproc_per_node=4 scripts/compare.py --devices 4 --device cuda          # pipelines on 4 real GPUs
+    torchrun --standalone --nproc-per-node=4 scripts/compare.py --devices 4 --device cuda   # pipelines on 4 real GPUs
 
 Writes OUT/compare.md (the report and the recommendation), OUT/compare.json (a top-level "candidates" list with
 predicted and measured figures, the prediction errors and the scheduler's overhead), OUT/compare.csv and PNG plots.
