@@ -82,7 +82,7 @@ def plan_layouts(
 ) -> tuple[Layout, ...]:
     """Every PP x DP layout of ``devices``, fastest predicted first, the infeasible ones last (see the module)."""
     if kind not in ONE_STAGE_PER_DEVICE:
-        raise ValueError(f"layouts: schedule {kind.value} places several stages per device; use one of "
+        raise ValueError(f"layouts: schedule {kind.value} is not one with one stage per device; use one of "
                          f"{', '.join(k.value for k in ONE_STAGE_PER_DEVICE)}")
     for name, value in (("devices", devices), ("batch", batch), ("microbatches", microbatches)):
         if not isinstance(value, int) or value < 1:

@@ -12,13 +12,17 @@
     python scripts/plan.py --memory-report --widths 784,256,10 --batch 128 --dtype float32 --optimizer adam
     python scripts/plan.py --stages 4 --microbatch 1024 --memory-cap 250MiB --schedule auto   # choose all three
     python scripts/plan.py --stages 4 --microbatch 1024 --memory-cap 250MiB --schedule auto --max-inflight 2 --no-recompute
+    python scripts/plan.py --layouts 4 --batch 512 --microbatches 4 --link ethernet --memory-cap 200MiB  # PP4, PP2xDP2, DP4
 
 Times come from FLOP counts at --tflops unless a profile is given. Peak memory per stage is parameters +
 gradients + optimizer state + (peak in-flight microbatches under the schedule) x saved bytes + deferred
 weight-gradient buffers + communication buffers; the in-flight counts and step times come from partition.schedule.simulate.
 With --schedule auto the ranges, each stage's recomputation and the schedule (gpipe, 1f1b, zb-h1 or one generated
 under the cap) are chosen together (partition.choose): --memory-cap stays the total bytes per device, and the
-generated schedule's activation budget is that cap minus the device's static bytes.
+generated schedule's activation budget is that cap minus the device's static bytes. With --layouts K every way to use
+K devices (PP K, PP x DP for each factorisation, DP K with the whole model on each device) is planned and ranked
+(partition.layouts): each replica takes 1/D of --batch in --microbatches microbatches, and its step adds each stage's
+ring all-reduce over the D replicas (from the stage's last weight gradient on, overlapping the rest).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from partition.choose import JointChoice, choose, schedule_counts
 from partition.cost import DType, Optimizer
 from partition.dot import to_dot
 from partition.graph import build_graph
+from partition.layouts import Layout, plan_layouts
 from partition.memory import inference_memory, training_memory
 from partition.partitioner import Method, Plan, Problem, parse_ranges, partition, plan_for, problem_for
 from partition.plan import format_ranges
@@ -73,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --schedule auto: let stages recompute activations to fit (default: yes)")
     g.add_argument("--method", default="optimal", choices=[m.value for m in Method], help="plan shown in detail")
     g.add_argument("--ranges", help="also evaluate these inclusive layer ranges, e.g. 0-1,2,3-4")
+    g.add_argument("--layouts", type=int, metavar="K", help="instead: rank the PP x DP layouts of K devices for the "
+                                                           "global --batch (default: off)")
     g = p.add_argument_group("devices and links")
     caps = g.add_mutually_exclusive_group()
     caps.add_argument("--memory-cap", help="one memory cap for every device, e.g. 2GiB")
@@ -91,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--json", help="write every method's plan and the predictions as JSON")
     g.add_argument("--dot", help="write the computational graph with each stage as a coloured cluster (DOT)")
     g.add_argument("--memory-report", action="store_true", help="print training vs inference memory (exercise 3)")
-    g.add_argument("--batch", type=int, help="minibatch for --memory-report (default: microbatch x microbatches)")
+    g.add_argument("--batch", type=int, help="minibatch for --memory-report, global batch for --layouts "
+                                             "(default: microbatch x microbatches)")
     return p.parse_args(argv)
 
 
@@ -146,6 +154,17 @@ def print_joint(joint: JointChoice) -> None:
         print(f"  - {lever}")
 
 
+def print_layouts(layouts: tuple[Layout, ...]) -> None:
+    """The layouts, fastest first, the ones that are out last with the reason."""
+    rows = [[x.name, x.rows or "-", x.plan.describe() if x.plan else "-", _si(x.step_time) if x.feasible else "-",
+             _si(x.exposed) if x.feasible and x.replicas > 1 else "-", format_bytes(max(x.memory)) if x.memory else "-",
+             "" if x.feasible else f"out: {x.why}"] for x in layouts]
+    print(text_table(["layout", "rows/microbatch", "layers", "step time", "all-reduce exposed", "memory/device", "note"],
+                     rows, right={1, 3, 4, 5}))
+    best = layouts[0]
+    print(f"\nfastest: {best.name}" if best.feasible else "\nno layout fits")
+
+
 def memory_report(spec: MLPSpec, batch: int, dtype: str, optimizer: str) -> None:
     """Exercise 3: training vs inference footprint, term by term."""
     train, infer = training_memory(spec, batch, dtype, optimizer), inference_memory(spec, batch, dtype)
@@ -159,14 +178,14 @@ def memory_report(spec: MLPSpec, batch: int, dtype: str, optimizer: str) -> None
 def main(argv: list[str] | None = None) -> int:
     """Parse, plan with every method, print the chosen plan and the comparison, write JSON/DOT."""
     a = parse_args(argv)
-    require_positive(a, "stages", "microbatch", "microbatches", "batch", "tflops", "bandwidth")
+    require_positive(a, "stages", "microbatch", "microbatches", "batch", "tflops", "bandwidth", "layouts")
     spec = MLPSpec(parse_widths(a.widths), a.activation, a.bias, 0.0, a.loss)
     m = a.microbatches or 2 * a.stages
     if a.memory_report:
         memory_report(spec, a.batch or a.microbatch * m, a.dtype, a.optimizer)
         return 0
     kind = ScheduleKind(a.schedule)
-    if not 1 <= a.stages <= spec.num_layers:
+    if a.layouts is None and not 1 <= a.stages <= spec.num_layers:
         raise ValueError(f"stages: cannot place {spec.num_layers} layers on {a.stages} stages; "
                          f"use between 1 and {spec.num_layers} stages")
     if a.max_inflight is not None and (kind is not ScheduleKind.AUTO or a.max_inflight < 1):
@@ -183,6 +202,23 @@ def main(argv: list[str] | None = None) -> int:
         profile.check(spec, a.microbatch)
         layer_times, source = profile.layers, f"measured on {profile.device_name or profile.device} ({profile.dtype})"
     caps = [parse_bytes(c) for c in a.memory_caps.split(",")] if a.memory_caps else None
+    if a.layouts is not None:
+        if caps or a.device_speeds:
+            raise ValueError("layouts: give one --memory-cap for every device (no --memory-caps or --device-speeds)")
+        m = a.microbatches or 2 * a.layouts
+        scale = profile.microbatch if profile else 1
+        times = (lambda rows: [c.scaled(rows / scale) for c in layer_times]) if layer_times else None
+        layouts = plan_layouts(spec, a.layouts, a.batch or a.microbatch * m, m, kind=kind, layer_times=times,
+                               flops_per_second=a.tflops * 1e12, link=link, dtype=a.dtype, optimizer=a.optimizer,
+                               memory_cap=parse_bytes(a.memory_cap) if a.memory_cap else None)
+        print(f"MLP {'-'.join(map(str, spec.widths))}, {a.dtype}, {a.optimizer}; {a.layouts} devices, global batch "
+              f"{a.batch or a.microbatch * m} in {m} microbatches per replica, {kind.value}; times: {source}"
+              f"{' scaled by rows' if profile else ''}; link: {'free' if link.is_free else link.describe()}")
+        print_layouts(layouts)
+        if a.json:
+            write_json(a.json, {"widths": list(spec.widths), "devices": a.layouts, "microbatches": m,
+                                "layouts": [x.to_dict() for x in layouts]})
+        return 0
     options = dict(layer_times=layer_times, flops_per_second=a.tflops * 1e12, dtype=a.dtype, optimizer=a.optimizer,
                    link=link, inflight=lambda k: schedule_counts(kind, k, m)[0],
                    deferred_w=lambda k: schedule_counts(kind, k, m)[1],

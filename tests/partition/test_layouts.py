@@ -1,5 +1,10 @@
 """PP x DP layouts of K devices: step times, memory and exclusions computed by hand on tiny models."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from partition.layouts import plan_layouts
@@ -72,7 +77,7 @@ def test_a_batch_that_does_not_split_and_bad_arguments():
     layouts = by_name(plan_layouts(TWO_LAYERS, 2, 6, 2, layer_times=per_row))
     assert layouts["PP2"].step_time == 27.0  # 3 rows: 9 slots x 3 s
     assert layouts["DP2"].why == "batch 6 does not split into 2 replicas x 2 microbatches"
-    with pytest.raises(ValueError, match="several stages per device"):
+    with pytest.raises(ValueError, match="one stage per device"):
         plan_layouts(TWO_LAYERS, 2, 8, 2, kind=ScheduleKind.INTERLEAVED_1F1B)
     with pytest.raises(ValueError, match="devices must be"):
         plan_layouts(TWO_LAYERS, 0, 8, 2)
@@ -83,3 +88,21 @@ def test_zero_bubble_reductions_wait_for_the_last_w():
     layouts = by_name(plan_layouts(TWO_LAYERS, 2, 8, 2, kind=ScheduleKind.ZB_H1, layer_times=per_row,
                                    link=LinkModel(1.0)))
     assert layouts["DP2"].step_time == 26.0
+
+
+def test_plan_cli_ranks_the_layouts(tmp_path):
+    # FLOP-based times on a free link: 8 x 1024 layers, 4 devices, batch 256 in 4 microbatches. Every layout does
+    # the same FLOPs; a free link makes the all-reduce free, so DP4 (no bubble) must come first and PP4 last.
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "layouts.json"
+    done = subprocess.run([sys.executable, str(root / "scripts" / "plan.py"), "--layouts", "4", "--widths",
+                           ",".join(["1024"] * 9), "--batch", "256", "--microbatches", "4", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "fastest: DP4" in done.stdout
+    rows = json.loads(out.read_text())["layouts"]
+    assert [r["name"] for r in rows] == ["DP4", "PP2xDP2", "PP4"]
+    assert [r["rows"] for r in rows] == [16, 32, 64]
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "plan.py"), "--layouts", "2", "--memory-caps", "1,2"],
+                         capture_output=True, text=True, timeout=120, cwd=root)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
