@@ -10,6 +10,7 @@
     python scripts/bench.py pipeline --quick --json /tmp/p.json  # tiny sizes (the smoke test)
     python scripts/bench.py gemms --device cuda --width 8192 --batch 8192 --dtypes bfloat16   # where the time goes
     python scripts/bench.py contention                         # default train.py alone vs next to a busy loop
+    python scripts/bench.py layouts --json out/layouts.json    # PP vs PP x DP vs DP under torchrun, 2 and 4 processes
     python scripts/bench.py summary out/*.json                 # short table + target verdicts of saved results
     python scripts/bench.py table runtime/bench/results/X.json # a saved result's table, regenerated from its JSON
 
@@ -105,6 +106,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.add_argument("--rounds", type=int, default=3, help="runs alone and loaded, alternating (%(default)s each)")
     q.add_argument("--busy", type=int, default=1, help="busy-loop processes (%(default)s)")
     q.add_argument("--json", default=None, help="write the figures here")
+    q = sub.add_parser("layouts", help="train.py under torchrun as PP, PP x DP and DP on 2 and 4 processes vs the planner")
+    q.add_argument("--models", default="1024x8,256x16", help="WIDTHxLAYERS, comma-separated (%(default)s)")
+    q.add_argument("--processes", default="2,4", help="process counts, comma-separated (%(default)s)")
+    q.add_argument("--batch", type=int, default=256, help="global batch (%(default)s)")
+    q.add_argument("--microbatches", type=int, default=4, help="microbatches per replica (%(default)s)")
+    q.add_argument("--samples", type=int, default=4096, help="synthetic training examples (%(default)s)")
+    q.add_argument("--epochs", type=int, default=2, help="epochs of each run (%(default)s)")
+    q.add_argument("--json", default=None, help="write the figures here")
     sub.add_parser("summary", help="short table and target verdicts of saved JSON results").add_argument("files", nargs="+")
     sub.add_parser("table", help="a saved result's table, regenerated from its JSON").add_argument("file")
     return p.parse_args(argv)
@@ -163,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.bench.summary import summarize_files
 
         print(summarize_files(a.files) if a.command == "summary" else table_of_file(a.file))
+        return 0
+    if a.command == "layouts":
+        from runtime.bench.layouts import LayoutBenchConfig, layout_table, parse_models, run_layout_bench
+
+        cfg = LayoutBenchConfig(models=parse_models(a.models), processes=tuple(int(n) for n in a.processes.split(",")),
+                                batch=a.batch, microbatches=a.microbatches, samples=a.samples, epochs=a.epochs)
+        print(layout_table(run_layout_bench(cfg, a.json)))
         return 0
     if a.command == "simulator" and a.fidelity:
         from runtime.calibrate.fidelity import run_fidelity

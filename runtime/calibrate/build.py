@@ -50,7 +50,7 @@ def measure_link(pipe: Pipeline, rows: int, concurrent: bool, timeout: float) ->
     """The link of this run's transport: (model, what was measured, ping-pong points); cached when not trivial."""
     nbytes = max(activation_bytes(pipe, rows))
     devices = [torch.device(d) for d in pipe.cfg.devices]
-    if concurrent:
+    if concurrent and len(pipe.executor.transport.peers) > 1:  # a one-rank pipeline (pure DP) sends nothing
         t = pipe.executor.transport
         rank = t.rank  # the global rank: global ranks 0 and 1 ping, whatever the grid
         link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout, peers=list(t.peers))
