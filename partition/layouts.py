@@ -4,12 +4,17 @@ For K devices and each D dividing K, a layout runs D replicas of a pipeline of P
 device): PP = K is one pipeline, DP = K holds the whole model on every device. Each replica takes 1/D of the global
 batch in the same number of microbatches, so a microbatch has batch / (D m) rows. The pipeline's ranges come from
 the partitioner under the per-device cap; its step is the simulated schedule plus each stage's ring all-reduce over
-the D replicas (``partition.data_parallel``). A layout is out when the batch does not split into D x m equal
+the D replicas (``partition.data_parallel``). The min-max partitioner balances the stages but does not see the
+reductions (a 1F1B step exposes the first stage's, which finishes last), so under D > 1 every split of the layers
+that fits the cap is also simulated with its reductions when there are at most ``SEARCH_LIMIT`` of them, and the
+fastest kept (the partitioner's on a tie). A layout is out when the batch does not split into D x m equal
 microbatches, when P exceeds the layers, or when no split fits the cap (the bytes it would need are reported).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +22,7 @@ from partition.choose import schedule_counts
 from partition.cost import DType, Optimizer
 from partition.data_parallel import stage_gradient_bytes, with_all_reduce
 from partition.partitioner import DEFAULT_FLOPS, partition, problem_for, smallest_cap
-from partition.plan import Plan
+from partition.plan import Plan, Ranges
 from partition.schedule.actions import ScheduleKind
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
@@ -26,6 +31,7 @@ from partition.timing import LinkModel, StageCost
 from partition.units import format_bytes
 
 ONE_STAGE_PER_DEVICE = (ScheduleKind.GPIPE, ScheduleKind.ONE_F_ONE_B, ScheduleKind.ZB_H1)
+SEARCH_LIMIT = 2000  # splits simulated one by one under data parallelism; beyond it, the partitioner's alone
 LayerTimes = Callable[[int], Sequence[StageCost]]  # per-layer F/B/W seconds for a microbatch of that many rows
 
 
@@ -116,6 +122,19 @@ def _layout(spec: MLPSpec, stages: int, replicas: int, batch: int, m: int, kind:
         return Layout(stages, replicas, rows, memory=(int(need),) * stages,
                       why=f"needs {format_bytes(need)} per device, over the cap {format_bytes(cap or 0)}")
     schedule = generate(kind, stages, m)
-    sim = simulate(schedule, plan.stage_costs, link=link, activation_bytes=plan.boundary_bytes or None)
-    step = with_all_reduce(sim, schedule, stage_gradient_bytes(spec, plan.ranges, dtype), replicas, link)
+    candidates = [plan] + [problem.evaluate(r) for r in _splits(spec.num_layers, stages, replicas) if r != plan.ranges]
+    best = None
+    for candidate in (c for c in candidates if c.fits):
+        sim = simulate(schedule, candidate.stage_costs, link=link, activation_bytes=candidate.boundary_bytes or None)
+        step = with_all_reduce(sim, schedule, stage_gradient_bytes(spec, candidate.ranges, dtype), replicas, link)
+        if best is None or step.makespan < best[0].makespan:
+            best = step, candidate
+    step, plan = best
     return Layout(stages, replicas, rows, step.makespan, step.pipeline, step.exposed, tuple(plan.memory or ()), plan)
+
+
+def _splits(layers: int, stages: int, replicas: int) -> list[Ranges]:
+    """Every split of ``layers`` into ``stages`` contiguous ranges, when data parallel and at most SEARCH_LIMIT."""
+    if replicas == 1 or math.comb(layers - 1, stages - 1) > SEARCH_LIMIT:
+        return []
+    return [tuple(zip((0, *cuts), (*cuts, layers))) for cuts in itertools.combinations(range(1, layers), stages - 1)]

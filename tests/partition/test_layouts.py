@@ -90,6 +90,25 @@ def test_zero_bubble_reductions_wait_for_the_last_w():
     assert layouts["DP2"].step_time == 26.0
 
 
+def test_under_data_parallelism_the_split_accounts_for_the_exposed_reduction():
+    # widths 2,2,2,2: three layers of 24 gradient bytes each, 8 activation bytes a cut at 1 row; every layer
+    # F = B = W = 1 s; the link moves 8 bytes/s (a message takes 1 s; a ring over 2 replicas of n bytes: n / 8 s).
+    # Both splits have the same bottleneck (6 s of work + 2 s of messages). 1f1b, m = 2:
+    #   0-0,1-2: rank 0 F0 [0,1] F1 [1,2] BW0 [9,11] BW1 [15,17]; rank 1 F0 [2,4] BW0 [4,8] F1 [8,10] BW1 [10,14]
+    #            -> 17 s; rings: stage 1 (48 bytes, 6 s) [14,20], stage 0 (24 bytes, 3 s) [17,20] -> 20 s
+    #   0-1,2-2: rank 0 F0 [0,2] F1 [2,4] BW0 [7,11] BW1 [11,15]; rank 1 F0 [3,4] BW0 [4,6] F1 [6,7] BW1 [7,9]
+    #            -> 15 s; rings: stage 0 (48 bytes) [15,21], stage 1 [9,12] -> 21 s
+    # so under DP 2 the slower pipeline is the faster step. Batch 4 = 2 replicas x 2 microbatches x 1 row.
+    def unit(rows):
+        return [StageCost(1, 1, 1)] * 3
+
+    layouts = by_name(plan_layouts(MLPSpec((2, 2, 2, 2)), 4, 4, 2, layer_times=unit, link=LinkModel(0.0, 8.0)))
+    both = layouts["PP2xDP2"]
+    assert both.plan.ranges == ((0, 1), (1, 3))
+    assert (both.pipeline_time, both.step_time, both.exposed) == (17.0, 20.0, 3.0)
+    assert layouts["DP4"].why == "batch 4 does not split into 4 replicas x 2 microbatches"
+
+
 def test_plan_cli_ranks_the_layouts(tmp_path):
     # FLOP-based times on a free link: 8 x 1024 layers, 4 devices, batch 256 in 4 microbatches. Every layout does
     # the same FLOPs; a free link makes the all-reduce free, so DP4 (no bubble) must come first and PP4 last.
