@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
-from runtime.bench import contention, dist, functions, gemms, pipeline, sim
+from runtime.bench import contention, dist, functions, gemms, layouts, pipeline, sim
+from runtime.calibrate.fidelity import fidelity_table
 
 TABLES: MappingProxyType[str, Callable[[dict], str]] = MappingProxyType({
     "functions": functions.table_text, "pipeline": pipeline.table_text, "dist": dist.table_text,
-    "simulator": sim.table_text, "gemms": gemms.table_text, "contention": contention.table_text})
+    "simulator": sim.table_text, "gemms": gemms.table_text, "contention": contention.table_text,
+    "fidelity": lambda result: "\n".join(fidelity_table(result["rows"])), "layouts": layouts.layout_table})
 
 
 def table_text(result: dict) -> str:

@@ -122,5 +122,6 @@ def fidelity_table(rows: Sequence[dict]) -> list[str]:
 def run_fidelity(runs: int, json_path: str | None = None, log: Callable[[str], None] = print) -> str:
     """The whole fidelity benchmark: every default case ``runs`` times; the Markdown table (rows also as JSON)."""
     rows = fidelity(default_cases(), runs, log=log)
-    write_json(json_path, {"benchmark": "fidelity", "target": TARGET, "runs": runs, "rows": rows})
-    return "\n".join(fidelity_table(rows))
+    table = "\n".join(fidelity_table(rows))
+    write_json(json_path, {"benchmark": "fidelity", "target": TARGET, "runs": runs, "rows": rows, "table": table})
+    return table
