@@ -6,7 +6,7 @@ autograd on ``nn.Sequential`` over the whole batch in float64 from the same seed
 passes when, for every parameter, |sum - sum_ref| <= tol x sum|g_ref|, |sumsq - sumsq_ref| <= tol x sumsq_ref,
 every reference parameter has a gradient, and |loss - loss_ref| <= tol x |loss_ref|; ``TOLERANCE`` states
 tol per compute dtype. A gradient scaled by 0.5 moves the sum of squares by 75%: it fails at any tolerance here
-(in bfloat16 a gradient off by less than about 10% would pass; in float32 one off by 1e-4).
+(in bfloat16 a gradient off by less than about 10% would pass; in float32 one off by 1e-3).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from runtime.bench.timing import Variant
 
 # bfloat16 keeps 8 significant bits: plain autograd in bfloat16 is itself 7.5% off the float64 sum of squares of
 # a bias gradient at width 64 (and every contender with it), so its bound is loose; float16 keeps 11 bits.
-TOLERANCE = MappingProxyType({torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 0.2, torch.float16: 5e-2})
+# Plain autograd on the full batch in float32 is itself 1.2e-4 off the float64 sum of squares of a bias gradient
+# at 8 x 1024, batch 1024 (the pipeline bench's default), so float32 gets 1e-3.
+TOLERANCE = MappingProxyType({torch.float64: 1e-9, torch.float32: 1e-3, torch.bfloat16: 0.2, torch.float16: 5e-2})
 Checksums = dict[tuple[int, str], tuple[float, float, float]]
 
 
