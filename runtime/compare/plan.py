@@ -44,7 +44,7 @@ from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import StageCost
-from partition.units import format_bytes
+from partition.units import count, format_bytes
 from runtime.compare.types import Candidate, CandidateKind, LRRule, RecomputePolicy
 
 LayerTimes = Callable[[int], Sequence[StageCost]]  # microbatch size -> per-layer F/B/W seconds
@@ -193,10 +193,10 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
     B, K, L = s.batch, s.devices, s.spec.num_layers
     virtual = s.virtual if kind is ScheduleKind.INTERLEAVED_1F1B else 1
     cid = f"pipe-{kind.value}-m{m}"
-    base = Candidate(cid, f"{kind.value} on {K} devices, {m} x {B // max(m, 1)}", CandidateKind.PIPELINE, kind, K, K, m, B,
-                     s.lr, virtual=virtual)
+    on = f"{kind.value} on {count(K, 'device')}"
+    base = Candidate(cid, f"{on}, {m} x {B // max(m, 1)}", CandidateKind.PIPELINE, kind, K, K, m, B, s.lr, virtual=virtual)
     if B % m:
-        return [replace(base, label=f"{kind.value} on {K} devices, m={m}",
+        return [replace(base, label=f"{on}, m={m}",
                         reason=f"not applicable: m={m} does not divide B={B}")]
     auto = kind is ScheduleKind.AUTO  # one stage per device; its order is searched per recomputation choice below
     try:
@@ -206,7 +206,7 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
     S = sched.num_stages
     base = replace(base, num_stages=S)
     if S > L:
-        return [replace(base, reason=f"not applicable: {kind.value} on {K} devices needs {S} stages, the model has {L} layers")]
+        return [replace(base, reason=f"not applicable: {on} needs {S} stages, the model has {L} layers")]
     sim = simulate(sched, [StageCost(1.0, 1.0, 1.0)] * S)  # the in-flight counts depend on the order only
     times = tuple(layer_times(B // m))
     options = dict(layer_times=times, dtype=s.dtype, optimizer=s.optimizer, inflight=sim.peak_inflight,

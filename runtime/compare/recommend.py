@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from partition.units import format_bytes
+from partition.units import count, format_bytes
 from runtime.compare.types import CandidateKind
 
 PIPELINE = CandidateKind.PIPELINE.value  # candidates arrive as JSON entries: kinds by value
@@ -63,12 +63,12 @@ def recommend(entries: Sequence[dict], setup: dict) -> dict:
                        "faster than accumulation on the same device. Pipelines are therefore not recommended on this machine.")
     elif not others:
         reasons.append("Only pipelines fit the cap: no single device can hold the model with any minibatch, so the graph "
-                       f"must be partitioned over the {K} devices.")
+                       f"must be partitioned over {count(K, 'device')}.")
     if emulated and not others:  # emulation shows no bubble: rank by the simulator's K-device step (same math, same steps)
         best = min(pipes, key=lambda e: (e["predicted"]["predicted_step_time_k_devices"], e["id"]))
         p = best["predicted"]
         reasons.append(f"In emulation the stages run in turn and no pipeline bubble shows, so the pipelines (all the same "
-                       f"math) are ranked by the simulator's step on {K} devices: `{best['id']}` ({best['label']}) at "
+                       f"math) are ranked by the simulator's step on {count(K, 'device')}: `{best['id']}` ({best['label']}) at "
                        f"{_seconds(p['predicted_step_time_k_devices'])} per step "
                        f"({p['samples_per_second_k_devices']:.0f} samples/s, "
                        f"bubble {p['bubble_fraction_k_devices']:.0%}); emulated here it measured "
@@ -97,5 +97,5 @@ def recommend(entries: Sequence[dict], setup: dict) -> dict:
                        f"({B / theirs:.0f} samples/s, {verdict}); that is a prediction, to be measured with torchrun.")
     elif pipes and best["kind"] != PIPELINE:
         fast = min(pipes, key=_key)
-        reasons.append(f"The best pipeline measured on {K} devices: {_describe(fast, target)}.")
+        reasons.append(f"The best pipeline measured on {count(K, 'device')}: {_describe(fast, target)}.")
     return {"id": best["id"], "label": best["label"], "kind": best["kind"], "reasons": reasons}

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import MappingProxyType
 
-from partition.units import format_bytes
+from partition.units import count, format_bytes
 from runtime.compare.pareto import PNG as PARETO_PNG
 from runtime.compare.pareto import pareto_markdown, write_pareto_plot
 from runtime.compare.plots import FIGURES, write_plots
@@ -56,7 +56,7 @@ def _setup_text(r: dict) -> list[str]:
     bias = f"bias {spec['bias']}"  # all, hidden, none or layer indices (older files: true/false)
     return [f"The chapter's last exercise, measured: the {widths} MLP ({spec['activation']}, {bias}, "
             f"l2 {spec['l2']:g}, {spec['loss']}) on {s['dataset']} ({s['train_samples']} training / {s['test_samples']} "
-            f"test samples), global batch B={s['batch']}, K={s['devices']} devices with {cap_text}. {s['dtype']} on "
+            f"test samples), global batch B={s['batch']}, K = {count(s['devices'], 'device')} with {cap_text}. {s['dtype']} on "
             f"{s['device']} ({s['threads']} thread{'s' if s['threads'] != 1 else ''}), {s['mode']}. "
             f"{s['optimizer'].upper()} (momentum {s['momentum']:g}), lr {s['lr']:g} at B; smaller minibatches use "
             f"{s['lr_rule']}. Every run starts from the same seeded parameters (seed {s['seed']}) and sees the same "
@@ -87,10 +87,11 @@ def _step_times(r: dict) -> list[str]:
     k = r["setup"]["devices"]
     return ["## Step time: predicted vs measured", "",
             "The predicted step is what the measuring process does (see *How the figures are made*); "
-            f"the last column is the simulator's prediction on {k} real devices, which nothing measures in "
+            f"the last column is the simulator's prediction on {count(k, 'real device')}, which nothing measures in "
             "single-process emulation.", "",
             *markdown_table(["candidate", "predicted step (this run)", "measured step: median [p25, p75]", "error",
-                             "samples/s predicted / measured", f"on {k} devices (simulator): step, samples/s, bubble"], rows), ""]
+                             "samples/s predicted / measured",
+                             f"on {count(k, 'device')} (simulator): step, samples/s, bubble"], rows), ""]
 
 
 def _memory(r: dict) -> list[str]:
@@ -209,7 +210,7 @@ def markdown(r: dict) -> str:
     rec = r["recommendation"]
     k = r["setup"]["devices"]
     head = f"**{rec['label']}** (`{rec['id']}`)" if rec["id"] else "**nothing fits**"
-    lines = [f"# Partition over {k} devices, or a smaller minibatch on one?", "", *_setup_text(r),
+    lines = [f"# Partition over {count(k, 'device')}, or a smaller minibatch on one?", "", *_setup_text(r),
              "## Recommendation under the cap", "", head, "", *(f"- {why}" for why in rec["reasons"]), "",
              *_candidates(r), *_step_times(r), *_memory(r), *pareto_markdown(r), *_training(r), *_method(r),
              *_overhead(r), "## Figures", ""]
