@@ -67,6 +67,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         flag = action.nargs == 0  # store_true/false/const: the help says what it does
-        if "%(default)" in text or flag or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+        said = "%(default)" in text or "(default" in text  # the help already names its default
+        if said or flag or not action.option_strings or action.default in (None, argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _cli import add_bias_flags, run_main
+from _cli import HelpFormatter, add_bias_flags, run_main
 
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec, parse_widths
@@ -51,13 +51,13 @@ def _schedules(text: str) -> tuple[ScheduleKind, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; --help explains every flag."""
-    p = argparse.ArgumentParser(prog="compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="compare.py", description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--widths", default="64,256,256,256,10", help="layer widths, inputs first (default %(default)s)")
-    g.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid"])
+    g.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid"], help="phi of the hidden layers")
     add_bias_flags(g)
-    g.add_argument("--l2", type=float, default=0.0)
-    g.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-error"])
+    g.add_argument("--l2", type=float, default=0.0, help="weight decay lambda of the objective J = L + s")
+    g.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-error"], help="the loss L")
     g = p.add_argument_group("experiment")
     g.add_argument("--dataset", default="digits", help="digits (shipped), synthetic, or idx:DIR")
     g.add_argument("--samples", type=int, default=4096, help="examples of the synthetic dataset")
@@ -68,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--target-loss", type=float, default=None, help="stop a candidate at an epoch whose mean loss <= this")
     g.add_argument("--lr", type=float, default=0.1, help="learning rate at B (default %(default)s)")
     g.add_argument("--lr-rule", default="linear", choices=[r.value for r in LRRule], help="lr for a minibatch b < B")
-    g.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind])
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    g.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind], help="per-stage optimizer")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--seed", type=int, default=0, help="one seed for weights and data order")
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="parameters and activations")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--threads", default="auto", help=THREADS_HELP)
     g.add_argument("--schedules", default=",".join(k.value for k in ScheduleKind), help="pipeline schedules to try "
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--from-json", default=None, help="rewrite the report from this JSON (no planning, no training)")
     g.add_argument("--pareto-table", nargs="+", default=None, metavar="JSON",
                    help="print one memory-time table over these runs' JSON (one model at several caps), then stop")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p.parse_args(argv)
 
 

@@ -46,6 +46,16 @@ def test_train_help_shows_every_default():
         assert re.search(rf"\(default:?\s+{re.escape(default)}\)", " ".join(blocks[flag].split())), (flag, blocks[flag])
 
 
+def test_compare_help_shows_every_default():
+    text = script("compare.py", "--help").stdout
+    blocks = {m.group(1): m.group(0) for m in re.finditer(r"^  (--[\w-]+).*?(?=^  --|^\S|\Z)", text, re.M | re.S)}
+    expected = {"--activation": "relu", "--l2": "0.0", "--loss": "cross-entropy", "--batch": "128", "--devices": "4",
+                "--lr-rule": "linear", "--optimizer": "sgd", "--momentum": "0.9", "--seed": "0", "--dtype": "float32",
+                "--device": "cpu", "--out": "out/compare", "--dataset": "digits"}
+    for flag, default in expected.items():
+        assert re.search(rf"\(default:?\s+{re.escape(default)}\)", " ".join(blocks[flag].split())), (flag, blocks[flag])
+
+
 def test_one_range_notation_in_and_out():
     rng = random.Random(0)
     for _ in range(50):
