@@ -24,7 +24,7 @@ LAYERS = (
     ("runtime.ops",),
     ("runtime.engine",),
     ("runtime.train", "runtime.calibrate"),
-    ("runtime.compare", "runtime.bench"),
+    ("runtime.compare", "runtime.bench", "runtime.planner"),
     ("runtime.chapter",),
 )
 
