@@ -10,9 +10,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from partition.schedule.trace import TraceEvent, op_of
+from partition.schedule.trace import COLOURS, TraceEvent, drawn_ops, op_of
 
-COLOURS = {"F": "#4c72b0", "B": "#dd8452", "W": "#55a868", "BW": "#c44e52"}
 TRANSFER = "#8172b3"
 TRANSFER_LANE = "transfers"
 
@@ -63,7 +62,8 @@ def write_comparison_gantt(path: str | os.PathLike, panels: Sequence[Panel], tit
         ax.set_ylim(len(order) - 0.5, -0.5)
         ax.set_title(panel.title, loc="left", fontsize=9)
     axes[-1, 0].set_xlabel("milliseconds from the start of the step")
-    handles = [Patch(color=c, label=op) for op, c in COLOURS.items()] + [Patch(color=TRANSFER, label="transfer")]
+    handles = [Patch(color=COLOURS[op], label=op) for op in drawn_ops(e.name for p in panels for e in p.events if not e.lane)]
+    handles += [Patch(color=TRANSFER, label="transfer")] if any(e.lane for p in panels for e in p.events) else []
     axes[0, 0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.05), fontsize=7, ncols=5, frameon=False)
     fig.suptitle(title, x=0.01, ha="left", fontsize=10)
     fig.tight_layout()

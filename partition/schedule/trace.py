@@ -7,11 +7,12 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from partition.schedule.actions import Action
 
 # Colours of the Gantt bars by the op of an action name such as "2F0" or "1BW3".
-_COLOURS = (("F", "#4c72b0"), ("B", "#dd8452"), ("W", "#55a868"), ("BW", "#c44e52"))
+COLOURS = MappingProxyType({"F": "#4c72b0", "B": "#dd8452", "W": "#55a868", "BW": "#c44e52"})  # one colour per op
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class TraceEvent:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.start) and math.isfinite(self.end) and self.end >= self.start):
             raise ValueError(f"TraceEvent {self.name!r}: expected finite start <= end, got {self.start}..{self.end}")
+
+
+def drawn_ops(names: Iterable[str]) -> list[str]:
+    """The ops among these action names, in legend order: a legend names only what a chart draws."""
+    seen = {op_of(name) for name in names}
+    return [op for op in COLOURS if op in seen]
 
 
 def op_of(name: str) -> str:
@@ -86,13 +93,12 @@ def write_gantt_png(path: str | os.PathLike, events: Iterable[TraceEvent], title
         raise ImportError("write_gantt_png needs matplotlib: pip install 'pipegraph[plot]' (or matplotlib)") from exc
     events = list(events)
     ranks = sorted({e.rank for e in events}) or [0]
-    colours = dict(_COLOURS)
     width = max((e.end for e in events), default=1.0) or 1.0
     fig, ax = plt.subplots(figsize=(12, 0.5 * len(ranks) + 1.5))
     for rank in ranks:
         row = [e for e in events if e.rank == rank]
         spans = [(e.start, e.end - e.start) for e in row]
-        ax.broken_barh(spans, (rank - 0.4, 0.8), facecolors=[colours.get(op_of(e.name), "#999999") for e in row],
+        ax.broken_barh(spans, (rank - 0.4, 0.8), facecolors=[COLOURS.get(op_of(e.name), "#999999") for e in row],
                        edgecolor="white", linewidth=0.3)
         if len(events) <= 400:
             for e in row:
@@ -102,8 +108,8 @@ def write_gantt_png(path: str | os.PathLike, events: Iterable[TraceEvent], title
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title(title, loc="left")
-    ax.legend(handles=[Patch(color=c, label=op) for op, c in _COLOURS], loc="lower right", bbox_to_anchor=(1.0, 1.0),
-              fontsize=7, ncols=4, frameon=False)
+    ax.legend(handles=[Patch(color=COLOURS[op], label=op) for op in drawn_ops(e.name for e in events)], loc="lower right",
+              bbox_to_anchor=(1.0, 1.0), fontsize=7, ncols=4, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

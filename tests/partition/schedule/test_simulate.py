@@ -14,7 +14,7 @@ from partition.schedule.actions import Action, Op, ScheduleError, ScheduleKind
 from partition.schedule.comms import insert_comms
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
-from partition.schedule.trace import TraceEvent, op_of, write_chrome_trace, write_gantt_png
+from partition.schedule.trace import TraceEvent, drawn_ops, op_of, write_chrome_trace, write_gantt_png
 from partition.timing import LinkModel, StageCost
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -166,6 +166,7 @@ def test_chrome_trace_and_gantt(tmp_path):
     write_gantt_png(tmp_path / "g.png", events, "zb-h1")
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [op_of(n) for n in ("2F0", "1BW3", "0W3x4", "0SEND_F1", "idle")] == ["F", "BW", "W", "SEND_F", ""]
+    assert drawn_ops(["1BW3", "0F0", "2F1", "0SEND_F1"]) == ["F", "BW"]  # the legend lists no op that is not drawn
     with pytest.raises(ValueError):
         TraceEvent(0, "x", 2.0, 1.0)
 
