@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -67,3 +68,10 @@ def write_json(path: str | Path | None, data: object) -> None:
     """Write ``data`` as JSON to ``path`` atomically (parents created); nothing when ``path`` is None."""
     if path is not None:
         write_text(path, json_text(data))
+
+
+def error_line(text: str) -> None:
+    """``text`` and its newline to stderr in one write, so that lines of several processes sharing one stderr
+    (torchrun's ranks) never run into each other (``print`` writes the text and the newline separately)."""
+    sys.stderr.flush()
+    os.write(2, (text.rstrip("\n") + "\n").encode())

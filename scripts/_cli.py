@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from runtime.output import error_line  # noqa: E402 - after the path
+
 
 def run_main(main: Callable[[], int | None], prog: str) -> None:
     """Run ``main``; bad input and runtime failures end with one line on stderr and exit status 1 or 2.
@@ -29,14 +31,14 @@ def run_main(main: Callable[[], int | None], prog: str) -> None:
     try:
         code = main()
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        error_line(f"{prog}: interrupted")
         code = 130
     except ValueError as exc:  # bad input: every rank finds the same, so under torchrun rank 0 alone says it
         if rank in (None, "0"):
-            print(f"{prog}: error: {exc}", file=sys.stderr)
+            error_line(f"{prog}: error: {exc}")
         code = 2
     except (RuntimeError, OSError) as exc:
-        print(f"{prog}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        error_line(f"{prog}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         code = 1
     if rank is not None:  # gloo's teardown at interpreter exit sometimes aborts (SIGABRT) after all work is done
         sys.stdout.flush()

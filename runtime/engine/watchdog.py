@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from runtime.output import error_line
+
 
 class Store(Protocol):
     """The part of torch.distributed's key-value store the watchdog uses."""
@@ -235,6 +237,6 @@ class Watchdog:
         if not self._exit.acquire(blocking=False):
             return
         self._mark_done()
-        print(f"{self.label}: failed: {line}", file=sys.stderr, flush=True)
+        error_line(f"{self.label}: failed: {line}")
         sys.stdout.flush()
         os._exit(1)

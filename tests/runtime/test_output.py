@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from runtime.output import atomic_write, json_text, markdown_table, text_table, write_json
+from runtime.output import atomic_write, error_line, json_text, markdown_table, text_table, write_json
 
 
 def test_text_table_by_hand():
@@ -41,3 +41,12 @@ def test_write_json_is_atomic_and_follows_the_umask(tmp_path):
         atomic_write(path, broken)
     assert json.loads(path.read_text()) == {"x": 1, "t": "set"}  # the old file survives
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # and no temporary file is left
+
+
+def test_error_line_is_one_write_so_ranks_lines_never_interleave(monkeypatch):
+    calls = []
+    monkeypatch.setattr("runtime.output.os.write", lambda fd, data: calls.append((fd, data)) or len(data))
+    error_line("train.py [rank 2]: failed: lost rank 3")
+    error_line("second\n")
+    assert calls == [(2, b"train.py [rank 2]: failed: lost rank 3\n"), (2, b"second\n")]
+
