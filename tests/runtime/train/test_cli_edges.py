@@ -146,7 +146,7 @@ def test_plurals():
 def test_torchrun_world_size_mismatch_is_said_once_with_a_nonzero_exit():
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([torchrun, "--nproc_per_node=2", str(ROOT / "scripts" / "train.py"), "--stages", "4"],
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "scripts" / "train.py"), "--stages", "4"],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     ours = [line for line in r.stderr.splitlines() if line.startswith("train.py")]
     assert r.returncode != 0
