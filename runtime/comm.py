@@ -216,6 +216,20 @@ def open_store(timeout: float) -> dist.Store:
     return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False)
 
 
+def bad_input_said(rank: int, timeout: float = 10.0) -> None:
+    """Under torchrun, after bad input: rank 0 marks in the launcher's store that it has said so, and the others
+    wait for that mark (at most ``timeout`` s) before exiting, so that the launcher, which stops every rank once
+    one exits, cannot stop rank 0 before its one line is out. Best effort: without a store it returns."""
+    try:
+        store = open_store(timeout)
+        if rank == 0:
+            store.set("pipegraph/bad-input-said", "1")
+        else:
+            store.wait(["pipegraph/bad-input-said"], timedelta(seconds=timeout))
+    except Exception:  # noqa: BLE001 - a missing store must not turn bad input into a traceback
+        return
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum ``values`` over all ranks (host tensor for gloo); a no-op without a process group."""
     if not dist.is_initialized():

@@ -36,6 +36,10 @@ def run_main(main: Callable[[], int | None], prog: str) -> None:
     except ValueError as exc:  # bad input: every rank finds the same, so under torchrun rank 0 alone says it
         if rank in (None, "0"):
             error_line(f"{prog}: error: {exc}")
+        if rank is not None:
+            from runtime.comm import bad_input_said
+
+            bad_input_said(int(rank))
         code = 2
     except (RuntimeError, OSError) as exc:
         error_line(f"{prog}: failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
