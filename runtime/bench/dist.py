@@ -23,7 +23,7 @@ import torch
 from partition.cost import step_flops
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
-from runtime.bench import equal_math
+from runtime.bench import breakdown, equal_math
 from runtime.bench.contenders import (
     FULL_BATCH,
     FULL_BATCH_EVERY_RANK,
@@ -86,13 +86,14 @@ class DistBenchConfig:
 
 
 def _ours(cfg: DistBenchConfig, spec: MLPSpec, params: Params, world: WorldInfo, backend: Backend,
-          device: torch.device, x: torch.Tensor, y: torch.Tensor) -> list[Variant]:
+          device: torch.device, x: torch.Tensor, y: torch.Tensor, pipes: dict[str, Pipeline]) -> list[Variant]:
     out, rows = [], cfg.batch // cfg.microbatches
     for ours in cfg.schedules:
         per_rank = ours.kind.stages_per_rank(2)
         ranges = resolve_ranges(spec, world.world_size * per_rank, "uniform", rows)
         pcfg = pipeline_config(spec, ranges, ours, cfg.microbatches, str(device), cfg.dtype, cfg.seed, per_rank)
-        pipe = Pipeline(pcfg, sgd_frozen, DistTransport(backend, cfg.timeout), [world.rank], init=params)
+        pipe = pipes[f"ours:{ours.name}"] = Pipeline(pcfg, sgd_frozen, DistTransport(backend, cfg.timeout),
+                                                     [world.rank], init=params)
         out.append(ours_variant(ours.name, pipe, x, y, cfg.batch, loss_all_reduce))
     return out
 
@@ -153,7 +154,8 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
     data = make_batch(spec, cfg.batch, cfg.dtype, device)
     with shared_init(spec, cfg.seed) as params:
         seq = reference_sequential(spec, params, cfg.dtype, device)
-        variants = _ours(cfg, spec, params, world, backend, device, data.x, data.y)
+        pipes: dict[str, Pipeline] = {}
+        variants = _ours(cfg, spec, params, world, backend, device, data.x, data.y, pipes)
         variants += _full_batch(spec, params, cfg.dtype, world, data.x, data.y)
         variants += _peers(cfg, spec, seq, peers, world, device, data.x, data.y)
         if world.rank == 0:
@@ -162,6 +164,12 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
         keys = [(i, k) for i in range(spec.num_layers) for k in ("w", "b")]
         checks = equal_math.check_all(variants, *equal_math.reference(spec, params, data.x, data.y), cfg.dtype,
                                       share=share_checksums(keys), skip={n for n, r in measured.items() if not r.times})
+        split = None
+        if cfg.headline in pipes and measured[cfg.headline].times:
+            if world.rank == 0:
+                log(f"dist: where {cfg.headline}'s step goes ({breakdown.STEPS} more steps, then the bare GEMMs) ...")
+            split = breakdown.attribute(pipes[cfg.headline], data.x, data.y, cfg.batch, cfg.width, world, cfg.dtype,
+                                        device, cfg.headline)
     peak = device_peak(device, cfg.dtype)
     rows = summarize(measured, checks, step_flops(spec, cfg.batch), peak, cfg.batch, p)
     result = {"benchmark": "dist", "machine": {**machine(device), "world_size": p, "backend": backend.value},
@@ -172,6 +180,13 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
                          "warmup": cfg.warmup, "repeats": cfg.repeats, "step": STEP,
                          "math_tolerance": equal_math.TOLERANCE.get(cfg.dtype, 1e-3)},
               "results": rows}
+    if split is not None:
+        full = next((r for r in rows if r["variant"] == FULL_BATCH and r["samples_per_second"]), None)
+        ours = next(r for r in rows if r["variant"] == cfg.headline)
+        if full is not None and ours["samples_per_second"]:
+            split["fraction_of_shape_limit"] = ours["samples_per_second"] / breakdown.shape_limit(
+                split, p * full["samples_per_second"])
+        result["breakdown"] = split
     return result | {"table": table_text(result)}
 
 
@@ -202,8 +217,14 @@ def table_text(result: dict) -> str:
              describe_rate(r), ratio_cell(r, "paired_peer"), ratio_cell(r, "best_peer"),
              _fraction(r.get("fraction_of_limit")), _fraction(r.get("fraction_of_busy_limit")), loss_cell(r),
              math_cell(r)] for r in result["results"]]
-    return text_table(["variant", "step (median [p25-p75])", "samples/s", "achieved", "vs paired peer", "vs best peer",
+    text = text_table(["variant", "step (median [p25-p75])", "samples/s", "achieved", "vs paired peer", "vs best peer",
                        "of limit", "of busy limit", "loss", "math"], body)
+    if "breakdown" in result:
+        split = result["breakdown"]
+        text += "\n\n" + breakdown.breakdown_table(split)
+        if "fraction_of_shape_limit" in split:
+            text += f"\nof the shape limit (the physical limit with GEMMs at these shapes): {split['fraction_of_shape_limit']:.3f}"
+    return text
 
 
 def _fraction(d: dict | None) -> str:

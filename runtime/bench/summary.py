@@ -83,4 +83,10 @@ def headline_over_runs(results: Sequence[dict]) -> list[str]:
             s = Spread.of(values)
             out.append(f"headline {name} {label} over {len(values)} runs: {', '.join(f'{v:.3f}' for v in values)} "
                        f"(median {s.median:.3f}, range {s.min:.3f}-{s.max:.3f})")
+    shares = [r["breakdown"]["fraction_of_shape_limit"] for r in results
+              if "fraction_of_shape_limit" in r.get("breakdown", {})]
+    if shares:
+        s = Spread.of(shares)
+        out.append(f"headline {name} of the shape limit (GEMMs at the microbatch's shapes) over {len(shares)} runs: "
+                   f"{', '.join(f'{v:.3f}' for v in shares)} (median {s.median:.3f})")
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from runtime.bench.breakdown import TERMS
 from runtime.bench.functions import FunctionsConfig, run_functions
 from runtime.bench.pipeline import PipelineBenchConfig, run_pipeline_bench
 from runtime.bench.render import table_text
@@ -152,6 +153,12 @@ def test_dist_bench_two_gloo_ranks(tmp_path):
     assert rows["ours:zb-v"]["paired_peer"] == "peer:zbv" and rows["ours:1f1b"]["fraction_of_limit"]["median"] > 0
     assert rows["ours:1f1b"]["fraction_of_busy_limit"]["median"] > 0
     assert data["verdicts"][0].startswith(("MET", "MISSED")) and "headline ours:1f1b" in data["verdicts"][0]
+    split = data["breakdown"]  # the headline's step, split rank by rank into terms that add up to it
+    assert split["contender"] == "ours:1f1b" and [r["rank"] for r in split["ranks"]] == [0, 1]
+    for r in split["ranks"]:
+        assert sum(r[t] for t in TERMS) == pytest.approx(r["step_ms"], rel=1e-9) and r["ideal"] > 0
+        assert r["in_actions"] + r["shape"] + r["ideal"] > 0 and r["transfers"] > 0
+    assert 0 < split["fraction_of_shape_limit"] and "where ours:1f1b's step goes" in data["table"]
 
 
 @pytest.mark.cuda
