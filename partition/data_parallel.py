@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from partition.cost import DType, layer_costs
 from partition.schedule.actions import Op, Schedule
 from partition.schedule.simulate import SimResult
@@ -24,11 +26,18 @@ GRADIENT_OPS = (Op.W, Op.BW)
 
 def ring_all_reduce_time(nbytes: float, replicas: int, link: LinkModel) -> float:
     """Seconds for a ring all-reduce of ``nbytes`` over ``replicas`` ranks (0 for one replica or nothing)."""
+    return float(ring_all_reduce_times(np.asarray(nbytes), replicas, link))
+
+
+def ring_all_reduce_times(nbytes: np.ndarray, replicas: int, link: LinkModel) -> np.ndarray:
+    """:func:`ring_all_reduce_time` of every entry of ``nbytes`` at once (e.g. the partitioner's stage costs)."""
     if replicas < 1:
         raise ValueError(f"data-parallel: replicas must be >= 1, got {replicas}")
-    if replicas == 1 or nbytes <= 0:
-        return 0.0
-    return 2 * (replicas - 1) * link.time(nbytes / replicas)
+    nbytes = np.asarray(nbytes, dtype=np.float64)
+    if replicas == 1:
+        return np.zeros_like(nbytes)
+    hop = link.latency + nbytes / replicas / link.bandwidth  # link.time of one hop's bytes
+    return np.where(nbytes > 0, 2 * (replicas - 1) * hop, 0.0)
 
 
 def stage_gradient_bytes(spec: MLPSpec, ranges: Sequence[tuple[int, int]], dtype: DType | str) -> list[float]:

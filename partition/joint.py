@@ -2,9 +2,10 @@
 
 A stage owning layers [a, b) may recompute none, the first K of its layers (1 <= K < b - a) or all of them
 (``partition.recompute``). Its time is F + B + W on its device, B grown by the recomputed forward, plus its link
-time (``Problem.comm_time``); its peak bytes are ``LayerMemory.stage`` with the problem's in-flight and deferred
-counts and that choice (an upper bound), or, when the schedule is given, its static bytes plus the exact walk of
-its rank's action list (``partition.activation_peak``). A stage's choice changes only its own time and memory,
+time (``Problem.comm_time``) and its share of the data-parallel all-reduce (``Problem.reduce_time``); its peak
+bytes are ``LayerMemory.stage`` with the problem's in-flight and deferred counts and that choice (an upper bound),
+or, when the schedule is given, its static bytes plus the exact walk of its rank's action list
+(``partition.activation_peak``). A stage's choice changes only its own time and memory,
 so the best plan over ranges x choices is the min-max partition (``partition.minmax``) whose stage cost is, for
 each stage and range, the fastest choice that fits the stage's cap; the dynamic program over that cost is
 therefore exact for the joint problem. Costs are tabulated per (stage, start, stop), O(k L^2) ranges of O(L)
@@ -54,7 +55,7 @@ def stage_table(
     for s in range(k):
         for a in range(L):
             for b in range(a + 1, L + 1):
-                link = problem.comm_time(a, b)
+                link = problem.comm_time(a, b) + problem.reduce_time(a, b)
                 for choice in recompute_options(b - a) if recompute else (NO_RECOMPUTE,):
                     if problem.memory is not None and problem.memory_caps:
                         if stage_need(problem, s, a, b, choice, schedule) > caps[s]:
@@ -85,7 +86,7 @@ def joint_partition(problem: Problem, recompute: bool = True, schedule: Schedule
         return time[s][a, b]
 
     def bound(s: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (totals[b] - totals[a]) / speeds[s] + edges[b]  # recomputing only adds; earlier starts add layers
+        return (totals[b] - totals[a]) / speeds[s] + edges[b]  # recomputing and reducing only add
 
     value, ranges = minmax_partition(problem.num_layers, problem.num_stages, cost, bound)
     if not ranges:

@@ -4,10 +4,12 @@ For K devices and each D dividing K, a layout runs D replicas of a pipeline of P
 device): PP = K is one pipeline, DP = K holds the whole model on every device. Each replica takes 1/D of the global
 batch in the same number of microbatches, so a microbatch has batch / (D m) rows. The pipeline's ranges come from
 the partitioner under the per-device cap; its step is the simulated schedule plus each stage's ring all-reduce over
-the D replicas (``partition.data_parallel``). The min-max partitioner balances the stages but does not see the
-reductions (a 1F1B step exposes the first stage's, which finishes last), so under D > 1 every split of the layers
-that fits the cap is also simulated with its reductions when there are at most ``SEARCH_LIMIT`` of them, and the
-fastest kept (the partitioner's on a tie). A layout is out when the batch does not split into D x m equal
+the D replicas (``partition.data_parallel``). The min-max partitioner sees the reductions: each stage's time
+includes its ring all-reduce over the D replicas, a 1/m share per microbatch (``partition.problem``), which bounds
+when the stage is done but not how much of the reduction the schedule hides (a 1F1B step exposes the first
+stage's, which finishes last). So under D > 1 every split of the layers that fits the cap is also simulated with
+its reductions when there are at most ``SEARCH_LIMIT`` of them, and the fastest kept (the partitioner's on a
+tie); beyond that, the partitioner's split alone. A layout is out when the batch does not split into D x m equal
 microbatches, when P exceeds the layers, or when no split fits the cap (the bytes it would need are reported).
 """
 
@@ -114,7 +116,7 @@ def _layout(spec: MLPSpec, stages: int, replicas: int, batch: int, m: int, kind:
     inflight, deferred = schedule_counts(kind, stages, m)
     problem = problem_for(spec, stages, rows, layer_times=None if layer_times is None else layer_times(rows),
                           flops_per_second=flops, dtype=dtype, optimizer=optimizer, link=link, inflight=inflight,
-                          deferred_w=deferred, memory_caps=cap)
+                          deferred_w=deferred, memory_caps=cap, replicas=replicas, microbatches=m)
     try:
         plan = partition(problem)
     except ValueError:

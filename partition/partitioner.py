@@ -1,30 +1,25 @@
 """Graph partitioner: contiguous layer ranges over k stages minimizing the bottleneck stage under memory caps.
 
-A stage s owning layers [a, b) costs, per microbatch,
-
-    time(s, a, b)   = sum_{l in [a, b)} (F + B + W)_l / speed_s
-                      + 2 link(bytes at cut a) [a > 0] + 2 link(bytes at cut b) [b < L]
-
-(every cut carries an activation forward and a gradient of the same size backward, and both ends pay
-for the message), and its peak memory is ``LayerMemory.stage`` with the stage's in-flight and deferred-W
-counts. ``Method.OPTIMAL`` minimizes max_s time(s, a_s, b_s) subject to memory(s, ...) <= cap_s exactly
-(``partition.minmax``); the baselines ignore caps and links and report whether they fit.
+A stage's time per microbatch is its layers' F + B + W on its device, the messages at its cuts and, with D
+data-parallel replicas, its share of its gradients' ring all-reduce (``partition.problem``); its peak memory is
+``LayerMemory.stage`` with the stage's in-flight and deferred-W counts. ``Method.OPTIMAL`` minimizes
+max_s time(s, a_s, b_s) subject to memory(s, ...) <= cap_s exactly (``partition.minmax``); the baselines ignore
+caps, links and reductions and report whether they fit.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from partition.baselines import by_parameters, time_blocks, uniform
 from partition.cost import DType, Optimizer, flop_times, layer_costs
-from partition.memory import LayerMemory, layer_memory
+from partition.data_parallel import ring_all_reduce_times
+from partition.memory import layer_memory
 from partition.minmax import minmax_partition
 from partition.plan import Method, Plan, Ranges, format_ranges, parse_ranges
-from partition.recompute import Recompute, per_stage, recompute_stage_cost
+from partition.problem import Problem
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
 from partition.units import format_bytes
@@ -32,97 +27,6 @@ from partition.units import format_bytes
 __all__ = ["Method", "Plan", "Problem", "parse_ranges", "partition", "plan_for", "plan_ranges", "problem_for", "smallest_cap"]
 
 DEFAULT_FLOPS = 100e12  # a round figure for a modern accelerator; times are relative unless a link is set
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Everything a partitioner needs, as numbers. Empty tuples take the documented defaults.
-
-    layer_times: per-layer F/B/W seconds for one microbatch on a reference device (speed 1).
-    boundary_bytes: bytes of one microbatch's activation after layer l, for l < L-1 (default 0).
-    device_speeds: per stage, relative to the reference (a stage's time is divided by it; default 1).
-    memory, memory_caps: per-layer bytes and per-stage caps (no caps: memory only reported).
-    inflight, deferred_w: per stage, peak microbatches held (default 1F1B with m >= k: k - s) and
-    peak deferred weight gradients (default 0).
-    parameters: per-layer parameter counts, for ``Method.PARAMETERS``.
-    """
-
-    layer_times: tuple[StageCost, ...]
-    num_stages: int
-    boundary_bytes: tuple[float, ...] = ()
-    link: LinkModel = field(default_factory=LinkModel)
-    device_speeds: tuple[float, ...] = ()
-    memory: LayerMemory | None = None
-    memory_caps: tuple[float, ...] = ()
-    inflight: tuple[int, ...] = ()
-    deferred_w: tuple[int, ...] = ()
-    parameters: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        layers, k = len(self.layer_times), self.num_stages
-        if layers < 1:
-            raise ValueError("layer_times: need at least one layer")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"num_stages: expected an integer >= 1, got {k!r}")
-        if k > layers:
-            raise ValueError(f"num_stages: cannot place {layers} layers on {k} stages (a stage needs at least "
-                             f"one layer); use at most {layers} stages")
-        defaults = {"boundary_bytes": (0.0,) * (layers - 1), "device_speeds": (1.0,) * k,
-                    "inflight": tuple(k - s for s in range(k)), "deferred_w": (0,) * k}
-        for name, default in defaults.items():
-            value = tuple(getattr(self, name)) or default
-            if len(value) != len(default):
-                raise ValueError(f"{name}: expected {len(default)} values, got {len(value)}")
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "layer_times", tuple(self.layer_times))
-        object.__setattr__(self, "memory_caps", tuple(self.memory_caps))
-        object.__setattr__(self, "parameters", tuple(self.parameters))
-        if any(not v > 0 or math.isinf(v) for v in self.device_speeds):
-            raise ValueError(f"device_speeds: expected finite numbers > 0, got {list(self.device_speeds)}")
-        if any(b < 0 for b in self.boundary_bytes) or min(self.inflight) < 0 or min(self.deferred_w) < 0:
-            raise ValueError("boundary_bytes/inflight/deferred_w: expected values >= 0")
-        if self.memory_caps:
-            if self.memory is None:
-                raise ValueError("memory_caps: need a memory model (memory=LayerMemory) to check caps")
-            if len(self.memory_caps) != k or any(not c > 0 for c in self.memory_caps):
-                raise ValueError(f"memory_caps: expected {k} caps > 0 (one per stage), got {list(self.memory_caps)}")
-        if self.memory is not None and self.memory.num_layers != layers:
-            raise ValueError(f"memory: describes {self.memory.num_layers} layers, layer_times {layers}")
-
-    @property
-    def num_layers(self) -> int:
-        """Number of layers L."""
-        return len(self.layer_times)
-
-    def comm_time(self, start: int, stop: int) -> float:
-        """Link seconds of a stage [start, stop): activation + gradient at each of its cuts."""
-        edges = [c for c in (start, stop) if 0 < c < self.num_layers]
-        return sum(2 * self.link.time(self.boundary_bytes[c - 1]) for c in edges)
-
-    def evaluate(self, ranges: Ranges, method: Method | None = None, recompute: Sequence[Recompute] = ()) -> Plan:
-        """The plan for given ranges (and per-stage recomputation): costs on each stage's device, links, memory, caps."""
-        if len(ranges) != self.num_stages:
-            raise ValueError(f"ranges: expected {self.num_stages} stages, got {len(ranges)}")
-        parse_ranges(format_ranges(ranges), self.num_layers)  # validates contiguity and coverage
-        choices = per_stage(recompute, self.num_stages)
-        costs = []
-        for (a, b), speed, choice in zip(ranges, self.device_speeds, choices):
-            costs.append(recompute_stage_cost(self.layer_times, a, b, choice).scaled(1 / speed))
-        memory = None
-        if self.memory is not None:
-            memory = tuple(self.memory.stage(a, b, i, d, c)
-                           for (a, b), i, d, c in zip(ranges, self.inflight, self.deferred_w, choices))
-        return Plan(
-            method=method,
-            ranges=tuple(ranges),
-            stage_costs=tuple(costs),
-            comm_times=tuple(self.comm_time(a, b) for a, b in ranges),
-            boundary_bytes=tuple(self.boundary_bytes[b - 1] for _, b in ranges[:-1]),
-            parameters=tuple(sum(self.parameters[a:b]) for a, b in ranges) if self.parameters else (0,) * len(ranges),
-            memory_terms=memory,
-            memory_caps=self.memory_caps or None,
-            recompute=choices if recompute else None,
-        )
 
 
 def partition(problem: Problem, method: Method | str = Method.OPTIMAL) -> Plan:
@@ -139,6 +43,7 @@ def partition(problem: Problem, method: Method | str = Method.OPTIMAL) -> Plan:
         return problem.evaluate(time_blocks([t.total for t in problem.layer_times], k), method)
     time_cost, time_bound = _time_functions(problem)
     totals = [t.total for t in problem.layer_times]
+    # a bound on the answer: the slowest layer alone, the work spread evenly (links and reductions only add to it)
     lower = max(max(totals) / max(problem.device_speeds), sum(totals) / sum(problem.device_speeds))
     _, ranges = minmax_partition(layers, k, time_cost, time_bound, lower=lower)
     if not ranges:
@@ -155,8 +60,16 @@ def smallest_cap(problem: Problem) -> tuple[float, Ranges]:
 
 
 def _time_functions(problem: Problem) -> tuple[Callable, Callable]:
-    """Vectorized stage time (inf over the cap) and its lower bound for all earlier starts."""
+    """Vectorized stage time (inf over the cap) and its lower bound for all earlier starts.
+
+    The bound keeps the all-reduce: an earlier start only adds gradient bytes, and a ring grows with its bytes.
+    """
     totals = np.concatenate([[0.0], np.cumsum([t.total for t in problem.layer_times])])
+    grads = np.concatenate([[0.0], np.cumsum(problem.grad_bytes)])
+
+    def reduce(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ring_all_reduce_times(grads[b] - grads[a], problem.replicas, problem.link) / problem.microbatches
+
     edges = np.zeros(problem.num_layers + 1)
     edges[1:-1] = [2 * problem.link.time(nbytes) for nbytes in problem.boundary_bytes]
     speeds = np.asarray(problem.device_speeds, dtype=np.float64)
@@ -166,11 +79,11 @@ def _time_functions(problem: Problem) -> tuple[Callable, Callable]:
         mem = mono = caps = None
 
     def bound(s: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        low = (totals[b] - totals[a]) / speeds[s] + edges[b]
+        low = (totals[b] - totals[a]) / speeds[s] + edges[b] + reduce(a, b)
         return low if mono is None else np.where(mono(s, a, b) > caps[s], np.inf, low)
 
     def cost(s: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        time = (totals[b] - totals[a]) / speeds[s] + edges[a] + edges[b]
+        time = (totals[b] - totals[a]) / speeds[s] + edges[a] + edges[b] + reduce(a, b)
         return time if mem is None else np.where(mem(s, a, b) > caps[s], np.inf, time)
 
     return cost, bound
@@ -227,11 +140,15 @@ def problem_for(
     deferred_w: Sequence[int] | Callable[[int], Sequence[int]] | None = None,
     memory_caps: float | Sequence[float] | None = None,
     device_speeds: Sequence[float] | None = None,
+    replicas: int = 1,
+    microbatches: int = 1,
 ) -> Problem:
     """The :class:`Problem` for ``spec`` at ``microbatch`` samples (FLOP-based times unless ``layer_times``).
 
     ``inflight``/``deferred_w`` may be per-stage counts or a function of the number of stages (e.g. from
-    the simulator); ``memory_caps`` one cap for every device or one per stage.
+    the simulator); ``memory_caps`` one cap for every device or one per stage. With ``replicas`` D > 1 each
+    stage's gradients are all-reduced over D copies of the pipeline once per step of ``microbatches`` microbatches
+    (a ring on ``link``; see ``partition.problem``).
     """
     if layer_times is None:
         layer_times = flop_times(layer_costs(spec, dtype, optimizer), flops_per_second, microbatch)
@@ -239,6 +156,7 @@ def problem_for(
         raise ValueError(f"layer_times: expected {spec.num_layers} layers for widths {list(spec.widths)}, "
                          f"got {len(layer_times)} (was the profile measured for another model?)")
     memory = layer_memory(spec, microbatch, dtype, optimizer)
+    grads = tuple(float(c.grad_bytes) for c in layer_costs(spec, dtype, optimizer))
     if isinstance(memory_caps, (int, float)):
         memory_caps = (float(memory_caps),) * num_stages
     return Problem(
@@ -252,6 +170,9 @@ def problem_for(
         inflight=tuple(inflight(num_stages) if callable(inflight) else inflight or ()),
         deferred_w=tuple(deferred_w(num_stages) if callable(deferred_w) else deferred_w or ()),
         parameters=tuple(spec.num_parameters(layer) for layer in range(spec.num_layers)),
+        grad_bytes=grads,
+        replicas=replicas,
+        microbatches=microbatches,
     )
 
 

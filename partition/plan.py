@@ -30,7 +30,9 @@ class Plan:
 
     ``method`` is None for ranges given by hand. ``comm_times[s]`` is the link time of stage s's
     boundary messages (activation and gradient at each of its cuts); ``boundary_bytes[c]`` the bytes
-    of one microbatch's activation crossing cut c (between stages c and c+1).
+    of one microbatch's activation crossing cut c (between stages c and c+1). ``reduce_times[s]`` is stage s's
+    gradient all-reduce over the data-parallel replicas, one step's ring time over the step's microbatches (empty:
+    one replica, nothing to reduce).
     """
 
     method: Method | None
@@ -43,6 +45,7 @@ class Plan:
     memory_caps: tuple[float, ...] | None = None
     recompute: tuple[Recompute, ...] | None = None  # per stage; None: no stage recomputes
     peaks: tuple[int, ...] | None = None  # per stage: exact peak bytes under a known schedule (else the bound)
+    reduce_times: tuple[float, ...] = ()
 
     @property
     def num_stages(self) -> int:
@@ -51,8 +54,9 @@ class Plan:
 
     @property
     def stage_times(self) -> tuple[float, ...]:
-        """F + B + W + link time of each stage for one microbatch."""
-        return tuple(c.total + t for c, t in zip(self.stage_costs, self.comm_times))
+        """F + B + W + link time (+ its share of the all-reduce) of each stage for one microbatch."""
+        reduce = self.reduce_times or (0.0,) * len(self.ranges)
+        return tuple(c.total + t + r for c, t, r in zip(self.stage_costs, self.comm_times, reduce))
 
     @property
     def bottleneck(self) -> float:
@@ -83,7 +87,8 @@ class Plan:
         for s, (start, stop) in enumerate(self.ranges):
             cost = self.stage_costs[s]
             entry = {"stage": s, "layers": [start, stop], "parameters": self.parameters[s],
-                     "f": cost.f, "b": cost.b, "w": cost.w, "comm": self.comm_times[s], "time": self.stage_times[s],
+                     "f": cost.f, "b": cost.b, "w": cost.w, "comm": self.comm_times[s],
+                     "reduce": self.reduce_times[s] if self.reduce_times else 0.0, "time": self.stage_times[s],
                      "boundary_bytes_out": self.boundary_bytes[s] if s < len(self.boundary_bytes) else 0}
             if self.memory_terms is not None:
                 entry["memory"] = {name.replace(" ", "_"): v for name, v in self.memory_terms[s].rows()}

@@ -125,3 +125,19 @@ def test_plan_cli_ranks_the_layouts(tmp_path):
     bad = subprocess.run([sys.executable, str(root / "scripts" / "plan.py"), "--layouts", "2", "--memory-caps", "1,2"],
                          capture_output=True, text=True, timeout=120, cwd=root)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_beyond_the_search_limit_the_partitioner_itself_sees_the_reductions(monkeypatch):
+    # widths 64,2,2,2: layer 0 holds 130 weights (520 gradient bytes), layers 1 and 2 six each (24 bytes). Per layer
+    # F+B+W = 1, 2, 2 s; at 1 row a cut carries 8 bytes, 1 s at 8 bytes/s (2 s a side: activation and gradient).
+    # Per microbatch without reductions: 0-0,1-2 max(1 + 2, 4 + 2) = 6; 0-1,2-2 max(3 + 2, 2 + 2) = 5 -> 0-1,2-2.
+    # PP2xDP2 with m = 2: a ring over 2 replicas of n bytes takes n / 8 s a step, n / 16 a microbatch:
+    # 0-0,1-2 max(3 + 32.5, 6 + 3) = 35.5; 0-1,2-2 max(5 + 34, 4 + 1.5) = 39 -> 0-0,1-2, without simulating any split.
+    monkeypatch.setattr("partition.layouts.SEARCH_LIMIT", 0)
+
+    def costs(rows):
+        return [StageCost(1, 0, 0), StageCost(1, 1, 0), StageCost(0, 1, 1)]
+
+    layouts = by_name(plan_layouts(MLPSpec((64, 2, 2, 2)), 4, 4, 2, layer_times=costs, link=LinkModel(0.0, 8.0)))
+    assert layouts["PP4"].why and layouts["PP2xDP2"].plan.ranges == ((0, 1), (1, 3))
+    assert layouts["PP2xDP2"].plan.bottleneck == 35.5

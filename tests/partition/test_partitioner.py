@@ -64,8 +64,9 @@ def _random_problem(rng):
         inflight=[rng.randint(0, 6) for _ in range(stages)], deferred_w=[rng.randint(0, 3) for _ in range(stages)])
     need, _ = smallest_cap(free)
     caps = tuple(need * rng.uniform(0.85, 1.6) for _ in range(stages)) if rng.random() < 0.8 else ()
+    replicas, microbatches = rng.choice([1, 1, 2, 4]), rng.randint(1, 4)  # some all-reduce their gradients
     return Problem(free.layer_times, stages, free.boundary_bytes, link, free.device_speeds, free.memory, caps,
-                   free.inflight, free.deferred_w, free.parameters)
+                   free.inflight, free.deferred_w, free.parameters, free.grad_bytes, replicas, microbatches)
 
 
 @pytest.mark.parametrize("chunks", [(1, 2), (minmax.FIRST_CHUNK, minmax.MAX_CHUNK)])
@@ -104,6 +105,32 @@ def test_stage_time_counts_device_speed_and_both_cuts():
     assert plan.boundary_bytes == (320, 320)
     assert plan.comm_times == (2 * 4.5, 4 * 4.5, 2 * 4.5)
     assert plan.stage_times == (15.0, 24.0, 15.0) and plan.bottleneck == 24.0
+
+
+def test_the_all_reduce_moves_the_cut_away_from_a_layer_of_big_weights_and_little_compute():
+    # F + B + W per layer 1, 2, 2 s; gradient bytes 4, 1, 1; no cut messages (0 boundary bytes). A ring over
+    # D = 2 replicas at 1 byte/s takes 2 (D - 1) hops of n / 2 bytes: n seconds, a 1/m share per microbatch.
+    #   D = 1:        0-0 | 1-2: max(1, 4) = 4;                  0-1 | 2-2: max(3, 2) = 3      -> 0-1 | 2-2
+    #   D = 2, m = 1: 0-0 | 1-2: max(1 + 4, 4 + 2) = 6;          0-1 | 2-2: max(3 + 5, 2 + 1) = 8  -> 0-0 | 1-2
+    #   D = 2, m = 4: 0-0 | 1-2: max(1 + 1, 4 + 0.5) = 4.5;      0-1 | 2-2: max(3 + 1.25, 2.25) = 4.25 -> 0-1 | 2-2
+    def problem(replicas, m):
+        return Problem((StageCost(1, 0, 0), StageCost(1, 1, 0), StageCost(0, 1, 1)), 2, link=LinkModel(0.0, 1.0),
+                       grad_bytes=(4.0, 1.0, 1.0), replicas=replicas, microbatches=m)
+
+    alone = partition(problem(1, 1))
+    assert (alone.ranges, alone.bottleneck, alone.reduce_times) == (((0, 2), (2, 3)), 3.0, ())
+    both = partition(problem(2, 1))
+    assert (both.ranges, both.bottleneck, both.reduce_times) == (((0, 1), (1, 3)), 6.0, (4.0, 2.0))
+    assert both.to_dict()["stages"][0]["reduce"] == 4.0
+    amortized = partition(problem(2, 4))
+    assert (amortized.ranges, amortized.bottleneck, amortized.reduce_times) == (((0, 2), (2, 3)), 4.25, (1.25, 0.25))
+    # problem_for takes the gradient bytes from the spec (widths 3,4,2 in float32: 64 and 40 bytes)
+    spec = problem_for(MLPSpec((3, 4, 2)), 2, 1, layer_times=[StageCost(1, 1, 1)] * 2, link=LinkModel(0.5),
+                       replicas=4, microbatches=2)
+    assert spec.grad_bytes == (64.0, 40.0)
+    assert spec.evaluate(((0, 1), (1, 2))).reduce_times == (1.5, 1.5)  # 6 hops x 0.5 s = 3 s a step, over m = 2
+    with pytest.raises(ValueError, match="replicas"):
+        Problem((StageCost(1, 1, 1),), 1, replicas=0)
 
 
 def test_expensive_links_move_the_cut_to_a_narrow_layer():
