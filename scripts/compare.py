@@ -13,6 +13,11 @@
     python scripts/compare.py --pareto-table out/cap1/compare.json out/cap2/compare.json   # one table over caps
     torchrun --standalone --nproc-per-node=4 scripts/compare.py --devices 4 --device cuda   # pipelines on 4 real GPUs
 
+Candidates: pipelines over the K devices (each schedule and microbatch count), PP x DP layouts (D replicas of a
+K/D-stage pipeline for each D dividing K, ids ending -dpD; in one process emulated as one pipeline of D x m
+microbatches, the same arithmetic; not run under torchrun), one device at B, at the largest b that fits the cap
+and at B/K, and gradient accumulation.
+
 Writes OUT/compare.md (the report and the recommendation), OUT/compare.json (a top-level "candidates" list with
 predicted and measured figures, the prediction errors and the scheduler's overhead), OUT/compare.csv and PNG plots.
 --memory-cap auto (the default) is 95% of what one device needs for the whole batch B, so that B does not fit.

@@ -27,14 +27,14 @@ from partition.timing import LinkModel
 from partition.units import parse_bytes
 from runtime.calibrate.link import dist_link
 from runtime.comm import Backend, barrier, init_world, launched_by_torchrun
-from runtime.compare.memory import METHOD, measure_memory
+from runtime.compare.memory import METHOD, candidate_memory
 from runtime.compare.pareto import pareto_across, pareto_summary
 from runtime.compare.plan import Setting, plan_candidates
 from runtime.compare.predict import Profiler, calibrate, parameter_work, predict
 from runtime.compare.recommend import recommend
 from runtime.compare.report import close_timings, write_report
 from runtime.compare.results import add_time_to_target, entry, error_summary, same_math, settle_target
-from runtime.compare.run import RunContext, build, epoch_order, step_inputs, train_candidate
+from runtime.compare.run import RunContext, epoch_order, train_candidate
 from runtime.compare.types import Candidate, LRRule, RecomputePolicy
 from runtime.threads import apply_threads, choose_for_model
 from runtime.train.config import OptimizerKind, parse_dtype
@@ -173,15 +173,15 @@ def _compare(cfg: CompareConfig, log: Callable[[str], None]) -> dict:
                           tuple(cfg.recompute))
         cands = plan_candidates(setting, profiler.layers)
         if distributed:  # a searched (auto) schedule is handed to a pipeline built in this one process only
-            cands = [replace(c, reason="not applicable under torchrun: the auto schedule runs in one process")
-                     if c.ready is not None and c.feasible else c for c in cands]
+            cands = [replace(c, reason=why) if (why := _not_under_torchrun(c)) and c.feasible else c for c in cands]
         for c in cands:  # every rank profiles the same sizes in the same order (averaged over the ranks under torchrun)
             if c.planned:
                 profiler.layers(c.microbatch_size)
     timings["planning"] -= profiler.seconds
     timings["profiling"] = profiler.seconds
-    spanning = [c for c in cands if c.planned and ctx.spans_processes(c)]  # first, while every rank takes part
-    mine = spanning + [c for c in cands if c.planned and not ctx.spans_processes(c) and rank == 0]
+    cands_run = [c for c in cands if not (distributed and c.replicas > 1)]  # PP x DP: emulated in one process only
+    spanning = [c for c in cands_run if c.planned and ctx.spans_processes(c)]  # first, while every rank takes part
+    mine = spanning + [c for c in cands_run if c.planned and not ctx.spans_processes(c) and rank == 0]
     figures = _measure(cfg, ctx, data, mine, profiler, timings, rank)
     barrier()
     if rank != 0:
@@ -215,13 +215,12 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
                       cfg.progress and rank == 0)
     preds, memory, runs = {}, {}, {}
     for c in cands:  # the skeleton is timed right before and after the run it predicts
-        rows = data.x_train[first[: c.minibatch]], data.y_train[first[: c.minibatch]]
         with _timed(timings, "calibration"):
             calib = calibrate(ctx, cfg.spec, c, data.x_train, data.y_train, first, cfg.calibration_steps, link)
         if c.feasible:
             with _timed(timings, "memory_probe"):
-                pipe = build(ctx, cfg.spec, c)
-                memory[c.id] = measure_memory(pipe, *step_inputs(pipe, *rows), c.minibatch, ctx.spans_processes(c))
+                memory[c.id] = candidate_memory(ctx, cfg.spec, c, data.x_train[first[: c.minibatch]],
+                                                data.y_train[first[: c.minibatch]])
             with _timed(timings, "training"):
                 runs[c.id] = train_candidate(ctx, cfg.spec, data, c, cfg.batch, cfg.epochs, cfg.target_loss,
                                              lambda note: bar.update(1, note))
@@ -232,6 +231,15 @@ def _measure(cfg: CompareConfig, ctx: RunContext, data: Dataset, cands: list[Can
             preds[c.id] = predict(c, profiler, calib, param_extra, ctx.spans_processes(c), link, _boundary_bytes(cfg, c))
     bar.close()
     return preds, memory, runs
+
+
+def _not_under_torchrun(cand: Candidate) -> str:
+    """Why ``cand`` cannot run under torchrun ('' when it can)."""
+    if cand.ready is not None:
+        return "not applicable under torchrun: the auto schedule runs in one process"
+    if cand.replicas > 1:
+        return "not applicable under torchrun: PP x DP candidates are emulated in one process only"
+    return ""
 
 
 def _link(cfg: CompareConfig, ctx: RunContext, rank: int) -> LinkModel:

@@ -7,7 +7,8 @@ candidate runs under a ``TorchDispatchMode`` that records each tensor an operati
 (rank) whose action returned it. After every action, and inside a recomputing B once its forward has been rebuilt,
 the still-alive tensors are summed per rank (each storage once), and the largest sum is kept. Temporaries created
 and freed inside one action are not seen, as in the memory model. On CUDA, ``torch.cuda.max_memory_allocated``
-of every device is recorded as well.
+of every device is recorded as well. A PP x DP candidate's devices are measured on one replica (its pipeline of m
+microbatches on its B/D rows): every replica holds the same.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from partition.spec import MLPSpec
 from runtime.comm import all_reduce_sum
+from runtime.compare.run import RunContext, build, step_inputs
+from runtime.compare.types import Candidate
 from runtime.engine.pipeline import Pipeline
 from runtime.engine.stage import Stage
 
@@ -110,3 +114,12 @@ def measure_memory(pipe: Pipeline, x: torch.Tensor | None, y: torch.Tensor | Non
         held = all_reduce_sum(torch.tensor(held, dtype=torch.float64)).tolist()
     cuda = {dev: int(torch.cuda.max_memory_allocated(dev)) for dev in devices}
     return {"per_device": [int(v) for v in held], "cuda_max_allocated": cuda or None}
+
+
+def candidate_memory(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """:func:`measure_memory` of a fresh copy of ``cand`` on the first rows of ``x``, ``y`` (a step's worth; a PP x DP
+    candidate: one replica's share, its figures repeated for every replica)."""
+    rows = cand.minibatch // cand.replicas
+    pipe = build(ctx, spec, cand, one_replica=True)
+    found = measure_memory(pipe, *step_inputs(pipe, x[:rows], y[:rows]), rows, ctx.spans_processes(cand))
+    return {**found, "per_device": found["per_device"] * cand.replicas}

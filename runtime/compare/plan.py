@@ -1,4 +1,4 @@
-"""Experiment candidates under a memory cap: pipelines over K devices, one device with a smaller minibatch or accumulation.
+"""Experiment candidates under a memory cap: pipelines over K devices (PP x DP too), one device with a smaller minibatch.
 
 Every candidate trains on the same samples in the same order; what changes is how a step of the global batch B is
 computed (a pipeline of K stages, or m microbatches accumulated on one device: the same math), or whether the
@@ -13,21 +13,20 @@ per :class:`RecomputePolicy`, every stage recomputing on the fastest split (``al
 per-stage recomputation chosen together within the cap (``partition.joint``; with several stages per device, the
 least recomputation per device on the fastest split). The ``auto`` schedule (one stage per device) is searched for
 each choice by ``partition.choose.auto_schedule``: the fastest order whose exact peaks fit; for its ``fit`` the
-walk is one microbatch per stage at a time.
+walk is one microbatch per stage at a time. PP x DP candidates (D replicas of a K/D-stage pipeline) come from
+``runtime.compare.replicas``.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import replace
 
-from partition.activation_peak import plan_activation_peaks
 from partition.choose import auto_schedule
-from partition.cost import DType, Optimizer
 from partition.joint import joint_partition
-from partition.memory import LayerMemory, MemoryReport, layer_memory, stage_memory, training_memory
+from partition.layouts import LayerTimes
+from partition.memory import LayerMemory, layer_memory, stage_memory, training_memory
 from partition.partitioner import Problem, partition, problem_for
 from partition.plan import Plan, Ranges, format_ranges
 from partition.recompute import (
@@ -42,70 +41,29 @@ from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.capped import CappedResult
 from partition.schedule.generators import generate
 from partition.schedule.simulate import simulate
-from partition.spec import MLPSpec
 from partition.timing import StageCost
 from partition.units import count, format_bytes
-from runtime.compare.types import Candidate, CandidateKind, LRRule, RecomputePolicy
+from runtime.compare.footprint import largest_fitting_batch, over_cap, rank_memory
+from runtime.compare.replicas import data_parallel_candidates
+from runtime.compare.types import Candidate, CandidateKind, RecomputePolicy, Setting
 
-LayerTimes = Callable[[int], Sequence[StageCost]]  # microbatch size -> per-layer F/B/W seconds
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What the planner needs: the model, the global batch B, K devices, the cap and the candidate grid."""
-
-    spec: MLPSpec
-    batch: int
-    devices: int
-    memory_cap: float | None
-    dtype: DType
-    optimizer: Optimizer
-    schedules: tuple[ScheduleKind, ...]
-    microbatches: tuple[int, ...]
-    virtual: int
-    lr: float
-    lr_rule: LRRule
-    recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE,)
-
-
-def add_reports(reports: Sequence[MemoryReport]) -> MemoryReport:
-    """Term-by-term sum of memory reports (the stages one device holds)."""
-    return MemoryReport(**{f.name: sum(getattr(r, f.name) for r in reports) for f in fields(MemoryReport)})
-
-
-def largest_fitting_batch(spec: MLPSpec, cap: float, dtype: DType, optimizer: Optimizer) -> int:
-    """The largest minibatch whose one-device training footprint fits ``cap`` (0 when not even one sample fits)."""
-    one, two = training_memory(spec, 1, dtype, optimizer).total, training_memory(spec, 2, dtype, optimizer).total
-    per_sample = two - one
-    return max(0, math.floor((cap - (one - per_sample)) / per_sample))
+__all__ = ["Setting", "fit_recompute", "largest_fitting_batch", "plan_candidates", "rank_memory"]
 
 
 def plan_candidates(s: Setting, layer_times: LayerTimes) -> list[Candidate]:
-    """Every candidate, feasible or not: one device (B, the largest b that fits, B/K), accumulation, pipelines."""
+    """Every candidate, feasible or not: one device (B, the largest b that fits, B/K), accumulation, pipelines, PP x DP."""
     cands = _single_device(s) + _accumulation(s)
     for kind in s.schedules:
         for m in s.microbatches:
             cands += _pipelines(s, kind, m, layer_times)
-    return cands
-
-
-def _fits(s: Setting, reports: Sequence[MemoryReport]) -> str:
-    """'' when every device's predicted peak is within the cap, else why not."""
-    if s.memory_cap is None:
-        return ""
-    over = [(r, rep.total) for r, rep in enumerate(reports) if rep.total > s.memory_cap]
-    if not over:
-        return ""
-    rank, need = max(over, key=lambda item: item[1])
-    where = "one device" if len(reports) == 1 else f"device {rank}"
-    return f"over the cap: {where} needs {format_bytes(need)} > {format_bytes(s.memory_cap)}"
+    return cands + data_parallel_candidates(s, layer_times)
 
 
 def _single(s: Setting, b: int, cid: str, label: str) -> Candidate:
     report = training_memory(s.spec, b, s.dtype, s.optimizer)
     return Candidate(cid, label, CandidateKind.SINGLE, ScheduleKind.ONE_F_ONE_B, 1, 1, 1, b,
                      s.lr_rule.scale(s.lr, b, s.batch), ranges=((0, s.spec.num_layers),),
-                     memory_terms=(report,), reason=_fits(s, (report,)))
+                     memory_terms=(report,), reason=over_cap(s.memory_cap, (report,)))
 
 
 def _single_device(s: Setting) -> list[Candidate]:
@@ -145,17 +103,8 @@ def _accumulation(s: Setting) -> list[Candidate]:
         report = stage_memory(s.spec, (0, L), B // m, s.dtype, s.optimizer)
         out.append(Candidate(f"accum-m{m}", f"one device, {m} x {B // m} accumulated", CandidateKind.ACCUMULATION,
                              ScheduleKind.ONE_F_ONE_B, 1, 1, m, B, s.lr, ranges=((0, L),), memory_terms=(report,),
-                             reason=_fits(s, (report,))))
+                             reason=over_cap(s.memory_cap, (report,))))
     return out
-
-
-def rank_memory(layers: LayerMemory, sched: Schedule, ranges: Ranges,
-                recompute: Sequence[Recompute] = ()) -> tuple[MemoryReport, ...]:
-    """Exact peak bytes per rank: its stages' static terms and messages plus the activation peak of its action list."""
-    peaks = plan_activation_peaks(layers, sched, ranges, recompute)
-    static = [layers.stage(a, b, inflight=0) for a, b in ranges]
-    return tuple(replace(add_reports([static[st] for st in sched.stages_of(r)]), saved_activations=peaks[r])
-                 for r in range(sched.num_ranks))
 
 
 def _choices(layers: int) -> list[Recompute]:
@@ -232,7 +181,7 @@ def _pipelines(s: Setting, kind: ScheduleKind, m: int, layer_times: LayerTimes) 
             continue  # the same candidate under another name
         found, why = _search(roomy, capped, roomy.evaluate(where, recompute=choice), m) if auto else (None, "")
         per_rank = rank_memory(layers, found.schedule if found else sched, where, choice)
-        reason = why or _fits(s, per_rank)
+        reason = why or over_cap(s.memory_cap, per_rank)
         if reason and S > K:
             reason += f" (each device holds {S // K} of the stages {format_ranges(where)})"
         named = str(choice[0]) if len(set(choice)) == 1 else ",".join(str(c) for c in choice)

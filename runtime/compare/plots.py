@@ -42,7 +42,7 @@ def _pyplot():
     return plt
 
 
-FAMILIES = MappingProxyType({CandidateKind.PIPELINE.value: ("Blues", "pipelines (B in m microbatches, K devices)"),
+FAMILIES = MappingProxyType({CandidateKind.PIPELINE.value: ("Blues", "pipelines, PP x DP too (B in microbatches, K devices)"),
                              CandidateKind.ACCUMULATION.value: ("Greens", "gradient accumulation on one device"),
                              CandidateKind.SINGLE.value: ("Oranges", "one device, minibatch b")})
 

@@ -20,8 +20,13 @@ sizes (timed once, minus the same on the skeleton's).
 
 Which prediction is compared with which measurement: in one process every stage runs on this one device, one after
 another, so the compared prediction is sum_s m * (P_s + O_s) + E. Under torchrun (one process per device) it is the
-simulator's makespan with the costs P_s + O_s, plus E. The K-device prediction (the simulator, with E shared by the K
-devices) is reported for every candidate; in single-process emulation nothing measures it.
+simulator's makespan with the costs P_s + O_s, plus E. The K-device prediction (the simulator, with E shared by the
+devices of one pipeline) is reported for every candidate; in single-process emulation nothing measures it.
+
+A PP x DP candidate (D replicas of a P-stage pipeline, m microbatches of n = B/(D m) rows each) runs in one process
+as one pipeline of D m microbatches of n rows: the same arithmetic, so its prediction here is that pipeline's,
+sum_s D m (P_s + O_s) + E. On K devices it is the simulated schedule of one replica (m microbatches) extended by each
+stage's ring all-reduce of its gradients over the D replicas on the link (``partition.data_parallel``), plus E / P.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from partition.cost import as_dtype
+from partition.data_parallel import stage_gradient_bytes, with_all_reduce
 from partition.recompute import per_stage, recompute_stage_cost
 from partition.schedule.replay import TimedAction
 from partition.schedule.simulate import FREE_LINK, simulate
@@ -147,34 +154,40 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
             link: LinkModel = FREE_LINK, nbytes: Sequence[float] | None = None) -> Prediction:
     """The candidate's predicted step time here, on K devices, and both timelines.
 
-    Under torchrun, transfers of ``nbytes`` per stage boundary cost what ``link`` says.
+    Under torchrun, transfers of ``nbytes`` per stage boundary cost what ``link`` says; a PP x DP candidate's
+    all-reduces on K devices too.
     """
-    n, m = cand.microbatch_size, cand.microbatches
-    real = profiler.layers(n)
+    real = profiler.layers(cand.microbatch_size)
     sched = cand.compute_schedule()
     costs = []
     for (a, b), over, choice in zip(cand.ranges, calib.action_overhead, per_stage(cand.recompute, len(cand.ranges))):
         p = recompute_stage_cost(real, a, b, choice)
         costs.append(StageCost(p.f + over.f, p.b + over.b, p.w + over.w))
     sim = simulate(sched, costs)
+    k_step, k_events = sim.makespan, sim.trace_events()
+    if cand.replicas > 1:
+        grads = stage_gradient_bytes(profiler.spec, cand.ranges, as_dtype(profiler.ctx.dtype))
+        reduced = with_all_reduce(sim, sched, grads, cand.replicas, link)
+        k_step = reduced.makespan
+        k_events += [TraceEvent(sched.rank_of(s), f"all-reduce {s}", start, end, "transfers")
+                     for s, (start, end) in enumerate(zip(reduced.reduce_start, reduced.reduce_end)) if end > start]
     if distributed:
         here_sim = simulate(sched, costs, link, nbytes)
         timeline = _events(here_sim.timeline) + _events(here_sim.transfers, "transfers")
         body = here_sim.makespan
     else:
-        timeline = _events(emulated_timeline(sched, costs))
-        body = m * sum(c.total for c in costs)
+        timeline = _events(emulated_timeline(cand.emulated_schedule(), costs))
+        body = cand.local_microbatches * sum(c.total for c in costs)
     extra = calib.step_overhead + param_extra
     basis = (f"{cand.num_ranks} devices, one process each (simulator)" if distributed and cand.num_ranks > 1
-             else "this one device, all stages in turn")
-    return Prediction(body + extra, basis, sim.makespan + extra / cand.num_ranks, sim.bubble_fraction, tuple(costs), extra,
-                      tuple(timeline), tuple(sim.trace_events()), link, None if nbytes is None else tuple(nbytes),
-                      distributed)
+             else "this one device, all stages in turn" + (" and every replica's microbatches" if cand.replicas > 1 else ""))
+    return Prediction(body + extra, basis, k_step + extra / cand.ranks_per_replica, sim.bubble_fraction, tuple(costs),
+                      extra, tuple(timeline), tuple(k_events), link, None if nbytes is None else tuple(nbytes), distributed)
 
 
 def explain_error(cand: Candidate, pred: Prediction, measured_costs: Sequence[StageCost], measured_step: float) -> dict:
     """The candidate's prediction error and its largest contributors (``runtime.calibrate.explain``)."""
-    sched = cand.compute_schedule()
+    sched = cand.compute_schedule() if pred.concurrent else cand.emulated_schedule()
     model = CostModel(pred.stage_costs, step_overhead=Term(pred.step_overhead, Origin.MEASURED), link=pred.link)
     ranges = [(s, s + 1) for s in range(len(pred.stage_costs))]
     here = this_run(sched, model, ranges, pred.boundary_bytes, pred.concurrent)

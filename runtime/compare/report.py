@@ -20,7 +20,8 @@ from runtime.compare.plots import FIGURES, write_plots
 from runtime.output import json_text, markdown_table, write_text
 
 FILES = MappingProxyType({"json": "compare.json", "markdown": "compare.md", "csv": "compare.csv"})
-CSV_COLUMNS = ("id", "label", "kind", "schedule", "devices", "stages", "microbatches", "microbatch_size", "minibatch", "lr",
+CSV_COLUMNS = ("id", "label", "kind", "schedule", "devices", "replicas", "stages", "microbatches", "microbatch_size",
+               "minibatch", "lr",
                "ranges", "feasible", "reason", "predicted_step_time", "prediction_basis", "measured_step_time",
                "prediction_error", "predicted_step_time_k_devices", "predicted_samples_per_s", "measured_samples_per_s",
                "predicted_peak_bytes", "measured_peak_bytes", "memory_error", "optimizer_steps", "samples_seen",
@@ -65,10 +66,22 @@ def _setup_text(r: dict) -> list[str]:
 
 def _candidates(r: dict) -> list[str]:
     rows = [[f"`{e['id']}`", e["label"], f"{e['devices']} x {e['stages'] // e['devices'] or 1}",
-             f"{e['microbatches']} x {e['microbatch_size']}", f"{e['lr']:.4g}", e["ranges"] or "-",
+             _replicas(e) + f"{e['microbatches']} x {e['microbatch_size']}", f"{e['lr']:.4g}", e["ranges"] or "-",
              "yes" if e["feasible"] else f"**no**: {e['reason']}"] for e in r["candidates"]]
-    return ["## Candidates", "", *markdown_table(["candidate", "what", "devices x stages each", "m x microbatch", "lr",
-                                            "layers per stage", "fits the cap"], rows), ""]
+    lines = ["## Candidates", "", *markdown_table(["candidate", "what", "devices x stages each",
+                                                  "(replicas x) m x microbatch", "lr", "layers per stage", "fits the cap"],
+                                                 rows), ""]
+    if any(e.get("replicas", 1) > 1 for e in r["candidates"]):
+        lines += ["PP x DP candidates (`-dpD`): D replicas of a pipeline over K/D devices (one device each: data "
+                  "parallel), each replica taking B/D of the batch in m microbatches, the replicas summing their "
+                  "gradients (a ring all-reduce per stage) before the step. In one process they are emulated by one "
+                  "pipeline of D x m microbatches of B/(D m) rows, the same arithmetic.", ""]
+    return lines
+
+
+def _replicas(e: dict) -> str:
+    """``"D x "`` for a PP x DP candidate, else nothing."""
+    return f"{e['replicas']} x " if e.get("replicas", 1) > 1 else ""
 
 
 def _step_times(r: dict) -> list[str]:
@@ -145,7 +158,7 @@ def _training(r: dict) -> list[str]:
              *markdown_table(["candidate", "optimizer steps", "samples seen", "training time", "last epoch loss", "test accuracy",
                       "time to target"], rows), "", *_curve(r)]
     if sm["reference"] is not None:
-        lines += ["Same math: every run whose step is the whole batch B (pipelines, accumulation, one device at B) "
+        lines += ["Same math: every run whose step is the whole batch B (pipelines, PP x DP, accumulation, one device at B) "
                   f"computes the same steps; largest per-step loss difference against `{sm['reference']}` "
                   f"({r['setup']['dtype']} rounding only):", "",
                   *markdown_table(["candidate", "max abs loss difference per step"],
@@ -171,7 +184,10 @@ def _method(r: dict) -> list[str]:
             "In one process every stage runs in turn on the one device, so the compared prediction is the sum over "
             "stages and microbatches; under torchrun it is the simulator's makespan, transfers costing what the link measured "
             "at start-up says. The K-device column is the simulator's. Each pipeline's `prediction_explained` in the JSON "
-            "names the terms that contributed most to its error.",
+            "names the terms that contributed most to its error. A PP x DP candidate runs here as one pipeline of D x m "
+            "microbatches (every replica's in turn); on K devices it is one replica's simulated schedule of m microbatches "
+            "plus each stage's ring all-reduce over the D replicas on the link (the default link in one process, which "
+            "makes the reductions free), the per-step overhead shared by the devices of one replica.",
             "- Predicted memory: the analytic model (`partition.memory`), with the simulator's in-flight and deferred-W "
             "counts per stage; a device holding several stages adds them. It adds the gradients to the peak of the "
             "activations, an upper bound where the gradient buffers appear only at the first backward (measured lower), "
@@ -226,7 +242,8 @@ def csv_text(r: dict) -> str:
     for e in r["candidates"]:
         p, m, err, tr = e["predicted"] or {}, e["measured"] or {}, e["errors"] or {}, e["training"] or {}
         predicted = [d["total"] for d in e["predicted_memory"]]
-        w.writerow([e["id"], e["label"], e["kind"], e["schedule"], e["devices"], e["stages"], e["microbatches"],
+        w.writerow([e["id"], e["label"], e["kind"], e["schedule"], e["devices"], e.get("replicas", 1), e["stages"],
+                    e["microbatches"],
                     e["microbatch_size"], e["minibatch"], e["lr"], e["ranges"] or "", e["feasible"], e["reason"],
                     p.get("predicted_step_time", ""), p.get("prediction_basis", ""),
                     m.get("measured_step_time", {}).get("median", ""), err.get("prediction_error", ""),

@@ -53,20 +53,23 @@ class RunContext:
         return self.distributed and cand.num_ranks > 1
 
 
-def build(ctx: RunContext, spec: MLPSpec, cand: Candidate) -> Pipeline:
+def build(ctx: RunContext, spec: MLPSpec, cand: Candidate, one_replica: bool = False) -> Pipeline:
     """The candidate's pipeline: every stage here, or this rank's stages when it spans the torchrun processes.
 
-    A searched (auto) schedule is handed over as it is, so only a pipeline built here can run it.
+    A searched (auto) schedule is handed over as it is, so only a pipeline built here can run it. Built here, a PP x
+    DP candidate's pipeline runs every replica's microbatches in turn (the same arithmetic as the replicas summing
+    their gradients), or with ``one_replica`` one replica's m microbatches (for its memory).
     """
     if ctx.spans_processes(cand):
         tcfg = TrainConfig(spec=spec, batch_size=cand.minibatch, lr=cand.lr, optimizer=ctx.optimizer,
                            momentum=ctx.momentum, seed=ctx.seed, dtype=ctx.dtype, device=ctx.device,
                            stages=cand.num_stages, schedule=cand.schedule, microbatches=cand.microbatches,
                            virtual=cand.virtual, partition=format_ranges(cand.ranges), progress=False,
-                           timeout=ctx.timeout, recompute=cand.recompute)
+                           timeout=ctx.timeout, recompute=cand.recompute, data_parallel=cand.replicas)
         return build_pipeline(tcfg)[0]
     devices = resolve_devices(ctx.device, None, cand.num_stages)
-    pcfg = PipelineConfig(spec=spec, ranges=cand.ranges, schedule=cand.schedule, microbatches=cand.microbatches,
+    microbatches = cand.microbatches if one_replica else cand.local_microbatches
+    pcfg = PipelineConfig(spec=spec, ranges=cand.ranges, schedule=cand.schedule, microbatches=microbatches,
                           devices=devices, dtype=ctx.torch_dtype, seed=ctx.seed, virtual=cand.virtual,
                           recompute=cand.recompute, ready=cand.ready)
     make = optimizer_factory(TrainConfig(lr=cand.lr, optimizer=ctx.optimizer, momentum=ctx.momentum))

@@ -1,4 +1,4 @@
-"""The experiment scheduler's vocabulary: candidate kinds, recomputation policies, the learning-rate rule, one candidate."""
+"""The experiment scheduler's vocabulary: the setting, candidate kinds, recomputation policies, the lr rule, one candidate."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
+from partition.cost import DType, Optimizer
 from partition.memory import MemoryReport
 from partition.plan import format_ranges
 from partition.recompute import Recompute
 from partition.schedule.actions import Schedule, ScheduleKind
 from partition.schedule.generators import generate
+from partition.spec import MLPSpec
+from partition.timing import LinkModel
 
 
 class CandidateKind(Enum):
     """How a candidate computes an optimizer step."""
 
-    PIPELINE = "pipeline"  # the global batch B in m microbatches through K stages on K devices
+    PIPELINE = "pipeline"  # B in m microbatches through K stages on K devices, or D replicas of K/D stages on B/D each
     SINGLE = "single"  # one device, one minibatch b per step (b = B is plain training)
     ACCUMULATION = "accumulation"  # one device, m microbatches of B/m accumulated into one step of B
 
@@ -59,10 +62,35 @@ class LRRule(Enum):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """What the planner needs: the model, the global batch B, K devices, the cap and the candidate grid.
+
+    ``link`` is what the partitioner charges for the all-reduce of a data-parallel candidate's gradients.
+    """
+
+    spec: MLPSpec
+    batch: int
+    devices: int
+    memory_cap: float | None
+    dtype: DType
+    optimizer: Optimizer
+    schedules: tuple[ScheduleKind, ...]
+    microbatches: tuple[int, ...]
+    virtual: int
+    lr: float
+    lr_rule: LRRule
+    recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE,)
+    link: LinkModel = LinkModel()
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One way to train: ``num_ranks`` devices running ``num_stages`` stages, ``microbatches`` per step of ``minibatch``.
 
-    ``memory_terms[r]`` is the memory model's peak on device r; ``recompute`` the choice of each stage (empty:
+    With ``replicas`` D > 1 the ``num_ranks`` devices hold D copies of a pipeline of ``num_ranks / D`` devices (PP x
+    DP; one device each: data parallel), each copy taking B/D of the batch in ``microbatches`` microbatches, their
+    gradients summed before the optimizer step. ``memory_terms[r]`` is the memory model's peak on device r (a PP x DP
+    candidate: one replica's devices, repeated for each replica); ``recompute`` the choice of each stage (empty:
     none); ``ready`` the schedule itself when it was searched for (auto) rather than generated; ``reason`` is empty
     for a feasible candidate and otherwise says why it cannot run (over the cap, or the schedule does not apply to
     this model).
@@ -83,6 +111,7 @@ class Candidate:
     reason: str = ""
     recompute: tuple[Recompute, ...] = ()
     ready: Schedule | None = None
+    replicas: int = 1
 
     @property
     def feasible(self) -> bool:
@@ -94,14 +123,31 @@ class Candidate:
         """Whether it has a plan (layer ranges), so that its step time can be predicted."""
         return bool(self.ranges)
 
+    @property
+    def ranks_per_replica(self) -> int:
+        """Devices of one pipeline (all of them with one replica)."""
+        return self.num_ranks // self.replicas
+
+    @property
+    def local_microbatches(self) -> int:
+        """Microbatches of the pipeline that runs every replica in one process: the replicas' microbatches in turn."""
+        return self.microbatches * self.replicas
+
     def compute_schedule(self) -> Schedule:
-        """The pipeline's compute schedule: the searched one, or the generated one of its kind."""
-        return self.ready or generate(self.schedule, self.num_ranks, self.microbatches, self.virtual)
+        """One pipeline's compute schedule (each replica's): the searched one, or the generated one of its kind."""
+        return self.ready or generate(self.schedule, self.ranks_per_replica, self.microbatches, self.virtual)
+
+    def emulated_schedule(self) -> Schedule:
+        """The schedule of the one pipeline that emulates every replica in one process (with D replicas: D x m
+        microbatches of B/(D m) rows, the same arithmetic as D replicas summing their gradients)."""
+        if self.replicas == 1:
+            return self.compute_schedule()
+        return generate(self.schedule, self.ranks_per_replica, self.local_microbatches, self.virtual)
 
     @property
     def microbatch_size(self) -> int:
         """Samples per microbatch."""
-        return self.minibatch // self.microbatches
+        return self.minibatch // self.local_microbatches
 
     @property
     def memory_per_device(self) -> tuple[int, ...]:
@@ -112,7 +158,8 @@ class Candidate:
         """JSON-ready description (the prediction and measurement are added by the caller)."""
         return {
             "id": self.id, "label": self.label, "kind": self.kind.value, "schedule": self.schedule.value,
-            "stages": self.num_stages, "devices": self.num_ranks, "microbatches": self.microbatches,
+            "stages": self.num_stages, "devices": self.num_ranks, "replicas": self.replicas,
+            "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size, "minibatch": self.minibatch, "lr": self.lr, "virtual": self.virtual,
             "ranges": format_ranges(self.ranges) if self.ranges else None, "feasible": self.feasible, "reason": self.reason,
             "recompute": [str(r) for r in self.recompute],

@@ -90,8 +90,9 @@ def test_predictions_and_measurements_are_present_and_finite(report):
         assert p["predicted_step_time"] > 0 and m["measured_step_time"]["median"] > 0 and min(m["memory_per_device"]) > 0
         assert len(m["memory_per_device"]) == len(p["memory_per_device"]) == e["devices"]
         assert p["origins"]["layers"] == "profiled" and p["origins"]["link"] == "default"  # one process: no link
-        if e["kind"] == "pipeline":  # both timelines of the step, every rank in each; where the error comes from
-            assert {row[0] for row in e["timeline"]} == {row[0] for row in e["measured_timeline"]} == set(range(e["devices"]))
+        if e["kind"] == "pipeline":  # both timelines of the step, every rank of a replica in each; where the error comes from
+            ranks = set(range(e["devices"] // e["replicas"]))  # PP x DP here: every replica in turn on one replica's ranks
+            assert {row[0] for row in e["timeline"]} == {row[0] for row in e["measured_timeline"]} == ranks
             explained = e["prediction_explained"]
             assert explained["prediction_error"] == pytest.approx(e["errors"]["prediction_error"])
             assert explained["contributors"] and explained["text"].startswith("prediction error")

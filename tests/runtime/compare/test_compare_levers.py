@@ -41,7 +41,8 @@ def _setting(cap, kinds=(ScheduleKind.ONE_F_ONE_B,), policies=tuple(RecomputePol
 
 
 def _pipes(cap, **kw):
-    return {c.id: c for c in plan_candidates(_setting(cap, **kw), _times) if c.kind is CandidateKind.PIPELINE}
+    return {c.id: c for c in plan_candidates(_setting(cap, **kw), _times)
+            if c.kind is CandidateKind.PIPELINE and c.replicas == 1}  # PP x DP: test_compare_replicas
 
 
 def test_rank_memory_by_hand():
@@ -122,7 +123,8 @@ def test_fit_chooses_split_and_recomputation_together_as_brute_force_does(kind):
     for cap in sorted({need for need, _ in trials})[::3]:
         setting = Setting(DEEP, 32, 2, cap, DType.FLOAT64, Optimizer.MOMENTUM, (kind,), (4,), 2, 0.05, LRRule.LINEAR,
                           (RecomputePolicy.FIT,))
-        (fit,) = [c for c in plan_candidates(setting, lambda n: _times(n, DEEP)) if c.kind is CandidateKind.PIPELINE]
+        (fit,) = [c for c in plan_candidates(setting, lambda n: _times(n, DEEP))
+                  if c.kind is CandidateKind.PIPELINE and c.replicas == 1]
         best = min(slowest for need, slowest in trials if need <= cap)
         got = max(sum(t.total for t in times[a:b]) + recompute_forward(times, a, b, c)
                   for (a, b), c in zip(fit.ranges, fit.recompute))
