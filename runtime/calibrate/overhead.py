@@ -22,7 +22,7 @@ from partition.timing import LinkModel, StageCost
 from runtime.comm import all_reduce_sum, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
-from runtime.train.measure import costs_from_records
+from runtime.train.measure import costs_from_records, replica_mean
 from runtime.train.profile import profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
@@ -68,8 +68,9 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
         q_b = q.b if split else q.b + q.w  # the records count a fused backward BW as B
         over[s] = torch.tensor([max(0.0, costs[s].f - q.f), max(0.0, costs[s].b - q_b), max(0.0, costs[s].w - q.w)])
     if concurrent:
-        over = all_reduce_sum(over)
-        measured = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
+        over = replica_mean(over, skel.schedule.num_ranks)
+        measured = replica_mean(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64),
+                                skel.schedule.num_ranks)
         skel_costs = [StageCost(*map(float, row)) for row in measured]
         widths = cfg.spec.widths
         nbytes = [rows * widths[b] * torch.finfo(cfg.dtype).bits / 8 for _, b in cfg.ranges]

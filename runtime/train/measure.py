@@ -37,6 +37,13 @@ def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list
     return [StageCost(med.get((s, "f"), 0.0), med.get((s, "b"), 0.0), med.get((s, "w"), 0.0)) for s in range(num_stages)]
 
 
+def replica_mean(table: torch.Tensor, ranks_per_pipeline: int) -> torch.Tensor:
+    """Per-stage figures each process measured for its own stages (zeros for the others), made known to all: the sum
+    over every process divided by the number of pipeline replicas (a stage runs once in each), i.e. their mean."""
+    replicas = max(1, len(gather_rows(torch.zeros(1, 1, dtype=torch.float64))) // max(1, ranks_per_pipeline))
+    return all_reduce_sum(table) / replicas
+
+
 def gather_records(records: Sequence[ActionRecord], distributed: bool) -> list[ActionRecord]:
     """Every rank's records of one step (this process's alone without a process group)."""
     if not distributed:
@@ -61,7 +68,7 @@ def measured_peaks(pipe: Pipeline, distributed: bool) -> dict[int, int] | None:
             per[pipe.schedule.placement[s]] = float(torch.cuda.max_memory_allocated(st.device))
     flag = torch.tensor([1.0 if cuda else 0.0], dtype=torch.float64)
     if distributed:
-        per, flag = all_reduce_sum(per), all_reduce_sum(flag)
+        per, flag = replica_mean(per, pipe.schedule.num_ranks), all_reduce_sum(flag)
     return {r: int(v) for r, v in enumerate(per.tolist())} if float(flag[0]) > 0 else None
 
 
@@ -74,8 +81,8 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
     """
     n = pipe.cfg.num_stages
     costs = costs_from_records(recent, n)
-    if distributed:  # every rank measured only its own stages
-        table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64))
+    if distributed:  # every rank measured only its own stages, and each stage runs in every replica
+        table = replica_mean(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64), pipe.schedule.num_ranks)
         costs = [StageCost(*map(float, row)) for row in table]
     measured = spread_json(list(step_times[1:]) or list(step_times))
     unit = simulate(pipe.schedule, [StageCost(1.0, 1.0, 1.0)] * n)
