@@ -223,7 +223,8 @@ def table_text(result: dict) -> str:
         split = result["breakdown"]
         text += "\n\n" + breakdown.breakdown_table(split)
         if "fraction_of_shape_limit" in split:
-            text += f"\nof the shape limit (the physical limit with GEMMs at these shapes): {split['fraction_of_shape_limit']:.3f}"
+            share = split["fraction_of_shape_limit"]
+            text += f"\nof the shape limit (the physical limit with GEMMs at these shapes): {share:.3f}"
     return text
 
 

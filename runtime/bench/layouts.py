@@ -90,10 +90,9 @@ def run_layout_bench(cfg: LayoutBenchConfig, json_path: str | None = None, log: 
                                   layer_times=_profiled(spec))
             rows += [_row(width, layers, n, cores, i, x, measured.get(x.name)) for i, x in enumerate(ranked)]
             verdicts.append(_verdict(width, layers, n, cores, ranked, measured))
-    result = {"benchmark": "layouts", "cores": cores, "config": {"models": [list(m) for m in cfg.models], "processes": list(cfg.processes),
-                                         "batch": cfg.batch, "microbatches": cfg.microbatches,
-                                         "schedule": cfg.schedule.value, "epochs": cfg.epochs},
-              "rows": rows, "verdicts": verdicts}
+    config = {"models": [list(m) for m in cfg.models], "processes": list(cfg.processes), "batch": cfg.batch,
+              "microbatches": cfg.microbatches, "schedule": cfg.schedule.value, "epochs": cfg.epochs}
+    result = {"benchmark": "layouts", "cores": cores, "config": config, "rows": rows, "verdicts": verdicts}
     result["table"] = layout_table(result)
     if json_path:
         write_json(json_path, result)
