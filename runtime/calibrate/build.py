@@ -1,4 +1,4 @@
-"""Calibrating a run before its timed steps: profile, link, skeleton overheads, optimizer and all-reduce, with origins."""
+"""Calibrating a run before its timed steps: profile, link, skeleton overheads, optimizer and all-reduces, with origins."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from partition.cost import as_dtype
+from partition.data_parallel import stage_gradient_bytes
 from partition.timing import LinkModel, StageCost
 from runtime.calibrate import link as links
 from runtime.calibrate.costs import CostModel, Origin, Term
@@ -19,6 +21,7 @@ from runtime.calibrate.overhead import (
 )
 from runtime.comm import DistTransport, LocalTransport, all_reduce_sum
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
+from runtime.train.data_parallel import GridCollectives
 from runtime.train.profile import profile_layers
 
 
@@ -46,15 +49,26 @@ def profiled_layers(pipe: Pipeline, rows: int, repeats: int, concurrent: bool) -
     return tuple(StageCost(*(float(v) / ranks for v in row)) for row in table)
 
 
+def replicas(pipe: Pipeline) -> int:
+    """How many replicas of ``pipe`` sum their gradients every step (1 outside a dp x pp grid)."""
+    return pipe.collectives.grid.dp_size if isinstance(pipe.collectives, GridCollectives) else 1
+
+
 def measure_link(pipe: Pipeline, rows: int, concurrent: bool, timeout: float) -> tuple[LinkModel, str, list]:
-    """The link of this run's transport: (model, what was measured, ping-pong points); cached when not trivial."""
+    """The link of this run's transport: (model, what was measured, ping-pong points); cached when not trivial.
+
+    A one-rank pipeline replicated D > 1 times (pure DP) sends nothing along the pipeline: its link is measured
+    between replicas 0 and 1, which its gradient all-reduce uses."""
     nbytes = max(activation_bytes(pipe, rows))
     devices = [torch.device(d) for d in pipe.cfg.devices]
-    if concurrent and len(pipe.executor.transport.peers) > 1:  # a one-rank pipeline (pure DP) sends nothing
-        t = pipe.executor.transport
-        rank = t.rank  # the global rank: global ranks 0 and 1 ping, whatever the grid
-        link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout, peers=list(t.peers))
-        what = f"{t.backend.value} between processes" + (", staged through host memory" if t.backend.value == "gloo"
+    t = pipe.executor.transport
+    pure_dp = concurrent and len(t.peers) == 1 and replicas(pipe) > 1
+    if concurrent and (len(t.peers) > 1 or pure_dp):
+        grid = pipe.collectives.grid if pure_dp else None
+        rank = grid.dp_rank if grid else t.rank  # pipeline ranks (replicas, for pure DP) 0 and 1 ping
+        peers = [d * grid.pp_size + grid.pp_rank for d in range(grid.dp_size)] if grid else list(t.peers)
+        link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout, peers=peers)
+        what = f"{t.backend.value} between {'replicas' if pure_dp else 'processes'}" + (", staged through host memory" if t.backend.value == "gloo"
                                                          and devices[0].type == "cuda" else "")
         name = t.backend.value
     else:
@@ -90,8 +104,9 @@ def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torc
         reduce = Term(all_reduce_seconds(pipe.cfg.num_stages), Origin.MEASURED, "finite-check all-reduce per step")
     else:
         reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce")
+    grads = stage_gradient_bytes(pipe.cfg.spec, pipe.cfg.ranges, as_dtype(str(pipe.cfg.dtype).removeprefix("torch.")))
     model = CostModel(layers, origin, over, Origin.MEASURED,
                       Term(step_extra, Origin.MEASURED, "skeleton step beyond its actions"),
                       Term(optimizer, Origin.MEASURED, "optimizer step on the real parameters beyond the skeleton's"),
-                      reduce, link, Origin.MEASURED, what)
+                      reduce, link, Origin.MEASURED, what, replicas(pipe), tuple(grads))
     return model, points

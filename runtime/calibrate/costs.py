@@ -10,7 +10,10 @@ A step of a pipeline is predicted from these terms (see ``runtime.calibrate.fore
 * ``optimizer``: the optimizer step (and l2 term) on the real parameters, beyond the same on the skeleton's;
 * ``loss_all_reduce``: the per-step all-reduce that checks every stage's outputs were finite (under torchrun);
 * ``link``: latency + bytes / bandwidth of one transfer between ranks, fitted from ping-pongs on the transport the
-  run uses.
+  run uses;
+* ``gradient_all_reduce``: with ``replicas`` D > 1 (PP x DP), each stage's ring all-reduce of its
+  ``gradient_bytes`` over the D replicas on the link, ``partition.data_parallel.with_all_reduce``: it starts after
+  the stage's last weight gradient, so only what the rest of the step does not hide is added.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from partition.data_parallel import ring_all_reduce_time, with_all_reduce
+from partition.schedule.actions import Schedule
+from partition.schedule.simulate import SimResult
 from partition.timing import LinkModel, StageCost, range_costs
 
 
@@ -61,6 +67,8 @@ class CostModel:
     link: LinkModel = LinkModel()
     link_origin: Origin = Origin.DEFAULT
     link_note: str = "free: no transfers modelled"
+    replicas: int = 1  # D pipeline replicas whose gradients are summed every step
+    gradient_bytes: tuple[float, ...] = ()  # per stage: the bytes of its gradients (all-reduced when D > 1)
 
     def compute_costs(self, ranges: Sequence[tuple[int, int]]) -> list[StageCost]:
         """Per stage: the profiled arithmetic of its layers."""
@@ -72,6 +80,21 @@ class CostModel:
         if len(over) != len(ranges):
             raise ValueError(f"action_overhead: measured for {len(over)} stages, the plan has {len(ranges)}")
         return [StageCost(c.f + o.f, c.b + o.b, c.w + o.w) for c, o in zip(self.compute_costs(ranges), over)]
+
+    def reduce_seconds(self, link: LinkModel | None = None) -> list[float]:
+        """Per stage: its ring all-reduce over the replicas on ``link`` (default: the model's link), alone."""
+        link = self.link if link is None else link
+        return [ring_all_reduce_time(b, self.replicas, link) for b in self.gradient_bytes]
+
+    def gradient_all_reduce(self, schedule: Schedule, sim: SimResult, concurrent: bool,
+                            link: LinkModel | None = None) -> float:
+        """Seconds the stages' all-reduces add to the step body ``sim`` of ``schedule`` (0 for one replica): with
+        overlapping ranks what ``with_all_reduce`` leaves exposed, in one process all of them one after another."""
+        if self.replicas == 1:
+            return 0.0
+        if not concurrent:
+            return sum(self.reduce_seconds(link))
+        return with_all_reduce(sim, schedule, self.gradient_bytes, self.replicas, self.link if link is None else link).exposed
 
     @property
     def per_step(self) -> float:
@@ -89,4 +112,14 @@ class CostModel:
             "loss_all_reduce": self.loss_all_reduce.to_json(),
             "link": {"latency": self.link.latency, "bandwidth": None if bw == float("inf") else bw,
                      "origin": self.link_origin.value, "note": self.link_note},
+            "gradient_all_reduce": self._reduce_json(),
         }
+
+    def _reduce_json(self) -> dict:
+        """The gradient all-reduce: per stage its bytes and seconds alone on the link, and the link's origin."""
+        if self.replicas == 1:
+            return {"replicas": 1, "origin": Origin.DEFAULT.value, "note": "one replica: no gradient all-reduce"}
+        return {"replicas": self.replicas, "bytes": list(self.gradient_bytes), "seconds": self.reduce_seconds(),
+                "origin": self.link_origin.value,
+                "note": f"per stage, a ring all-reduce over {self.replicas} replicas on the link: 2 (D - 1) x "
+                        "link.time(bytes / D), after its last weight gradient (partition.data_parallel)"}

@@ -46,7 +46,8 @@ def explain(forecast: Forecast, schedule: Schedule, model: CostModel, activation
             per = counts[Op.F] if field == "f" else counts[Op.W] if field == "w" else counts[Op.B] + counts[Op.BW]
             rows.append({"term": f"stage {s} {label}", "predicted": pv, "measured": mv, "per_step": per,
                          "effect": effect})
-    from_measured = step_body(schedule, measured, model.link, activation_bytes, concurrent)[0] + model.per_step
+    body, sim = step_body(schedule, measured, model.link, activation_bytes, concurrent)
+    from_measured = body + model.gradient_all_reduce(schedule, sim, concurrent) + model.per_step
     rows.append({"term": OUTSIDE, "predicted": None, "measured": None, "per_step": 1,
                  "effect": measured_step - from_measured})
     rows.sort(key=lambda r: -abs(r["effect"]))

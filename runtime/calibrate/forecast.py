@@ -7,6 +7,9 @@
   step is the simulator's makespan plus the per-step terms.
 * On K devices: the simulator's makespan with a stated link, plus the per-step terms, which each device pays for
   its own stages (the step overhead and the optimizer shared K ways).
+* With D pipeline replicas (PP x DP) both add each stage's ring all-reduce of its gradients over the D replicas
+  (``CostModel.gradient_all_reduce``: this run on the measured link, K devices on the stated one); K counts the
+  devices of every replica.
 
 Both are computed from the cost model alone, before any timed step; nothing here reads a run's own records.
 """
@@ -63,13 +66,15 @@ def this_run(schedule: Schedule, model: CostModel, ranges: Sequence[tuple[int, i
     else:
         basis = "this run: every stage in this one process, one after another"
         timeline, transfers = emulated_timeline(schedule, costs), ()
+    reduce = model.gradient_all_reduce(schedule, sim, concurrent)
     arithmetic, with_overhead = _serial(schedule, compute), _serial(schedule, costs)
     busiest = max(sim.busy) if concurrent else with_overhead  # one process: all the work is on one device
     share = busiest / with_overhead if with_overhead > 0 else 0.0  # under torchrun: the busiest rank's share
     terms = {"compute (profiled)": arithmetic * share, "action overhead": (with_overhead - arithmetic) * share,
              "transfers and waits": body - busiest, "step overhead": model.step_overhead.seconds,
-             "optimizer": model.optimizer.seconds, "loss all-reduce": model.loss_all_reduce.seconds}
-    return Forecast(body + model.per_step, basis, terms, tuple(costs), sim, tuple(timeline), tuple(transfers))
+             "optimizer": model.optimizer.seconds, "loss all-reduce": model.loss_all_reduce.seconds,
+             "gradient all-reduce": reduce}
+    return Forecast(body + reduce + model.per_step, basis, terms, tuple(costs), sim, tuple(timeline), tuple(transfers))
 
 
 def step_body(schedule: Schedule, costs: Sequence[StageCost], link: LinkModel, activation_bytes: Sequence[float] | None,
@@ -94,9 +99,12 @@ def on_k_devices(schedule: Schedule, model: CostModel, ranges: Sequence[tuple[in
     k = schedule.num_ranks
     shared = (model.step_overhead.seconds + model.optimizer.seconds) / k
     terms = {"makespan": sim.makespan, "step overhead and optimizer (per device)": shared,
-             "loss all-reduce": model.loss_all_reduce.seconds if k > 1 else 0.0}
-    total = sim.makespan + shared + terms["loss all-reduce"]
-    return Forecast(total, f"on {count(k, 'device')}, link {link_name} ({link.describe()})", terms, tuple(costs), sim,
+             "loss all-reduce": model.loss_all_reduce.seconds if k * model.replicas > 1 else 0.0,
+             "gradient all-reduce": model.gradient_all_reduce(schedule, sim, True, link)}
+    total = sim.makespan + shared + terms["loss all-reduce"] + terms["gradient all-reduce"]
+    devices = count(k, "device") if model.replicas == 1 else \
+        f"{count(k * model.replicas, 'device')} ({model.replicas} replicas of {k})"
+    return Forecast(total, f"on {devices}, link {link_name} ({link.describe()})", terms, tuple(costs), sim,
                     sim.timeline, sim.transfers)
 
 

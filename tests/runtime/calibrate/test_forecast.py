@@ -106,3 +106,28 @@ def test_the_error_is_put_where_the_measurement_differs():
     assert top[0]["effect"] == pytest.approx(4 * ms) and top[0]["per_step"] == 4
     assert top[1]["effect"] == pytest.approx(1.5 * ms)
     assert "stage 1 BW: measured 3 ms vs 2 predicted, x4 per step: +4 ms" in out["text"]
+
+
+def test_replicas_add_each_stages_ring_all_reduce_after_its_last_gradient():
+    """The 1F1B step above (11 s; stage 0's last BW ends at 11, stage 1's at 8), now one of D = 2 replicas.
+
+    By hand, a ring all-reduce of n bytes over 2 replicas is 2 (2 - 1) (0.5 + n / 2 / 1 kB/s): stage 0's 1000 bytes
+    take 2 s, [11, 13]; stage 1's 3000 bytes take 4 s, [8, 12]. The step ends at 13: 2 s exposed. In one process
+    the two run one after another (6 s); on K devices (the same link) 13 s again, on 4 devices.
+    """
+    sched = generate(ScheduleKind.ONE_F_ONE_B, 2, 2)
+    model = CostModel(layers=(StageCost(1.0, 2.0, 0.0),) * 2, link=LinkModel(0.5, 1e3), link_origin=Origin.GIVEN,
+                      replicas=2, gradient_bytes=(1000.0, 3000.0))
+    fc = this_run(sched, model, [(0, 1), (1, 2)], [500.0, 500.0], concurrent=True)
+    assert fc.step_time == pytest.approx(13.0, rel=1e-12) and fc.terms["gradient all-reduce"] == pytest.approx(2.0)
+    assert fc.step_time == pytest.approx(sum(fc.terms.values()), rel=1e-12)  # the terms add up to the step
+    k = on_k_devices(sched, model, [(0, 1), (1, 2)], LinkModel(0.5, 1e3), [500.0, 500.0], "given")
+    assert k.step_time == pytest.approx(13.0, rel=1e-12) and k.terms["gradient all-reduce"] == pytest.approx(2.0)
+    assert k.basis.startswith("on 4 devices (2 replicas of 2), link given")
+    one = this_run(sched, model, [(0, 1), (1, 2)], None, concurrent=False)
+    assert one.terms["gradient all-reduce"] == pytest.approx(6.0)
+    assert model.to_json()["gradient_all_reduce"] | {"note": ""} == {
+        "replicas": 2, "bytes": [1000.0, 3000.0], "seconds": [2.0, 4.0], "origin": "given", "note": ""}
+    plain = CostModel(layers=model.layers, link=model.link)  # one replica: nothing added, said so
+    assert this_run(sched, plain, [(0, 1), (1, 2)], [500.0, 500.0], True).terms["gradient all-reduce"] == 0.0
+    assert plain.to_json()["gradient_all_reduce"]["origin"] == "default"

@@ -6,6 +6,7 @@ parameters agree to rounding (bounded at 1e-12 in float64), and every rank must 
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -135,6 +136,17 @@ def test_two_torchrun_launchers_as_two_nodes_agree_on_every_rank(tmp_path):
         assert r["epochs"][0]["train_accuracy"] == results[0]["epochs"][0]["train_accuracy"]
         assert r["test_accuracy"] == results[0]["test_accuracy"]
     assert results[0]["step_losses"] == pytest.approx(reference(1)[1], rel=0, abs=1e-12)
+    # both predictions add each stage's ring all-reduce over the 2 replicas on the link, named in the cost model
+    model = results[0]["cost_model"]
+    reduce, link = model["gradient_all_reduce"], model["link"]
+    assert reduce["replicas"] == 2 and reduce["origin"] == link["origin"] == "measured"
+    assert reduce["bytes"] == [8.0 * (6 * 10 + 10 + 10 * 8 + 8), 8.0 * (8 * 9 + 9 + 9 * 4 + 4)]  # float64 W and b
+    bandwidth = link["bandwidth"] or math.inf
+    assert reduce["seconds"] == pytest.approx([2 * (link["latency"] + n / 2 / bandwidth) for n in reduce["bytes"]])
+    for r in results:
+        assert r["predicted_terms"]["gradient all-reduce"] >= 0.0
+        assert r["predicted_step_time"] == pytest.approx(sum(r["predicted_terms"].values()), rel=1e-9)
+        assert r["prediction_basis_k_devices"].startswith("on 4 devices (2 replicas of 2), link measured")
     printed = "".join(out for out, _ in logs)
     lines = [ln.split("] ", 1)[1] for ln in printed.splitlines() if ln.startswith("[rank ") and "train loss" in ln]
     assert len(lines) == 4 and len({ln.rsplit(",", 1)[0] for ln in lines}) == 1, printed[-2000:]
