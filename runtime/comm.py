@@ -245,7 +245,9 @@ def gather_rows(rows: torch.Tensor) -> list[torch.Tensor]:
     if not dist.is_initialized():
         return [rows]
     world = dist.get_world_size()
-    rows = rows.to(torch.float64).reshape(rows.shape[0], -1)
+    rows = rows.to(torch.float64)
+    if rows.dim() != 2:  # a 2-D table keeps its width even with no rows
+        rows = rows.reshape(rows.shape[0], -1)
     counts = torch.zeros(world, dtype=torch.int64)
     counts[dist.get_rank()] = rows.shape[0]
     counts = all_reduce_sum(counts)

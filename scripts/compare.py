@@ -15,8 +15,8 @@
 
 Candidates: pipelines over the K devices (each schedule and microbatch count), PP x DP layouts (D replicas of a
 K/D-stage pipeline for each D dividing K, ids ending -dpD; in one process emulated as one pipeline of D x m
-microbatches, the same arithmetic; not run under torchrun), one device at B, at the largest b that fits the cap
-and at B/K, and gradient accumulation.
+microbatches, the same arithmetic; under torchrun a dp x pp grid over the K processes), one device at B, at the
+largest b that fits the cap and at B/K, and gradient accumulation.
 
 Writes OUT/compare.md (the report and the recommendation), OUT/compare.json (a top-level "candidates" list with
 predicted and measured figures, the prediction errors and the scheduler's overhead), OUT/compare.csv and PNG plots.

@@ -179,9 +179,8 @@ def _compare(cfg: CompareConfig, log: Callable[[str], None]) -> dict:
                 profiler.layers(c.microbatch_size)
     timings["planning"] -= profiler.seconds
     timings["profiling"] = profiler.seconds
-    cands_run = [c for c in cands if not (distributed and c.replicas > 1)]  # PP x DP: emulated in one process only
-    spanning = [c for c in cands_run if c.planned and ctx.spans_processes(c)]  # first, while every rank takes part
-    mine = spanning + [c for c in cands_run if c.planned and not ctx.spans_processes(c) and rank == 0]
+    spanning = [c for c in cands if c.planned and ctx.spans_processes(c)]  # first, while every rank takes part
+    mine = spanning + [c for c in cands if c.planned and not ctx.spans_processes(c) and rank == 0]
     figures = _measure(cfg, ctx, data, mine, profiler, timings, rank)
     barrier()
     if rank != 0:
@@ -237,8 +236,6 @@ def _not_under_torchrun(cand: Candidate) -> str:
     """Why ``cand`` cannot run under torchrun ('' when it can)."""
     if cand.ready is not None:
         return "not applicable under torchrun: the auto schedule runs in one process"
-    if cand.replicas > 1:
-        return "not applicable under torchrun: PP x DP candidates are emulated in one process only"
     return ""
 
 

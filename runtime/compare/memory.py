@@ -8,7 +8,8 @@ candidate runs under a ``TorchDispatchMode`` that records each tensor an operati
 the still-alive tensors are summed per rank (each storage once), and the largest sum is kept. Temporaries created
 and freed inside one action are not seen, as in the memory model. On CUDA, ``torch.cuda.max_memory_allocated``
 of every device is recorded as well. A PP x DP candidate's devices are measured on one replica (its pipeline of m
-microbatches on its B/D rows): every replica holds the same.
+microbatches on its B/D rows): every replica holds the same (under torchrun every replica measures its own, and
+the mean over the replicas is kept).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from partition.spec import MLPSpec
-from runtime.comm import all_reduce_sum
 from runtime.compare.run import RunContext, build, step_inputs
 from runtime.compare.types import Candidate
 from runtime.engine.pipeline import Pipeline
 from runtime.engine.stage import Stage
+from runtime.train.measure import replica_mean
 
 STAGE_METHODS = ("forward", "backward_input", "recompute", "backward_weight", "backward_weight_fused")
 METHOD = ("one extra step under a TorchDispatchMode: per device, parameters + optimizer state + the step's input rows "
@@ -110,10 +111,10 @@ def measure_memory(pipe: Pipeline, x: torch.Tensor | None, y: torch.Tensor | Non
         held[placement[pipe.cfg.num_stages - 1]] += _nbytes(y)
     for r, nbytes in peaks.items():
         held[r] += nbytes
-    if distributed:
-        held = all_reduce_sum(torch.tensor(held, dtype=torch.float64)).tolist()
+    if distributed:  # each rank measured its own stages; each replica the same ones
+        held = replica_mean(torch.tensor(held, dtype=torch.float64), num_ranks).tolist()
     cuda = {dev: int(torch.cuda.max_memory_allocated(dev)) for dev in devices}
-    return {"per_device": [int(v) for v in held], "cuda_max_allocated": cuda or None}
+    return {"per_device": [round(v) for v in held], "cuda_max_allocated": cuda or None}
 
 
 def candidate_memory(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor) -> dict:

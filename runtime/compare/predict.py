@@ -27,6 +27,9 @@ A PP x DP candidate (D replicas of a P-stage pipeline, m microbatches of n = B/(
 as one pipeline of D m microbatches of n rows: the same arithmetic, so its prediction here is that pipeline's,
 sum_s D m (P_s + O_s) + E. On K devices it is the simulated schedule of one replica (m microbatches) extended by each
 stage's ring all-reduce of its gradients over the D replicas on the link (``partition.data_parallel``), plus E / P.
+Under torchrun it runs as a dp x pp grid over the K processes: its skeleton is calibrated on one replica's B/D
+rows, and this run's prediction is the K-device one's shape on the measured link: the simulated schedule of one
+replica with the measured transfers, extended by each stage's ring all-reduce over D, plus E.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from partition.cost import as_dtype
 from partition.data_parallel import stage_gradient_bytes, with_all_reduce
 from partition.recompute import per_stage, recompute_stage_cost
 from partition.schedule.replay import TimedAction
-from partition.schedule.simulate import FREE_LINK, simulate
+from partition.schedule.simulate import FREE_LINK, SimResult, simulate
 from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
@@ -50,7 +53,7 @@ from runtime.calibrate.explain import explain
 from runtime.calibrate.forecast import emulated_timeline, this_run
 from runtime.calibrate.overhead import action_overheads, parameter_seconds, skeleton_spec
 from runtime.comm import all_reduce_sum
-from runtime.compare.run import RunContext, build, step_inputs
+from runtime.compare.run import RunContext, build, replica_of, replica_rows, step_inputs
 from runtime.compare.types import Candidate
 from runtime.ops.model import init_parameters
 from runtime.train.config import TrainConfig
@@ -105,11 +108,12 @@ class Calibration:
 def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
               steps: int = 8, link: LinkModel = FREE_LINK) -> Calibration:
     """Time ``steps`` steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand`` on the rows
-    ``order`` starts with (``runtime.calibrate.overhead.action_overheads``; ``link`` between processes)."""
+    ``order`` starts with (``runtime.calibrate.overhead.action_overheads``; ``link`` between processes). A replica of
+    a dp x pp grid under torchrun takes its own B/D of those rows."""
     pipe = build(ctx, skeleton_spec(spec), replace(cand, lr=1e-9))
-    idx = order[: cand.minibatch]
+    idx = replica_rows(order[: cand.minibatch], *replica_of(pipe))
     xs, ys = step_inputs(pipe, x[idx], y[idx])
-    over, extra = action_overheads(pipe, xs, ys, cand.minibatch, steps, ctx.spans_processes(cand), link)
+    over, extra = action_overheads(pipe, xs, ys, idx.shape[0], steps, ctx.spans_processes(cand), link)
     return Calibration(over, extra)
 
 
@@ -144,6 +148,8 @@ class Prediction:
     link: LinkModel = FREE_LINK
     boundary_bytes: tuple[float, ...] | None = None
     concurrent: bool = False
+    replicas: int = 1  # replicas whose gradients this run all-reduces (1 when emulated in one process)
+    gradient_bytes: tuple[float, ...] = ()
 
 
 def _events(timed: Sequence[TimedAction], lane: str = "") -> list[TraceEvent]:
@@ -155,7 +161,7 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
     """The candidate's predicted step time here, on K devices, and both timelines.
 
     Under torchrun, transfers of ``nbytes`` per stage boundary cost what ``link`` says; a PP x DP candidate's
-    all-reduces on K devices too.
+    all-reduces too (on K devices, and in this run under torchrun).
     """
     real = profiler.layers(cand.microbatch_size)
     sched = cand.compute_schedule()
@@ -164,31 +170,42 @@ def predict(cand: Candidate, profiler: Profiler, calib: Calibration, param_extra
         p = recompute_stage_cost(real, a, b, choice)
         costs.append(StageCost(p.f + over.f, p.b + over.b, p.w + over.w))
     sim = simulate(sched, costs)
-    k_step, k_events = sim.makespan, sim.trace_events()
-    if cand.replicas > 1:
-        grads = stage_gradient_bytes(profiler.spec, cand.ranges, as_dtype(profiler.ctx.dtype))
-        reduced = with_all_reduce(sim, sched, grads, cand.replicas, link)
-        k_step = reduced.makespan
-        k_events += [TraceEvent(sched.rank_of(s), f"all-reduce {s}", start, end, "transfers")
-                     for s, (start, end) in enumerate(zip(reduced.reduce_start, reduced.reduce_end)) if end > start]
+    k_step, k_reduces = _with_reductions(cand, profiler, sim, link)
+    k_events = sim.trace_events() + k_reduces
     if distributed:
         here_sim = simulate(sched, costs, link, nbytes)
-        timeline = _events(here_sim.timeline) + _events(here_sim.transfers, "transfers")
-        body = here_sim.makespan
+        body, reduces = _with_reductions(cand, profiler, here_sim, link)
+        timeline = _events(here_sim.timeline) + _events(here_sim.transfers, "transfers") + reduces
     else:
         timeline = _events(emulated_timeline(cand.emulated_schedule(), costs))
         body = cand.local_microbatches * sum(c.total for c in costs)
     extra = calib.step_overhead + param_extra
-    basis = (f"{cand.num_ranks} devices, one process each (simulator)" if distributed and cand.num_ranks > 1
+    reduce = f", and the all-reduce over {cand.replicas} replicas" if cand.replicas > 1 else ""
+    basis = (f"{cand.num_ranks} devices, one process each (simulator{reduce})" if distributed and cand.num_ranks > 1
              else "this one device, all stages in turn" + (" and every replica's microbatches" if cand.replicas > 1 else ""))
+    grads = stage_gradient_bytes(profiler.spec, cand.ranges, as_dtype(profiler.ctx.dtype))
     return Prediction(body + extra, basis, k_step + extra / cand.ranks_per_replica, sim.bubble_fraction, tuple(costs),
-                      extra, tuple(timeline), tuple(k_events), link, None if nbytes is None else tuple(nbytes), distributed)
+                      extra, tuple(timeline), tuple(k_events), link, None if nbytes is None else tuple(nbytes), distributed,
+                      cand.replicas if distributed else 1, tuple(grads))
+
+
+def _with_reductions(cand: Candidate, profiler: Profiler, sim: SimResult, link: LinkModel) -> tuple[float, list[TraceEvent]]:
+    """One replica's simulated step extended by each stage's ring all-reduce of its gradients over the replicas on
+    ``link`` (none for one replica): (seconds, the all-reduces as events in the lane "transfers")."""
+    if cand.replicas == 1:
+        return sim.makespan, []
+    sched = cand.compute_schedule()
+    grads = stage_gradient_bytes(profiler.spec, cand.ranges, as_dtype(profiler.ctx.dtype))
+    reduced = with_all_reduce(sim, sched, grads, cand.replicas, link)
+    return reduced.makespan, [TraceEvent(sched.rank_of(s), f"all-reduce {s}", start, end, "transfers")
+                              for s, (start, end) in enumerate(zip(reduced.reduce_start, reduced.reduce_end)) if end > start]
 
 
 def explain_error(cand: Candidate, pred: Prediction, measured_costs: Sequence[StageCost], measured_step: float) -> dict:
     """The candidate's prediction error and its largest contributors (``runtime.calibrate.explain``)."""
     sched = cand.compute_schedule() if pred.concurrent else cand.emulated_schedule()
-    model = CostModel(pred.stage_costs, step_overhead=Term(pred.step_overhead, Origin.MEASURED), link=pred.link)
+    model = CostModel(pred.stage_costs, step_overhead=Term(pred.step_overhead, Origin.MEASURED), link=pred.link,
+                      replicas=pred.replicas, gradient_bytes=pred.gradient_bytes)
     ranges = [(s, s + 1) for s in range(len(pred.stage_costs))]
     here = this_run(sched, model, ranges, pred.boundary_bytes, pred.concurrent)
     return explain(here, sched, model, pred.boundary_bytes, pred.concurrent, measured_costs, measured_step)

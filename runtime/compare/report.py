@@ -184,8 +184,9 @@ def _method(r: dict) -> list[str]:
             "In one process every stage runs in turn on the one device, so the compared prediction is the sum over "
             "stages and microbatches; under torchrun it is the simulator's makespan, transfers costing what the link measured "
             "at start-up says. The K-device column is the simulator's. Each pipeline's `prediction_explained` in the JSON "
-            "names the terms that contributed most to its error. A PP x DP candidate runs here as one pipeline of D x m "
-            "microbatches (every replica's in turn); on K devices it is one replica's simulated schedule of m microbatches "
+            "names the terms that contributed most to its error. A PP x DP candidate runs in one process as one pipeline "
+            "of D x m microbatches (every replica's in turn), under torchrun as D replicas over the processes (this "
+            "run's prediction then adds each stage's all-reduce on the measured link); on K devices it is one replica's simulated schedule of m microbatches "
             "plus each stage's ring all-reduce over the D replicas on the link (the default link in one process, which "
             "makes the reductions free), the per-step overhead shared by the devices of one replica.",
             "- Predicted memory: the analytic model (`partition.memory`), with the simulator's in-flight and deferred-W "

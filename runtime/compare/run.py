@@ -5,6 +5,10 @@ permutation seeded by (seed, epoch), as ``runtime.train.trainer`` does, cut into
 A step's time covers gathering its rows, moving them to the device and the pipeline step (optimizer included);
 the per-epoch test accuracy is evaluated outside the timed steps. Samples per second are the minibatch over the
 median step time (the steady state); ``train_seconds`` is the sum of every step's time.
+
+Under torchrun a candidate spanning the processes runs as a dp x pp grid (``runtime.train.process``): each of its D
+replicas takes its disjoint B/D rows of every step, the loss divided by B; the loss and correct count of a step are
+then the grid's on every rank, the measured stage costs the mean over the replicas, the last-step records replica 0's.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ import torch
 from partition.plan import format_ranges
 from partition.spec import MLPSpec
 from partition.timing import StageCost
-from runtime.comm import LocalTransport, all_reduce_sum
+from runtime.comm import LocalTransport
 from runtime.compare.types import Candidate
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.stats import spread_json
 from runtime.train.config import OptimizerKind, TrainConfig, parse_dtype
 from runtime.train.datasets import Dataset
 from runtime.train.layout import resolve_devices
-from runtime.train.measure import RECENT_STEPS, costs_from_records, gather_records
+from runtime.train.data_parallel import GridCollectives
+from runtime.train.measure import RECENT_STEPS, costs_from_records, gather_records, replica_mean
 from runtime.train.trainer import build_pipeline, evaluate, optimizer_factory
 
 
@@ -54,7 +59,8 @@ class RunContext:
 
 
 def build(ctx: RunContext, spec: MLPSpec, cand: Candidate, one_replica: bool = False) -> Pipeline:
-    """The candidate's pipeline: every stage here, or this rank's stages when it spans the torchrun processes.
+    """The candidate's pipeline: every stage here, or this rank's stages when it spans the torchrun processes (a PP x DP
+    candidate: this rank's stages of its replica, in a dp x pp grid whose collectives sum the replicas' gradients).
 
     A searched (auto) schedule is handed over as it is, so only a pipeline built here can run it. Built here, a PP x
     DP candidate's pipeline runs every replica's microbatches in turn (the same arithmetic as the replicas summing
@@ -83,12 +89,17 @@ def step_inputs(pipe: Pipeline, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return xs, ys
 
 
-def share(values: Sequence[float], have: bool, distributed: bool) -> list[float]:
-    """Values known on one process (``have``; zeros elsewhere) made known to all under torchrun, by a sum."""
-    if not distributed:
-        return list(values)
-    mine = [float(v) for v in values] if have else [0.0] * len(values)
-    return all_reduce_sum(torch.tensor(mine, dtype=torch.float64)).tolist()
+def replica_of(pipe: Pipeline) -> tuple[int, int]:
+    """(this process's replica, replicas) of a pipeline built as one replica of a dp x pp grid; (0, 1) otherwise."""
+    if isinstance(pipe.collectives, GridCollectives):
+        return pipe.collectives.grid.dp_rank, pipe.collectives.grid.dp_size
+    return 0, 1
+
+
+def replica_rows(idx: torch.Tensor, replica: int, replicas: int) -> torch.Tensor:
+    """Replica ``replica``'s disjoint slice of a step's row indices (as ``runtime.train.process.Process.replica_rows``)."""
+    share = idx.shape[0] // replicas
+    return idx[replica * share : (replica + 1) * share]
 
 
 def epoch_order(n: int, batch: int, seed: int, epoch: int) -> torch.Tensor:
@@ -107,10 +118,14 @@ def train_candidate(
     target_loss: float | None = None,
     tick: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train ``cand`` for ``epochs`` epochs (or until an epoch's mean loss reaches ``target_loss``); its figures."""
+    """Train ``cand`` for ``epochs`` epochs (or until an epoch's mean loss reaches ``target_loss``); its figures.
+
+    Spanning the torchrun processes, every rank knows each step's loss (the grid's sum, see the module docstring).
+    """
     pipe = build(ctx, spec, cand)
     distributed = ctx.spans_processes(cand)
-    reporter = pipe.last is not None
+    reporter = distributed or pipe.last is not None
+    replica, replicas = replica_of(pipe)
     n, b = data.x_train.shape[0], cand.minibatch
     step_losses: list[float] = []
     step_seconds: list[float] = []
@@ -121,31 +136,31 @@ def train_candidate(
         first_step = len(step_losses)
         correct = 0
         for k in range(len(order) // b):
-            idx = order[k * b : (k + 1) * b]
+            idx = replica_rows(order[k * b : (k + 1) * b], replica, replicas)
             t0 = time.perf_counter()
             xs, ys = step_inputs(pipe, data.x_train[idx], data.y_train[idx])
-            out = pipe.step(xs, ys, b, len(step_seconds))
+            out = pipe.step(xs, ys, idx.shape[0], len(step_seconds), denom=float(b))
             step_seconds.append(time.perf_counter() - t0)
             recent.append(out.records)
             step_losses.append(out.loss if reporter else 0.0)
             correct += out.correct if reporter else 0
             if tick is not None:
                 tick(f"{cand.id} epoch {epoch + 1} loss {step_losses[-1]:.4f}" if reporter else cand.id)
-        losses = share(step_losses[first_step:], reporter, distributed)
         seconds = sum(step_seconds[first_step:])
-        entry = {"epoch": epoch + 1, "train_loss": statistics.fmean(losses),
-                 "train_accuracy": share([correct / len(order)], reporter, distributed)[0],
-                 "test_accuracy": evaluate(pipe, data, distributed), "seconds": seconds,
-                 "samples_per_second": len(order) / seconds, "samples_seen": (epoch + 1) * len(order)}
+        entry = {"epoch": epoch + 1, "train_loss": statistics.fmean(step_losses[first_step:]),
+                 "train_accuracy": correct / len(order), "test_accuracy": evaluate(pipe, data, distributed),
+                 "seconds": seconds, "samples_per_second": len(order) / seconds,
+                 "samples_seen": (epoch + 1) * len(order)}
         history.append(entry)
         if target_loss is not None and entry["train_loss"] <= target_loss:
             break
-    step_losses = share(step_losses, reporter, distributed)
+    mine = recent[-1] if replica == 0 else []  # replica 0's ranks stand for every replica
     last_step = [[r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.action.op.is_comm, r.start, r.end]
-                 for r in gather_records(recent[-1], distributed)]  # the last step's actions on every rank
+                 for r in gather_records(mine, distributed)]  # the last step's actions on every rank of one replica
     costs = costs_from_records([r for rs in recent for r in rs], cand.num_stages)  # medians of the latest steps
-    if distributed:  # every rank timed only its own stages
-        costs = [StageCost(*row) for row in all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in costs])).tolist()]
+    if distributed:  # every rank timed only its own stages, and each stage runs once in every replica
+        table = torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64)
+        costs = [StageCost(*map(float, row)) for row in replica_mean(table, pipe.schedule.num_ranks)]
     total = sum(step_seconds)
     samples = history[-1]["samples_seen"]
     timing = spread_json(step_seconds[1:] or step_seconds)  # the first step allocates gradients and optimizer state

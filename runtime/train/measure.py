@@ -50,7 +50,7 @@ def gather_records(records: Sequence[ActionRecord], distributed: bool) -> list[A
         return list(records)
     ops = list(Op)
     rows = torch.tensor([[r.rank, r.action.stage, ops.index(r.action.op), r.action.microbatch, r.fused, r.start, r.end]
-                         for r in records] or torch.zeros(0, 7), dtype=torch.float64).reshape(-1, 7)
+                         for r in records], dtype=torch.float64).reshape(-1, 7)
     out = []
     for part in gather_rows(rows):
         for rank, stage, op, mb, fused, start, end in part.tolist():
