@@ -68,8 +68,9 @@ def measure_link(pipe: Pipeline, rows: int, concurrent: bool, timeout: float) ->
         rank = grid.dp_rank if grid else t.rank  # pipeline ranks (replicas, for pure DP) 0 and 1 ping
         peers = [d * grid.pp_size + grid.pp_rank for d in range(grid.dp_size)] if grid else list(t.peers)
         link, points = links.dist_link(t.backend, devices[0], 2 * nbytes, rank, timeout, peers=peers)
-        what = f"{t.backend.value} between {'replicas' if pure_dp else 'processes'}" + (", staged through host memory" if t.backend.value == "gloo"
-                                                         and devices[0].type == "cuda" else "")
+        staged = t.backend.value == "gloo" and devices[0].type == "cuda"
+        what = (f"{t.backend.value} between {'replicas' if pure_dp else 'processes'}"
+                + (", staged through host memory" if staged else ""))
         name = t.backend.value
     else:
         pair = next(((a, b) for a, b in zip(devices, devices[1:]) if a != b), (devices[0], devices[0]))

@@ -186,9 +186,10 @@ def _method(r: dict) -> list[str]:
             "at start-up says. The K-device column is the simulator's. Each pipeline's `prediction_explained` in the JSON "
             "names the terms that contributed most to its error. A PP x DP candidate runs in one process as one pipeline "
             "of D x m microbatches (every replica's in turn), under torchrun as D replicas over the processes (this "
-            "run's prediction then adds each stage's all-reduce on the measured link); on K devices it is one replica's simulated schedule of m microbatches "
-            "plus each stage's ring all-reduce over the D replicas on the link (the default link in one process, which "
-            "makes the reductions free), the per-step overhead shared by the devices of one replica.",
+            "run's prediction then adds each stage's all-reduce on the measured link); on K devices it is one "
+            "replica's simulated schedule of m microbatches plus each stage's ring all-reduce over the D replicas on "
+            "the link (the default link in one process, which makes the reductions free), the per-step overhead shared "
+            "by the devices of one replica.",
             "- Predicted memory: the analytic model (`partition.memory`), with the simulator's in-flight and deferred-W "
             "counts per stage; a device holding several stages adds them. It adds the gradients to the peak of the "
             "activations, an upper bound where the gradient buffers appear only at the first backward (measured lower), "

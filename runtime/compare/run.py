@@ -29,9 +29,9 @@ from runtime.compare.types import Candidate
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.stats import spread_json
 from runtime.train.config import OptimizerKind, TrainConfig, parse_dtype
+from runtime.train.data_parallel import GridCollectives
 from runtime.train.datasets import Dataset
 from runtime.train.layout import resolve_devices
-from runtime.train.data_parallel import GridCollectives
 from runtime.train.measure import RECENT_STEPS, costs_from_records, gather_records, replica_mean
 from runtime.train.trainer import build_pipeline, evaluate, optimizer_factory
 
