@@ -6,6 +6,9 @@ its producer ends; between ranks it arrives ``tl[s]`` seconds after it is sent (
 never congest). Without send/recv actions a tensor is sent when its producer ends. With them, the sends and
 receives between two compute actions fire together, as ``batch_isend_irecv`` does: the sends leave when the rank
 reaches the group, then the rank waits for each receive's arrival (a compute action needs its RECV done first).
+With ``rendezvous`` (gloo and NCCL point-to-point), a transfer starts only once the receiver is ready for it as well
+(its receive posted: the rank has reached the action that needs it), so a message sent while the receiver is busy
+arrives ``tl`` after the receiver gets to it, not after the send.
 Activations of (stage, microbatch) are held from its F until its BW, or until its W when B and W are split.
 Linear time: a rank advances until an input is missing and is woken by that input's arrival only.
 """
@@ -57,20 +60,24 @@ def replay(
     cw: Sequence[float],
     tl: Sequence[float],
     record: bool = True,
+    rendezvous: bool = False,
 ) -> Replay:
     """Replay the encoded lists with per-stage costs ``cf``, ``cb``, ``cw`` and boundary transfer times ``tl``.
 
-    ``actions`` are the schedule's lists (the timeline holds those objects); ``record=False`` skips the timeline.
+    ``actions`` are the schedule's lists (the timeline holds those objects); ``record=False`` skips the timeline;
+    ``rendezvous``: a transfer starts when both sender and receiver are there (see the module docstring).
     """
-    return _Replayer(enc, actions, cf, cb, cw, tl, record).run()
+    return _Replayer(enc, actions, cf, cb, cw, tl, record, rendezvous).run()
 
 
 class _Replayer:
     """The state of one replay; ``run`` advances each rank until an input is missing (see the module docstring)."""
 
     def __init__(self, enc: Encoded, actions: Mapping[int, Sequence[Action]], cf: Sequence[float],
-                 cb: Sequence[float], cw: Sequence[float], tl: Sequence[float], record: bool) -> None:
+                 cb: Sequence[float], cw: Sequence[float], tl: Sequence[float], record: bool,
+                 rendezvous: bool = False) -> None:
         self.enc, self.actions, self.cf, self.cb, self.cw, self.tl, self.record = enc, actions, cf, cb, cw, tl, record
+        self.rendezvous = rendezvous
         S, M = enc.num_stages, enc.num_microbatches
         self.S, self.M, self.SM, self.cross, self.has_comms = S, M, S * M, enc.cross, enc.has_comms
         SM, p = S * M, len(enc.codes)
@@ -122,6 +129,8 @@ class _Replayer:
             if ready is None:
                 break
             avail, dep, cost = ready
+            if self.rendezvous and not self.has_comms:
+                avail, dep = self._rendezvous(op, idx, s, t, cp, avail, dep)
             if avail > t:
                 t, cp = avail, dep
             start, t = t, t + cost
@@ -145,7 +154,7 @@ class _Replayer:
             self.arr_f[at], self.src_f[at] = arrival, who
         else:
             self.arr_b[at], self.src_b[at] = arrival, who
-        if fly > 0 and self.record:
+        if fly > 0 and self.record and not self.rendezvous:
             self.transfers.append(TimedAction(r, self.actions[r][i], post, arrival))
         self._wake(key)
         return True
@@ -156,13 +165,37 @@ class _Replayer:
         if arrival < 0:
             self.waiting[idx if op == RECV_F else self.SM + idx] = r
             return None
+        source = self.src_f[idx] if op == RECV_F else self.src_b[idx]
+        if self.rendezvous:
+            arrival, source = self._rendezvous(F if op == RECV_F else BW, idx, idx // self.M, t, cp, arrival, source)
         if op == RECV_F:
             self.in_f[idx] = arrival
         else:
             self.in_b[idx] = arrival
         if arrival > t:
-            return arrival, (self.src_f[idx] if op == RECV_F else self.src_b[idx])
+            return arrival, source
         return t, cp
+
+    def _rendezvous(self, op: int, idx: int, s: int, t: float, cp: int, avail: float, dep: int) -> tuple[float, int]:
+        """The input of a compute action ``op`` on (stage s, microbatch) when its transfer can start only once this
+        rank (free at ``t``) is ready for it: ``avail`` unless the rank came later than the send; records the flight."""
+        M = self.M
+        if op == F:
+            if s == 0 or not self.enc.cross[s - 1]:
+                return avail, dep
+            fly, sender, send = self.tl[s - 1], s - 1, Op.SEND_F
+        elif op != W and s < self.S - 1 and self.enc.cross[s]:
+            fly, sender, send = self.tl[s], s + 1, Op.SEND_B
+        else:
+            return avail, dep
+        if fly <= 0:
+            return avail, dep
+        arrived = self.arr_f[idx] if send is Op.SEND_F else self.arr_b[idx]  # send + fly: the transfer alone
+        start = max(arrived - fly, t)
+        if self.record:
+            self.transfers.append(TimedAction(self.enc.placement[sender], Action(sender, send, idx % M), start,
+                                              start + fly))
+        return (start + fly, cp) if start + fly > avail else (avail, dep)
 
     def _inputs(self, r: int, op: int, idx: int, s: int) -> tuple[float, int, float] | None:
         """When a compute action's inputs are there, which action delivered the last, and its cost; None if missing."""
@@ -236,7 +269,7 @@ class _Replayer:
                   t: float, fly: float, code: int, key: int) -> None:
         """Without send/recv actions, an output leaves as soon as it is made and arrives ``fly`` later."""
         arrivals[at], sources[at] = t + fly, code
-        if self.record and fly > 0:
+        if self.record and fly > 0 and not self.rendezvous:  # a rendezvous is recorded where it is received
             self.transfers.append(TimedAction(r, Action(s, op, idx - s * self.M), t, t + fly))
         self._wake(key)
 

@@ -71,7 +71,7 @@ def simulate(
     """
     enc = encode(schedule)
     cf, cb, cw, tl = _stage_arrays(enc.num_stages, enc.cross, costs, link, activation_bytes)
-    run = replay(enc, schedule.actions, cf, cb, cw, tl)
+    run = replay(enc, schedule.actions, cf, cb, cw, tl, rendezvous=link.rendezvous)
     if not run.finished(enc):
         validate(schedule)  # raises with the reason and the table
         raise ScheduleError("the schedule stops before its end under simulation", schedule)

@@ -113,4 +113,4 @@ def measure_link(world: WorldInfo, backend: Backend, device: torch.device, nbyte
     t_small, t_big = (float(v) for v in all_reduce_sum(found))
     extra = max(nbytes, 8) - 4
     bandwidth = extra / (t_big - t_small) if t_big > t_small else float("inf")
-    return LinkModel(latency=max(t_small, 0.0), bandwidth=bandwidth)
+    return LinkModel(latency=max(t_small, 0.0), bandwidth=bandwidth, rendezvous=True)  # a transfer waits for its receive

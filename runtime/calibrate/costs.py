@@ -111,7 +111,7 @@ class CostModel:
             "step_overhead": self.step_overhead.to_json(), "optimizer": self.optimizer.to_json(),
             "loss_all_reduce": self.loss_all_reduce.to_json(),
             "link": {"latency": self.link.latency, "bandwidth": None if bw == float("inf") else bw,
-                     "origin": self.link_origin.value, "note": self.link_note},
+                     "rendezvous": self.link.rendezvous, "origin": self.link_origin.value, "note": self.link_note},
             "gradient_all_reduce": self._reduce_json(),
         }
 

@@ -3,7 +3,8 @@
 Ping-pongs of a few sizes (4 bytes up to twice the largest activation) give one-way times (the lower quartile of
 each size's round trips, halved: a round trip during which another process held either end's core measures that
 process, not the link); ``LinkModel.fit`` draws latency + bytes / bandwidth through them. Between processes the
-messages go through ``DistTransport`` (gloo stages device tensors through host memory; NCCL moves device memory);
+messages go through ``DistTransport`` (gloo stages device tensors through host memory; NCCL moves device memory),
+and the link is a rendezvous: a transfer starts once its receive is posted (``LinkModel.rendezvous``);
 within one process they are the device copies ``LocalTransport`` makes, which cost nothing when every stage is on
 one device.
 Each measurement is cached in ``~/.cache/pipegraph/links.json`` (``PIPEGRAPH_CACHE`` overrides the folder) under
@@ -16,6 +17,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,7 +71,8 @@ def dist_link(backend: Backend, device: torch.device, max_bytes: float, rank: in
         found[-1] = 1.0 if rank == 0 else 0.0
     found = all_reduce_sum(found)
     points = [(s, float(t) / max(float(found[-1]), 1.0)) for s, t in zip(sizes, found[:-1])]
-    return LinkModel.fit([p[0] for p in points], [p[1] for p in points]), points
+    fitted = LinkModel.fit([p[0] for p in points], [p[1] for p in points])
+    return replace(fitted, rendezvous=True), points  # point-to-point starts a transfer once its receive is posted
 
 
 def local_link(src: torch.device, dst: torch.device, max_bytes: float,
@@ -119,7 +122,7 @@ def store(cond: dict, link: LinkModel, points: list[tuple[int, float]]) -> None:
     """Keep ``link`` as the measurement for ``cond`` (replacing an older one); a cache that cannot be written is
     skipped silently: the run has its measurement either way."""
     bw = None if link.bandwidth == float("inf") else link.bandwidth
-    entry = {"conditions": cond, "latency": link.latency, "bandwidth": bw, "points": points,
+    entry = {"conditions": cond, "latency": link.latency, "bandwidth": bw, "rendezvous": link.rendezvous, "points": points,
              "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     kept = [e for e in read_cache() if e.get("conditions") != cond] + [entry]
     try:
@@ -141,4 +144,5 @@ def cached_link(transport: str | None = None) -> tuple[LinkModel, dict]:
                          f"--latency/--bandwidth or a preset); cache: {cache_path()}")
     entry = max(found, key=lambda e: e.get("measured_at", ""))
     bw = entry.get("bandwidth")
-    return LinkModel(float(entry["latency"]), float("inf") if bw is None else float(bw)), entry
+    return LinkModel(float(entry["latency"]), float("inf") if bw is None else float(bw),
+                     bool(entry.get("rendezvous", False))), entry

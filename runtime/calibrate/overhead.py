@@ -23,7 +23,7 @@ from runtime.comm import all_reduce_sum, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
 from runtime.train.measure import costs_from_records, replica_mean
-from runtime.train.profile import profile_layers
+from runtime.train.profile import COLD_CACHE_BYTES, profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
 
@@ -85,14 +85,20 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
 def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerFactory, l2: float,
                       repeats: int = 20) -> float:
     """Median seconds of one optimizer step (and the l2 term with its gradient when ``l2`` > 0) over copies of
-    ``params`` whose gradients are ones."""
+    ``params`` whose gradients are ones; on the CPU with the caches overwritten before each (as the profile times
+    layers: in a step, the backward has filled them with other tensors since the parameters' last use)."""
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     for p in copies:
         p.grad = torch.ones_like(p)
     opt = make_optimizer(copies)
     weights = [p for p in copies if p.dim() == 2]
+    on_cpu = bool(copies) and copies[0].device.type == "cpu"
+    nbytes = min(COLD_CACHE_BYTES, 4 * sum(p.numel() * p.element_size() for p in copies))  # params, grads, state
+    flush = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32) if on_cpu else None
     times = []
     for i in range(repeats + 3):
+        if flush is not None:
+            flush.add_(1)
         t0 = time.perf_counter()
         if l2 and weights:
             l2_term(l2, weights).backward()

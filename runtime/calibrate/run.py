@@ -71,7 +71,8 @@ class RunPrediction:
                 "predicted_bubble_fraction_k_devices": self.k_devices.bubble_fraction,
                 "predicted_terms": self.here.terms, "predicted_peak_memory_per_rank": list(self.peak_memory),
                 "link_k_devices": {"name": self.link_name, "origin": self.link_origin.value,
-                                   "latency": self.k_link.latency, "bandwidth": None if math.isinf(bw) else bw},
+                                   "latency": self.k_link.latency, "bandwidth": None if math.isinf(bw) else bw,
+                                   "rendezvous": self.k_link.rendezvous},
                 "cost_model": self.model.to_json()}
 
 

@@ -36,7 +36,7 @@ def test_an_emulated_run_predicts_from_its_calibration_and_draws_both_timelines(
     model = res["cost_model"]
     assert [model[k]["origin"] for k in ("layers", "action_overhead", "step_overhead", "optimizer", "loss_all_reduce")] \
         == ["profiled", "measured", "measured", "measured", "default"]
-    assert model["link"] == {"latency": 0.0, "bandwidth": None, "origin": "measured",
+    assert model["link"] == {"latency": 0.0, "bandwidth": None, "rendezvous": False, "origin": "measured",
                              "note": "in-process, one device (cpu): no copies"}
     assert len(res["predicted_peak_memory_per_rank"]) == 3 and all(b > 0 for b in res["predicted_peak_memory_per_rank"])
     # the prediction is a function of the calibration alone (made before the timed steps): recomputed from the JSON
