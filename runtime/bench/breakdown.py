@@ -14,7 +14,8 @@ into terms that add up to it:
 * ``outside``: the step beyond its actions: zero-grad, optimizer, the loss all-reduce, the loop.
 
 The shape limit is the physical limit with ``shape`` added: what a perfect pipeline of these GEMM shapes would
-reach; ``of shape limit`` divides it into the contender's own speed.
+reach (the ranks' work at those shapes, spread evenly, nothing else); ``of shape limit`` divides it into the
+contender's own speed.
 """
 
 from __future__ import annotations
@@ -132,10 +133,10 @@ def attribute(pipe: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, ba
 
 
 def shape_limit(result: dict, limit_samples_per_second: float) -> float:
-    """Samples/s of a perfect pipeline whose GEMMs run at the shapes measured: the physical limit slowed by the
-    slowest rank's ``shape`` term relative to its ``ideal``."""
-    worst = max(r["shape"] / r["ideal"] for r in result["ranks"] if r["ideal"] > 0)
-    return limit_samples_per_second / (1.0 + worst)
+    """Samples/s of a perfect pipeline whose GEMMs run at the shapes measured: the same work spread evenly over
+    the ranks with nothing but compute, i.e. the physical limit times sum(ideal) / sum(ideal + shape)."""
+    ideal = sum(r["ideal"] for r in result["ranks"])
+    return limit_samples_per_second * ideal / (ideal + sum(r["shape"] for r in result["ranks"]))
 
 
 def breakdown_table(result: dict) -> str:
