@@ -61,7 +61,8 @@ def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
         said = [line for line in proc.stderr.splitlines() if line.strip() and not set(line.strip()) <= set("=-")]
-        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(said[-3:])}")
+        ours = [line for line in said if ": failed: " in line or ": error: " in line]  # a rank's one line, not torchrun's
+        raise RuntimeError(f"exit {proc.returncode}: {' | '.join((ours or said)[-3:])}")
     if case.script == "train.py":
         r = json.loads(out.read_text())
         top = r["prediction_explained"]["contributors"][:1]

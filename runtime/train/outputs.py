@@ -12,20 +12,19 @@ FILE_FLAGS = ("json", "trace", "gantt")  # TrainConfig fields naming a file the 
 
 
 def check_file(path: str | Path, flag: str) -> None:
-    """Make ``path``'s folder and prove the file can be written there (a probe file is removed again); ValueError
-    naming ``--flag`` otherwise."""
+    """Make ``path``'s folder and prove a file can be created there, as the run's atomic write (a temporary file
+    renamed over ``path``) will; ValueError naming ``--flag`` otherwise. The probe has a name of its own, never
+    ``path``: under torchrun every rank checks the same path at once, and one rank's probe must not be another's."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{flag}: {path} is a folder; give a file name")
-    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise ValueError(f"{flag}: cannot write {path}: {err.strerror or err}") from None
-    if not existed:
-        path.unlink()
 
 
 def check_folder(path: str | Path, flag: str) -> None:

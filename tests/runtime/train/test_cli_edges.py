@@ -7,6 +7,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,27 @@ def test_output_paths_are_checked_before_the_first_step(tmp_path):
             check_outputs(TrainConfig(checkpoint_dir=str(tmp_path / "locked" / "ck")))
     with pytest.raises(ValueError, match="--checkpoint-dir: cannot write"):
         check_outputs(TrainConfig(checkpoint_dir="/proc/pipegraph-ck"))
+
+
+def test_output_checks_of_several_ranks_at_once_never_trip_over_each_other(tmp_path):
+    """Under torchrun every rank checks the same --json path at the same moment (a shared probe file once made one
+    rank's check delete the other's: FileNotFoundError, then a 60 s wait in the process group's start)."""
+    target = tmp_path / "out" / "result.json"
+    errors = []
+
+    def check() -> None:
+        try:
+            for _ in range(200):
+                check_outputs(TrainConfig(json=str(target), trace=str(target.with_suffix(".trace.json"))))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=check) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert errors == [] and not target.exists() and list((tmp_path / "out").iterdir()) == []
 
 
 def test_an_oversize_run_is_refused_before_allocating():
