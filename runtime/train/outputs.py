@@ -28,21 +28,21 @@ def check_file(path: str | Path, flag: str) -> None:
 
 
 def check_folder(path: str | Path, flag: str) -> None:
-    """Prove a file can be created in the folder ``path`` (folders made for the proof are removed again: the run
-    makes its own); ValueError naming ``--flag`` otherwise."""
+    """Prove files can be created in the folder ``path`` without making it (the run makes its own): a probe folder
+    of a name of its own, with a file in it, is made and removed in the deepest folder that exists; ValueError
+    naming ``--flag`` otherwise. Nothing is ever made at ``path`` itself: under torchrun every rank checks the same
+    folder at once, and one rank removing a folder it had made for the proof once took it from under another's
+    probe (that rank then quit as if the input were bad, and its peers waited for it in the process group)."""
     path = Path(path)
-    made = [p for p in (path, *path.parents) if not p.exists()]
+    base = next(p for p in (path, *path.parents) if p.exists())
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".pipegraph-probe-", dir=path)
+        probe = tempfile.mkdtemp(prefix=".pipegraph-probe-", dir=base)
+        fd, inner = tempfile.mkstemp(dir=probe)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(inner)
+        os.rmdir(probe)
     except OSError as err:
         raise ValueError(f"{flag}: cannot write into {path}: {err.strerror or err}") from None
-    finally:
-        for folder in made:  # deepest first
-            if folder.is_dir():
-                folder.rmdir()
 
 
 def check_outputs(cfg: TrainConfig) -> None:

@@ -103,15 +103,17 @@ def test_output_paths_are_checked_before_the_first_step(tmp_path):
 
 
 def test_output_checks_of_several_ranks_at_once_never_trip_over_each_other(tmp_path):
-    """Under torchrun every rank checks the same --json path at the same moment (a shared probe file once made one
-    rank's check delete the other's: FileNotFoundError, then a 60 s wait in the process group's start)."""
+    """Under torchrun every rank checks the same --json path and --checkpoint-dir at the same moment (a shared probe
+    file, or a folder made for the proof and removed again, once let one rank's check undo another's: that rank
+    quit, and its peer waited in the process group's start until it timed out)."""
     target = tmp_path / "out" / "result.json"
     errors = []
 
     def check() -> None:
         try:
             for _ in range(200):
-                check_outputs(TrainConfig(json=str(target), trace=str(target.with_suffix(".trace.json"))))
+                check_outputs(TrainConfig(json=str(target), trace=str(target.with_suffix(".trace.json")),
+                                          checkpoint_dir=str(tmp_path / "ck" / "pt")))
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -121,6 +123,7 @@ def test_output_checks_of_several_ranks_at_once_never_trip_over_each_other(tmp_p
     for w in workers:
         w.join(timeout=60)
     assert errors == [] and not target.exists() and list((tmp_path / "out").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the checkpoint folder is left for the run to make
 
 
 def test_an_oversize_run_is_refused_before_allocating():
