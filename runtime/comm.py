@@ -47,8 +47,8 @@ class DistTransport:
     Tensor shapes come from the partition plan, so receives need no shape handshake. Under gloo a send yields the
     CPU once posted: the transfer runs on gloo's own thread, and on a rank whose one core goes straight on to a
     long GEMM it otherwise waited for that GEMM to end (an interleaved step on 2 CPU processes: 223-239 ms
-    without, 211-224 ms with; the message sent after a rank's first forward reached the next rank 2 ms late). A message's peer is a
-    pipeline rank; ``peers`` maps it to the global rank (one pipeline replica of a data-parallel grid), and
+    without, 211-224 ms with; the message sent after a rank's first forward reached the next rank 2 ms late).
+    A message's peer is a pipeline rank; ``peers`` maps it to the global rank (one pipeline replica of a data-parallel grid), and
     ``name_failure`` (the watchdog) turns a failed wait into an error that names the rank that is gone.
     """
 
