@@ -73,5 +73,15 @@ def write_json(path: str | Path | None, data: object) -> None:
 def error_line(text: str) -> None:
     """``text`` and its newline to stderr in one write, so that lines of several processes sharing one stderr
     (torchrun's ranks) never run into each other (``print`` writes the text and the newline separately)."""
-    sys.stderr.flush()
-    os.write(2, (text.rstrip("\n") + "\n").encode())
+    _one_write(sys.stderr, 2, text)
+
+
+def output_line(text: str) -> None:
+    """``text`` (one line or several) and its newline to stdout in one write, as :func:`error_line` does for stderr:
+    under torchrun every rank's stdout is one pipe, and printed lines of two ranks ran into each other there."""
+    _one_write(sys.stdout, 1, text)
+
+
+def _one_write(stream: IO[str], fd: int, text: str) -> None:
+    stream.flush()  # whatever the stream still buffers goes first, in order
+    os.write(fd, (text.rstrip("\n") + "\n").encode())

@@ -29,6 +29,7 @@ from partition.spec import MLPSpec, parse_widths
 from partition.units import parse_bytes
 from runtime.calibrate.run import LINK_HELP, format_predictions
 from runtime.engine.stage import Engine
+from runtime.output import output_line
 from runtime.threads import HELP as THREADS_HELP
 from runtime.threads import parse_threads
 from runtime.train.config import DTYPES, OptimizerKind, TrainConfig
@@ -118,19 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.train.trainer import train
 
     cfg = config_from_args(parse_args(argv))
-    results = train(cfg, log=print)
+    results = train(cfg, log=output_line)  # one write a line: torchrun's ranks share one stdout
     if results.get("reporter", True) and results["epochs"]:
-        print(results["schedule_table"])
-        print("the schedule in time (unit costs F = B = W = 1):")
-        print(results["timeline_chart"])
-        print(f"plan (layers per stage): {format_ranges(results['plan'])}  devices: {results['devices']}  "
-              f"mode: {results['mode']}")
-        print(format_predictions(results))
+        output_line("\n".join([results["schedule_table"], "the schedule in time (unit costs F = B = W = 1):",
+                                results["timeline_chart"],
+                                f"plan (layers per stage): {format_ranges(results['plan'])}  devices: "
+                                f"{results['devices']}  mode: {results['mode']}", format_predictions(results)]))
     if results["epochs"]:  # every rank: the loss and accuracy are the whole grid's, the same on each
         last = results["epochs"][-1]
         who = f"[rank {results['rank']}] " if results["mode"] == "torchrun" else ""
-        print(f"{who}epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy "
-              f"{last['test_accuracy']:.2%}, {results['samples_per_second']:.0f} samples/s")
+        output_line(f"{who}epoch {last['epoch']}: train loss {last['train_loss']:.4f}, test accuracy "
+                    f"{last['test_accuracy']:.2%}, {results['samples_per_second']:.0f} samples/s")
     return 0
 
 

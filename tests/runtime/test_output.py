@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from runtime.output import atomic_write, error_line, json_text, markdown_table, text_table, write_json
+from runtime.output import atomic_write, error_line, json_text, markdown_table, output_line, text_table, write_json
 
 
 def test_text_table_by_hand():
@@ -50,3 +50,12 @@ def test_error_line_is_one_write_so_ranks_lines_never_interleave(monkeypatch):
     error_line("second\n")
     assert calls == [(2, b"train.py [rank 2]: failed: lost rank 3\n"), (2, b"second\n")]
 
+
+
+def test_output_line_is_one_write_too(monkeypatch):
+    """Under torchrun the ranks share one stdout: a printed table's last line once ran into the other rank's line."""
+    calls = []
+    monkeypatch.setattr("runtime.output.os.write", lambda fd, data: calls.append((fd, data)) or len(data))
+    output_line("step | rank 0\n   3 | 0BW1")
+    output_line("[rank 1] epoch 1: train loss 1.3865")
+    assert calls == [(1, b"step | rank 0\n   3 | 0BW1\n"), (1, b"[rank 1] epoch 1: train loss 1.3865\n")]
