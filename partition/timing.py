@@ -92,7 +92,8 @@ class LinkPreset(Enum):
     """Named links for predictions on devices one does not have: nominal figures, not measurements.
 
     nvlink: GPU to GPU within one node (3 us, 300 GB/s); pcie: GPU to GPU through PCIe 4.0 x16 (10 us, 25 GB/s);
-    ethernet: between nodes on 10 GbE (50 us, 1.25 GB/s).
+    ethernet: between nodes on 10 GbE (50 us, 1.25 GB/s). They are free-flying links (transfers overlap the
+    receiver's compute), the best case for a device one has not measured; a measured link says how it behaves.
     """
 
     NVLINK = "nvlink"

@@ -68,7 +68,7 @@ class DistTransport:
         tensor = tensor.contiguous()
         work = self._post(lambda: dist.isend(tensor, self.peers[msg.peer], tag=msg.tag), msg, "sending")
         if self.backend is Backend.GLOO:  # let gloo's thread start the transfer before this rank computes on
-            os.sched_yield()
+            getattr(os, "sched_yield", lambda: None)()  # POSIX only
         # forget sends that have completed, so a rank holds only the tensors still in flight
         self._sends = [s for s in self._sends if not s[0].is_completed()]
         self._sends.append((work, tensor, msg))

@@ -83,5 +83,8 @@ def output_line(text: str) -> None:
 
 
 def _one_write(stream: IO[str], fd: int, text: str) -> None:
+    """One write() where the OS takes it whole (a pipe does up to 4096 bytes atomically); the rest, if any, after."""
     stream.flush()  # whatever the stream still buffers goes first, in order
-    os.write(fd, (text.rstrip("\n") + "\n").encode())
+    data = (text.rstrip("\n") + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]

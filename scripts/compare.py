@@ -11,7 +11,7 @@
     python scripts/compare.py --schedules 1f1b,zb-h1,auto --recompute none,fit,all --memory-cap 900KiB   # memory vs time
     python scripts/compare.py --from-json out/compare/compare.json --out out/again   # re-plot, no training
     python scripts/compare.py --pareto-table out/cap1/compare.json out/cap2/compare.json   # one table over caps
-    torchrun --standalone --nproc-per-node=4 scripts/compare.py --devices 4 --device cuda   # pipelines on 4 real GPUs
+    torchrun --standalone --nproc-per-node=4 scripts/compare.py --devices 4 --device cuda   # pipelines, PP x DP on 4 GPUs
 
 Candidates: pipelines over the K devices (each schedule and microbatch count), PP x DP layouts (D replicas of a
 K/D-stage pipeline for each D dividing K, ids ending -dpD; in one process emulated as one pipeline of D x m

@@ -8,7 +8,8 @@ receives between two compute actions fire together, as ``batch_isend_irecv`` doe
 reaches the group, then the rank waits for each receive's arrival (a compute action needs its RECV done first).
 With ``rendezvous`` (gloo and NCCL point-to-point), a transfer starts only once the receiver is ready for it as well
 (its receive posted: the rank has reached the action that needs it), so a message sent while the receiver is busy
-arrives ``tl`` after the receiver gets to it, not after the send.
+arrives ``tl`` after the receiver gets to it, not after the send; the receives of one group are then posted one
+after another (each waits for the one before, as the runtime's blocking receives do), not together.
 Activations of (stage, microbatch) are held from its F until its BW, or until its W when B and W are split.
 Linear time: a rank advances until an input is missing and is woken by that input's arrival only.
 """

@@ -144,5 +144,6 @@ def cached_link(transport: str | None = None) -> tuple[LinkModel, dict]:
                          f"--latency/--bandwidth or a preset); cache: {cache_path()}")
     entry = max(found, key=lambda e: e.get("measured_at", ""))
     bw = entry.get("bandwidth")
+    between = entry.get("conditions", {}).get("transport") in ("gloo", "nccl")  # entries from before the flag: by kind
     return LinkModel(float(entry["latency"]), float("inf") if bw is None else float(bw),
-                     bool(entry.get("rendezvous", False))), entry
+                     bool(entry.get("rendezvous", between))), entry

@@ -18,7 +18,8 @@ from runtime.engine.pipeline import OptimizerFactory, Pipeline
 
 LINK_HELP = ("link for the prediction on K devices: measured (this run's own link; free between stages on one device), "
              "cached (the last link measured between processes on this machine), nvlink, pcie, ethernet, "
-             "or LATENCY,BANDWIDTH in seconds and bytes/s like 5e-6,25e9")
+             "or LATENCY,BANDWIDTH in seconds and bytes/s like 5e-6,25e9 (presets and given links overlap transfers "
+             "with compute; a measured one starts each transfer when its receive is posted, as gloo does)")
 
 
 def state_kind(optimizer: str, momentum: float) -> Optimizer:
