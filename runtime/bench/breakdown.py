@@ -24,10 +24,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from partition.schedule.actions import Op
+from runtime.bench.timing import median_seconds
 from runtime.comm import WorldInfo, all_reduce_sum, barrier
 from runtime.engine.executor import ActionRecord
 from runtime.engine.pipeline import Pipeline
@@ -61,7 +63,7 @@ def rank_work(records: Sequence[ActionRecord], ranges: Sequence[tuple[int, int]]
     for rec in records:
         a, b = ranges[rec.action.stage]
         layers = b - a
-        if rec.action.op in (Op.F,):
+        if rec.action.op is Op.F:
             add("F", layers, rows)
         if rec.action.op in (Op.B, Op.BW):
             add("B", layers - (1 if a == 0 else 0), rows)
@@ -80,20 +82,18 @@ def gemm_rates(width: int, layers: int, row_counts: Sequence[int], batch: int, d
     out = {}
     for rows in sorted(set(row_counts)):
         a, g = (torch.randn(rows, width, dtype=dtype, device=device) for _ in range(2))
+        calls = max(batch // rows, 1)
         for kind, fn in kinds.items():
-            times = []
-            for i in range(PROBES + 1):
-                barrier()
-                start = time.perf_counter()
-                for _ in range(max(batch // rows, 1)):
-                    for w in weights:
-                        fn(a, g, w)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i:
-                    times.append(time.perf_counter() - start)
-            out[(kind, rows)] = max(batch // rows, 1) * layers * 2.0 * rows * width * width / statistics.median(times)
+            seconds = median_seconds(partial(_gemms, fn, a, g, weights, calls), device, 1, PROBES, before=barrier)
+            out[(kind, rows)] = calls * layers * 2.0 * rows * width * width / seconds
     return out
+
+
+def _gemms(fn: Callable, a: torch.Tensor, g: torch.Tensor, weights: Sequence[torch.Tensor], calls: int) -> None:
+    """``fn`` on every weight, ``calls`` times over: one probe's worth of GEMMs."""
+    for _ in range(calls):
+        for w in weights:
+            fn(a, g, w)
 
 
 def attribute(pipe: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, batch: int, width: int,

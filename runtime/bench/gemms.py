@@ -11,8 +11,6 @@ For a Linear(n, n) and a batch of R rows cut into m microbatches of r = R / m ro
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +18,7 @@ import torch
 
 from runtime.bench.flops import TERA, device_peak
 from runtime.bench.report import dtype_name, machine
-from runtime.bench.timing import synchronize
+from runtime.bench.timing import median_seconds
 from runtime.output import text_table
 
 
@@ -35,19 +33,6 @@ class GemmBenchConfig:
     device: str = "cpu"
     warmup: int = 2
     repeats: int = 10
-
-
-def _seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def _cases(n: int, big: int, m: int, dtype: torch.dtype, device: torch.device) -> dict[str, tuple[Callable, int]]:
@@ -90,7 +75,7 @@ def run_gemm_bench(cfg: GemmBenchConfig, log: Callable[[str], None] = print) -> 
             f"{cfg.batch // cfg.microbatches} rows, {dtype_name(dtype)} ...")
         peak = device_peak(device, dtype)
         for name, (fn, flops) in _cases(cfg.width, cfg.batch, cfg.microbatches, dtype, device).items():
-            sec = _seconds(fn, device, cfg.warmup, cfg.repeats)
+            sec = median_seconds(fn, device, cfg.warmup, cfg.repeats)
             rate = flops / sec if flops else None
             results.append({"dtype": dtype_name(dtype), "case": name, "seconds": sec, "flops": flops,
                             "flops_per_second": rate, "mfu": rate / peak.flops if rate and peak else None})

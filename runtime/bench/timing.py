@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,24 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued work on ``device`` (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+                   before: Callable[[], None] = _nothing) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones, the device synchronized around
+    each; ``before`` runs ahead of every call, outside the timer (a barrier, so that every rank times at once)."""
+    for _ in range(warmup):
+        before()
+        fn()
+    samples = []
+    for _ in range(repeats):
+        before()
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 def release_memory(device: torch.device) -> None:

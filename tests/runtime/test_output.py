@@ -43,19 +43,24 @@ def test_write_json_is_atomic_and_follows_the_umask(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # and no temporary file is left
 
 
-def test_error_line_is_one_write_so_ranks_lines_never_interleave(monkeypatch):
+@pytest.mark.parametrize("say,fd,lines,written", [
+    (error_line, 2, ("train.py [rank 2]: failed: lost rank 3", "second\n"),
+     [b"train.py [rank 2]: failed: lost rank 3\n", b"second\n"]),
+    (output_line, 1, ("step | rank 0\n   3 | 0BW1", "[rank 1] epoch 1: train loss 1.3865"),
+     [b"step | rank 0\n   3 | 0BW1\n", b"[rank 1] epoch 1: train loss 1.3865\n"]),
+])
+def test_each_line_is_one_write_so_ranks_lines_never_interleave(monkeypatch, say, fd, lines, written):
+    """Under torchrun the ranks share one stderr and one stdout: a line written as text, then newline, once ran into
+    the other rank's line ('...1BW1[rank 1] epoch 1')."""
     calls = []
     monkeypatch.setattr("runtime.output.os.write", lambda fd, data: calls.append((fd, data)) or len(data))
-    error_line("train.py [rank 2]: failed: lost rank 3")
-    error_line("second\n")
-    assert calls == [(2, b"train.py [rank 2]: failed: lost rank 3\n"), (2, b"second\n")]
+    for line in lines:
+        say(line)
+    assert calls == [(fd, data) for data in written]
 
 
-
-def test_output_line_is_one_write_too(monkeypatch):
-    """Under torchrun the ranks share one stdout: a printed table's last line once ran into the other rank's line."""
+def test_a_partly_taken_write_is_finished(monkeypatch):
     calls = []
-    monkeypatch.setattr("runtime.output.os.write", lambda fd, data: calls.append((fd, data)) or len(data))
-    output_line("step | rank 0\n   3 | 0BW1")
-    output_line("[rank 1] epoch 1: train loss 1.3865")
-    assert calls == [(1, b"step | rank 0\n   3 | 0BW1\n"), (1, b"[rank 1] epoch 1: train loss 1.3865\n")]
+    monkeypatch.setattr("runtime.output.os.write", lambda fd, data: calls.append(data) or min(len(data), 4))
+    output_line("0123456789")
+    assert calls == [b"0123456789\n", b"456789\n", b"89\n"]
