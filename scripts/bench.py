@@ -33,7 +33,7 @@ from _cli import run_main
 from runtime.threads import HELP as THREADS_HELP
 
 QUICK = MappingProxyType({"width": 16, "widths": "16", "layers": 4, "batch": 32, "warmup": 1, "repeats": 3})
-HEADLINES = MappingProxyType({"pipeline": "ours:1f1b+defer-w+direct", "dist": "ours:zb-h1+defer-w+direct"})
+HEADLINES = MappingProxyType({"pipeline": "ours:1f1b+defer-w+direct", "dist": "ours:zb-h1+defer-w+direct+onednn"})
 
 
 def _add_model_flags(q: argparse.ArgumentParser, name: str) -> None:

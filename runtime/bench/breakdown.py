@@ -1,9 +1,9 @@
 """Where a pipelined step's time goes, rank by rank: ideal compute, microbatch shape, in-action extra, waits, host.
 
 After the timed rotation, the headline contender runs a few more steps (each after a barrier) keeping its action
-records, and every rank then times the bare GEMMs of its own layers (F: x W^T + b, B: g W, W: g^T x) at the
-microbatch's rows and at the whole batch's, all ranks at once, as in the step. Each rank's mean step is split
-into terms that add up to it:
+records, and every rank then times the bare GEMMs of its own layers (F: x W^T + b, B: g W, W: g^T x, on the
+step's kernels, ``runtime.ops.gemm``) at the microbatch's rows and at the whole batch's, all ranks at once, as in
+the step. Each rank's mean step is split into terms that add up to it:
 
 * ``ideal``: the FLOPs of the rank's F, B and W GEMMs at the whole-batch rates: what the physical limit assumes;
 * ``shape``: the same GEMMs at the rows they ran with (a microbatch's for F and B; for W the rows it fused)
@@ -33,6 +33,8 @@ from runtime.bench.timing import median_seconds
 from runtime.comm import WorldInfo, all_reduce_sum, barrier
 from runtime.engine.executor import ActionRecord
 from runtime.engine.pipeline import Pipeline
+from runtime.ops.equations import linear_forward, linear_grad_input, linear_grad_weight
+from runtime.ops.gemm import Gemm
 from runtime.output import text_table
 
 TERMS = ("ideal", "shape", "in_actions", "transfers", "outside")
@@ -73,12 +75,13 @@ def rank_work(records: Sequence[ActionRecord], ranges: Sequence[tuple[int, int]]
 
 
 def gemm_rates(width: int, layers: int, row_counts: Sequence[int], batch: int, dtype: torch.dtype,
-               device: torch.device) -> dict[tuple[str, int], float]:
+               device: torch.device, gemm: Gemm = Gemm.TORCH) -> dict[tuple[str, int], float]:
     """FLOP/s of each GEMM kind at each row count over ``layers`` distinct weights, a batch's worth of rows a probe,
-    every rank at once (a barrier before each probe); the median of ``PROBES``."""
+    every rank at once (a barrier before each probe), with the step's own kernels; the median of ``PROBES``."""
     weights = [torch.randn(width, width, dtype=dtype, device=device) for _ in range(layers)]
     bias = torch.randn(width, dtype=dtype, device=device)
-    kinds = {"F": lambda a, g, w: torch.addmm(bias, a, w.t()), "B": lambda a, g, w: g @ w, "W": lambda a, g, w: g.t() @ a}
+    kinds = {"F": lambda a, g, w: linear_forward(a, w, bias, gemm), "B": lambda a, g, w: linear_grad_input(g, w, gemm),
+             "W": lambda a, g, w: linear_grad_weight(g, a)}
     out = {}
     for rows in sorted(set(row_counts)):
         a, g = (torch.randn(rows, width, dtype=dtype, device=device) for _ in range(2))
@@ -112,7 +115,7 @@ def attribute(pipe: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, ba
     layers = sum(pipe.cfg.ranges[s][1] - pipe.cfg.ranges[s][0] for s in pipe.stages)
     work = rank_work(recs[-1], pipe.cfg.ranges, width, rows)
     shapes = [rows, batch]  # every rank probes the same shapes, in the same order (the probes meet at barriers)
-    rates = gemm_rates(width, layers, shapes, batch, dtype, device)
+    rates = gemm_rates(width, layers, shapes, batch, dtype, device, pipe.cfg.gemm)
     full = {kind: rates[(kind, batch)] for kind in GEMMS}
     ideal = work.seconds(lambda kind, r: full[kind])
     at_rows = work.seconds(lambda kind, r: rates.get((kind, r), full[kind]))  # a W fused from k < m: the batch's

@@ -9,7 +9,7 @@ step left (``Variant.grads``), by (layer, "w" or "b"), for the equal-math check.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -22,12 +22,19 @@ from runtime.bench.models import LossFn, sgd_frozen
 from runtime.bench.timing import Group, Variant
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.engine.stage import Engine
+from runtime.ops.gemm import Gemm, gemm_problem
+from runtime.transport import LocalTransport
 
 DEFER = "+defer-w"
 DIRECT = "+direct"
+ONEDNN = "+onednn"
 FULL_BATCH = "full-batch"
 FULL_BATCH_EVERY_RANK = "full-batch:every-rank"
 COMPILED = "full-batch:compiled"
+FULL_BATCH_ONEDNN = "full-batch:onednn"
+FULL_BATCH_ONEDNN_EVERY_RANK = "full-batch:onednn:every-rank"
+ONE_DEVICE = (FULL_BATCH, FULL_BATCH_ONEDNN, COMPILED)  # the one-device baselines: the fastest is the limit
+EVERY_RANK = (FULL_BATCH_EVERY_RANK, FULL_BATCH_ONEDNN_EVERY_RANK)  # the same on every rank at once
 AfterStep = Callable[[object], object]  # loss -> loss, inside the timed step (e.g. the loss all-reduce)
 Grads = dict[tuple[int, str], torch.Tensor]
 
@@ -35,32 +42,41 @@ Grads = dict[tuple[int, str], torch.Tensor]
 @dataclass(frozen=True)
 class OurSchedule:
     """One of our contenders: a schedule kind, optionally with every W deferred to the end of the step,
-    optionally on the direct engine (the same equations without autograd's engine)."""
+    optionally on the direct engine (the same equations without autograd's engine), and there optionally with
+    oneDNN's GEMM kernel for F and B (``runtime.ops.gemm``)."""
 
     kind: ScheduleKind
     defer_w: bool = False
     direct: bool = False
+    onednn: bool = False
 
     @property
     def name(self) -> str:
-        """``1f1b``, ``1f1b+defer-w`` or ``1f1b+defer-w+direct``."""
-        return self.kind.value + (DEFER if self.defer_w else "") + (DIRECT if self.direct else "")
+        """``1f1b``, ``1f1b+defer-w``, ``1f1b+defer-w+direct`` or ``1f1b+defer-w+direct+onednn``."""
+        return (self.kind.value + (DEFER if self.defer_w else "") + (DIRECT if self.direct else "")
+                + (ONEDNN if self.onednn else ""))
 
     @classmethod
     def parse(cls, text: str) -> OurSchedule:
-        """``"zb-h1"``, ``"1f1b+defer-w"``, ``"gpipe+direct"`` (an ``ours:`` prefix is allowed); ValueError names the choices."""
+        """``"zb-h1"``, ``"1f1b+defer-w"``, ``"gpipe+direct+onednn"`` (an ``ours:`` prefix is allowed); ValueError
+        names the choices."""
         base = text.removeprefix("ours:")
-        base, direct = (base[: -len(DIRECT)], True) if base.endswith(DIRECT) else (base, False)
-        base, defer = (base[: -len(DEFER)], True) if base.endswith(DEFER) else (base, False)
+        flags = []
+        for suffix in (ONEDNN, DIRECT, DEFER):
+            flags.append(base.endswith(suffix))
+            base = base.removesuffix(suffix)
+        onednn, direct, defer = flags
+        if onednn and not direct:
+            raise ValueError(f"schedules: {text!r}: {ONEDNN} needs {DIRECT} (oneDNN's kernel has no autograd formula)")
         try:
             kind = ScheduleKind(base)
             if kind not in ScheduleKind.fixed():
                 raise ValueError(base)
-            return cls(kind, defer, direct)
+            return cls(kind, defer, direct, onednn)
         except ValueError:
             names = ", ".join(k.value for k in ScheduleKind.fixed())
             raise ValueError(f"schedules: unknown {text!r}; choose from {names}, each optionally with "
-                             f"{DEFER} and/or {DIRECT}") from None
+                             f"{DEFER}, {DIRECT} and {DIRECT}{ONEDNN}, in that order") from None
 
 
 def parse_schedules(text: str | None, default: tuple[OurSchedule, ...]) -> tuple[OurSchedule, ...]:
@@ -83,6 +99,8 @@ def pipeline_config(spec: MLPSpec, ranges: tuple, ours: OurSchedule, m: int, dev
     extra: dict[str, object] = {"defer_w": True} if ours.defer_w else {}
     if ours.direct:
         extra["engine"] = Engine.DIRECT
+    if ours.onednn:
+        extra["gemm"] = Gemm.ONEDNN
     v = virtual if ours.kind is ScheduleKind.INTERLEAVED_1F1B else 1
     return PipelineConfig(spec, ranges, ours.kind, m, (device,) * len(ranges), dtype, seed, v, True, **extra)
 
@@ -183,6 +201,21 @@ def full_batch_variants(seq: nn.Sequential, loss_fn: LossFn, x: torch.Tensor, y:
             return out + [Variant.failed(COMPILED, Group.BASELINE, exc)]
         out.append(torch_variant(COMPILED, Group.BASELINE, params, run, grads, after_step))
     return out
+
+
+def onednn_full_batch(spec: MLPSpec, params: Sequence[tuple[torch.Tensor, torch.Tensor | None]], dtype: torch.dtype,
+                      device: torch.device, x: torch.Tensor | None, y: torch.Tensor | None,
+                      after_step: AfterStep = _keep, name: str = FULL_BATCH_ONEDNN) -> Variant:
+    """The full batch in one piece (m = 1, one stage) on our direct engine with oneDNN's GEMMs: the one-device
+    baseline for contenders that use them (a failed row saying why where oneDNN cannot run)."""
+    problem = gemm_problem(Gemm.ONEDNN, [device], dtype, direct=True)
+    if problem is not None:
+        return Variant.failed(name, Group.BASELINE, ValueError(problem))
+    cfg = PipelineConfig(spec, ((0, spec.num_layers),), ScheduleKind.GPIPE, 1, (str(device),), dtype,
+                         engine=Engine.DIRECT, gemm=Gemm.ONEDNN)
+    pipe = Pipeline(cfg, sgd_frozen, LocalTransport(), init=params)
+    return Variant(name, lambda: after_step(pipe.step(x, y, x.shape[0]).loss), group=Group.BASELINE,
+                   grads=pipeline_grads(pipe))
 
 
 class Placement(Enum):

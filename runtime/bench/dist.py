@@ -25,12 +25,17 @@ from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.bench import breakdown, equal_math
 from runtime.bench.contenders import (
+    EVERY_RANK,
     FULL_BATCH,
     FULL_BATCH_EVERY_RANK,
+    FULL_BATCH_ONEDNN,
+    FULL_BATCH_ONEDNN_EVERY_RANK,
+    ONE_DEVICE,
     OurSchedule,
     Peer,
     full_batch_run,
     module_grads,
+    onednn_full_batch,
     ours_variant,
     pipeline_config,
     torch_variant,
@@ -48,7 +53,7 @@ from runtime.bench.models import (
     stage_modules,
 )
 from runtime.bench.report import dtype_name, machine
-from runtime.bench.rows import base_row, best_of, loss_cell, math_cell, passes, ratio_cell, speedups, time_cell
+from runtime.bench.rows import base_row, best_of, fastest, loss_cell, math_cell, ratio_cell, speedups, time_cell
 from runtime.bench.timing import Group, Measured, Variant
 from runtime.bench.world import join_world, loss_all_reduce, measure_world, share_checksums
 from runtime.comm import Backend, DistTransport, WorldInfo
@@ -77,8 +82,9 @@ class DistBenchConfig:
     schedules: tuple[OurSchedule, ...] = (
         _S(ScheduleKind.GPIPE), _S(ScheduleKind.ONE_F_ONE_B), _S(ScheduleKind.INTERLEAVED_1F1B), _S(ScheduleKind.ZB_H1),
         _S(ScheduleKind.ZB_V), _S(ScheduleKind.ONE_F_ONE_B, True), _S(ScheduleKind.ZB_H1, False, True),
-        _S(ScheduleKind.ZB_H1, True, True))
-    headline: str = "ours:zb-h1+defer-w+direct"
+        _S(ScheduleKind.ZB_H1, True, True), _S(ScheduleKind.ONE_F_ONE_B, True, True, True),
+        _S(ScheduleKind.ZB_H1, True, True, True))
+    headline: str = "ours:zb-h1+defer-w+direct+onednn"
     warmup: int = 2
     repeats: int = 10
     seed: int = 0
@@ -122,19 +128,26 @@ def _peers(cfg: DistBenchConfig, spec: MLPSpec, seq: torch.nn.Sequential, peers:
 
 
 def _full_batch(spec: MLPSpec, params: Params, dtype: torch.dtype, world: WorldInfo, x: torch.Tensor,
-                y: torch.Tensor) -> list[Variant]:
+                y: torch.Tensor, onednn_too: bool) -> list[Variant]:
     """The whole model in one piece on rank 0 while the other ranks only join the loss all-reduce, and the same
-    on every rank at once (each its own copy: both cores busy); the loss and gradients checked are rank 0's."""
+    on every rank at once (each its own copy: both cores busy); with torch's layers and, with ``onednn_too`` (some
+    of ours use oneDNN's GEMMs), on our direct engine with those GEMMs. The loss and gradients checked are rank 0's."""
     out = []
-    for name, everyone in ((FULL_BATCH, False), (FULL_BATCH_EVERY_RANK, True)):
-        if world.rank == 0 or everyone:
+    kinds = ((FULL_BATCH, False, False), (FULL_BATCH_EVERY_RANK, True, False))
+    if onednn_too:
+        kinds += ((FULL_BATCH_ONEDNN, False, True), (FULL_BATCH_ONEDNN_EVERY_RANK, True, True))
+    for name, everyone, onednn in kinds:
+        after = loss_all_reduce if world.rank == 0 else _no_loss
+        if world.rank != 0 and not everyone:
+            out.append(Variant(name, lambda: loss_all_reduce(None), group=Group.BASELINE, grads=dict))
+        elif onednn:
+            variant = onednn_full_batch(spec, params, dtype, x.device, x, y, after, name)
+            out.append(variant if world.rank == 0 else Variant(name, variant.step, group=Group.BASELINE, grads=dict))
+        else:
             seq = reference_sequential(spec, params, dtype, x.device)
             run = full_batch_run(seq, reference_loss(spec), x, y)
             grads = module_grads([(0, seq)]) if world.rank == 0 else dict
-            after = loss_all_reduce if world.rank == 0 else _no_loss
             out.append(torch_variant(name, Group.BASELINE, list(seq.parameters()), run, grads, after))
-        else:
-            out.append(Variant(name, lambda: loss_all_reduce(None), group=Group.BASELINE, grads=dict))
     return out
 
 
@@ -156,7 +169,7 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
         seq = reference_sequential(spec, params, cfg.dtype, device)
         pipes: dict[str, Pipeline] = {}
         variants = _ours(cfg, spec, params, world, backend, device, data.x, data.y, pipes)
-        variants += _full_batch(spec, params, cfg.dtype, world, data.x, data.y)
+        variants += _full_batch(spec, params, cfg.dtype, world, data.x, data.y, any(s.onednn for s in cfg.schedules))
         variants += _peers(cfg, spec, seq, peers, world, device, data.x, data.y)
         if world.rank == 0:
             log(f"dist: {p} ranks ({backend.value}), {cfg.layers} x {cfg.width}, batch {cfg.batch}, {m} microbatches ...")
@@ -181,8 +194,8 @@ def run_dist_bench(cfg: DistBenchConfig, peers: Mapping[str, Peer], log: Callabl
                          "math_tolerance": equal_math.TOLERANCE.get(cfg.dtype, 1e-3)},
               "results": rows}
     if split is not None:
-        full = next((r for r in rows if r["variant"] == FULL_BATCH and r["samples_per_second"]), None)
         ours = next(r for r in rows if r["variant"] == cfg.headline)
+        full = next((r for r in rows if r["variant"] == ours.get("full_batch") and r["samples_per_second"]), None)
         if full is not None and ours["samples_per_second"]:
             split["fraction_of_shape_limit"] = ours["samples_per_second"] / breakdown.shape_limit(
                 split, p * full["samples_per_second"])
@@ -194,12 +207,11 @@ def summarize(measured: Mapping[str, Measured], checks: Mapping[str, equal_math.
               batch: int, world_size: int) -> list[dict]:
     """One row per contender; ours get paired speedups vs the paired and best peer and their share of the limit."""
     best = best_of(measured, Group.PEER, checks)
-    limits = {key: full if full is not None and full.spread is not None and passes(name, checks) else None
-              for key, name, full in (("full_batch", FULL_BATCH, measured.get(FULL_BATCH)),
-                                      ("full_batch_every_rank", FULL_BATCH_EVERY_RANK, measured.get(FULL_BATCH_EVERY_RANK)))}
+    limits = {"full_batch": fastest(measured, ONE_DEVICE, checks),
+              "full_batch_every_rank": fastest(measured, EVERY_RANK, checks)}
     out = []
     for m in measured.values():
-        ranks = world_size if m.name == FULL_BATCH_EVERY_RANK else 1  # every rank did a whole batch
+        ranks = world_size if m.name in EVERY_RANK else 1  # every rank did a whole batch
         row = base_row(m, checks.get(m.name), flops * ranks, peak, batch * ranks)
         if m.group is Group.OURS and m.spread is not None:
             paired = measured.get(f"peer:{PAIRED[OurSchedule.parse(m.name).kind]}")

@@ -22,12 +22,13 @@ from partition.spec import MLPSpec
 from runtime.bench import equal_math
 from runtime.bench.contenders import (
     DEFAULT_SCHEDULES,
-    FULL_BATCH,
+    ONE_DEVICE,
     OurSchedule,
     Peer,
     accumulation_run,
     full_batch_variants,
     module_grads,
+    onednn_full_batch,
     ours_variant,
     pipeline_config,
     torch_variant,
@@ -45,7 +46,7 @@ from runtime.bench.models import (
     stage_modules,
 )
 from runtime.bench.report import dtype_name, machine
-from runtime.bench.rows import base_row, best_of, loss_cell, math_cell, ratio_cell, speedups, time_cell
+from runtime.bench.rows import base_row, best_of, fastest, loss_cell, math_cell, ratio_cell, speedups, time_cell
 from runtime.bench.timing import Group, Measured, Variant, measure, release_memory
 from runtime.comm import LocalTransport
 from runtime.engine.pipeline import Pipeline
@@ -108,6 +109,8 @@ def build_variants(cfg: PipelineBenchConfig, spec: MLPSpec, params: Params, dtyp
         pcfg = pipeline_config(spec, ranges, ours, m, cfg.device, dtype, cfg.seed, cfg.virtual)
         out.append(ours_variant(ours.name, Pipeline(pcfg, sgd_frozen, LocalTransport(), init=params), x, y, cfg.batch))
     out += full_batch_variants(seq, reference_loss(spec), x, y, cfg.compile)
+    if any(ours.onednn for ours in cfg.schedules):
+        out.append(onednn_full_batch(spec, params, dtype, device, x, y))
     out.append(torch_variant(ACCUMULATION, Group.BASELINE, list(seq.parameters()), accumulation_run(seq, per_mb, x, y, m),
                              module_grads([(0, seq)])))
     out += [_peer_variant(name, peer, spec, seq, cfg, per_mb, x, y) for name, peer in peers.items()]
@@ -170,7 +173,7 @@ def _fixed_costs(cfg: PipelineBenchConfig, dtype: torch.dtype, peers: Mapping[st
 def summarize(measured: Mapping[str, Measured], checks: Mapping[str, equal_math.MathCheck], fixed: Mapping[str, float],
               dtype: torch.dtype, flops: int, peak: object, batch: int) -> list[dict]:
     """One row per contender: time spread, rate, equal math, and ours' paired speedups vs the baselines and peers."""
-    against = {"full_batch": measured.get(FULL_BATCH), "accumulation": measured.get(ACCUMULATION),
+    against = {"full_batch": fastest(measured, ONE_DEVICE, checks), "accumulation": measured.get(ACCUMULATION),
                "best_peer": best_of(measured, Group.PEER, checks)}
     rows = []
     for m in measured.values():

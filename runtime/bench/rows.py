@@ -7,7 +7,7 @@ judge the headline contender named in the configuration before the run (runtime.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from runtime.bench.equal_math import MathCheck
 from runtime.bench.flops import throughput
@@ -24,6 +24,12 @@ def passes(name: str, checks: Mapping[str, MathCheck]) -> bool:
 def best_of(measured: Mapping[str, Measured], group: Group, checks: Mapping[str, MathCheck]) -> Measured | None:
     """The fastest of ``group`` that ran and passed the equal-math check (None when there is none)."""
     ok = [m for m in measured.values() if m.group is group and m.spread is not None and passes(m.name, checks)]
+    return min(ok, key=lambda m: m.spread.median, default=None)
+
+
+def fastest(measured: Mapping[str, Measured], names: Sequence[str], checks: Mapping[str, MathCheck]) -> Measured | None:
+    """The fastest of the contenders called ``names`` that ran and passed the equal-math check (None: none did)."""
+    ok = [m for n in names if (m := measured.get(n)) is not None and m.spread is not None and passes(n, checks)]
     return min(ok, key=lambda m: m.spread.median, default=None)
 
 

@@ -41,7 +41,8 @@ def profiled_layers(pipe: Pipeline, rows: int, repeats: int, concurrent: bool) -
     """The model's per-layer costs at ``rows`` samples on this process's device (the mean over ranks under torchrun)."""
     dev = next(iter(pipe.stages.values())).device
     dtype = str(pipe.cfg.dtype).removeprefix("torch.")
-    layers = profile_layers(pipe.cfg.spec, rows, str(dev), dtype, repeats=repeats, seed=pipe.cfg.seed).layers
+    layers = profile_layers(pipe.cfg.spec, rows, str(dev), dtype, repeats=repeats, seed=pipe.cfg.seed,
+                            gemm=pipe.cfg.gemm).layers
     if not concurrent:
         return layers
     table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))

@@ -59,7 +59,8 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     cfg = skel.cfg
     rows = batch // cfg.microbatches
     dev = next(iter(skel.stages.values())).device
-    own = profile_layers(cfg.spec, rows, str(dev), _dtype_name(cfg.dtype), repeats=10, warmup=2, cold_cache_bytes=0)
+    own = profile_layers(cfg.spec, rows, str(dev), _dtype_name(cfg.dtype), repeats=10, warmup=2, cold_cache_bytes=0,
+                        gemm=cfg.gemm)
     costs = costs_from_records(records, cfg.num_stages)
     split = skel.schedule.splits_backward
     over = torch.zeros(cfg.num_stages, 3, dtype=torch.float64)

@@ -24,6 +24,7 @@ from runtime.ops.equations import (
     loss_backward,
     loss_forward,
 )
+from runtime.ops.gemm import Gemm
 from runtime.ops.wgrad import WeightGradStore
 
 Params = Sequence[tuple[torch.Tensor, torch.Tensor | None]]
@@ -41,12 +42,13 @@ class DirectSaved:
 
 
 @torch.no_grad()
-def forward(spec: MLPSpec, params: Params, x: torch.Tensor, start: int) -> tuple[torch.Tensor, DirectSaved]:
-    """Run the layers; returns the stage output (o on the last stage) and what backward needs."""
+def forward(spec: MLPSpec, params: Params, x: torch.Tensor, start: int,
+            gemm: Gemm = Gemm.TORCH) -> tuple[torch.Tensor, DirectSaved]:
+    """Run the layers (their GEMMs on ``gemm``); returns the stage output (o on the last stage) and what backward needs."""
     saved = DirectSaved([], [])
     for offset, (w, b) in enumerate(params):
         saved.inputs.append(x)
-        x = linear_forward(x, w, b)
+        x = linear_forward(x, w, b, gemm)
         if spec.has_activation(start + offset):
             x = activation_forward(spec.activation, x)
             saved.hidden.append(x)
@@ -65,7 +67,7 @@ def loss(spec: MLPSpec, saved: DirectSaved, o: torch.Tensor, y: torch.Tensor, de
 @torch.no_grad()
 def backward(
     spec: MLPSpec, params: Params, saved: DirectSaved, grad: torch.Tensor | None, start: int, store: WeightGradStore,
-    need_input_grad: bool,
+    need_input_grad: bool, gemm: Gemm = Gemm.TORCH,
 ) -> torch.Tensor | None:
     """Walk the layers in reverse: dJ/dz = dJ/dh * phi'(z), dW deferred into ``store``, dJ/dx = g W."""
     if saved.output is not None:
@@ -80,6 +82,6 @@ def backward(
             g = activation_backward(spec.activation, g, h)
         store.defer(w, b, g, saved.inputs[offset])
         if offset > 0 or need_input_grad:
-            g = linear_grad_input(g, w)
+            g = linear_grad_input(g, w, gemm)
     saved.inputs, saved.hidden = [], []
     return g if need_input_grad else None

@@ -16,6 +16,7 @@ from partition.spec import MLPSpec
 from runtime.engine.executor import ActionRecord, Executor
 from runtime.engine.stage import Engine, Stage
 from runtime.ops.clip import clip_grad_norm
+from runtime.ops.gemm import Gemm
 from runtime.ops.model import forward_layers, init_parameters
 from runtime.transport import Transport
 
@@ -87,6 +88,7 @@ class PipelineConfig:
     recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
     clip_grad_norm: float | None = None  # cap on the global 2-norm of the gradients (over every stage)
     ready: Schedule | None = None  # a schedule built elsewhere (auto's: partition.schedule.capped), used as given
+    gemm: Gemm = Gemm.TORCH  # the kernel of the F and B GEMMs (oneDNN: direct engine, float32 CPU)
 
     @property
     def num_stages(self) -> int:
@@ -171,7 +173,7 @@ class Pipeline:
                 )
                 for w, b in init[start:stop]
             ]
-            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine, recompute[s])
+            self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine, recompute[s], cfg.gemm)
         self.optimizers = {s: make_optimizer(st.parameters()) for s, st in self.stages.items()}
         self.collectives = collectives if collectives is not None else LocalCollectives()
         hook = self.collectives.grads_ready if self.collectives.spans_ranks else None

@@ -13,6 +13,7 @@ from partition.spec import MLPSpec
 from runtime.engine import direct as direct_engine
 from runtime.ops.equations import loss_forward
 from runtime.ops.functions import l2_term, loss
+from runtime.ops.gemm import Gemm, gemm_problem
 from runtime.ops.model import forward_layers, loss_target, loss_term
 from runtime.ops.wgrad import WeightGradStore
 
@@ -66,6 +67,7 @@ class Stage:
         device: torch.device | str,
         engine: Engine = Engine.AUTOGRAD,
         recompute: Recompute = NO_RECOMPUTE,
+        gemm: Gemm = Gemm.TORCH,
     ) -> None:
         if not 0 <= start < stop <= spec.num_layers or len(params) != stop - start:
             raise ValueError(f"partition: stage {index} layers [{start}, {stop}) do not fit {spec.num_layers} layers")
@@ -76,6 +78,10 @@ class Stage:
         self.device = torch.device(device)
         self.params = list(params)
         self.engine = engine
+        self.gemm = gemm
+        problem = gemm_problem(gemm, [self.device], self.params[0][0].dtype, engine is Engine.DIRECT)
+        if problem is not None:
+            raise ValueError(problem)
         self.recompute_choice = recompute
         self.recomputed = recompute.count(stop - start)
         self.is_first = start == 0
@@ -122,7 +128,7 @@ class Stage:
                 with torch.no_grad():
                     out = loss_forward(self.spec.loss, out, saved.target, denom)
         elif self.engine is Engine.DIRECT:
-            out, saved.direct = direct_engine.forward(self.spec, self.params[k:], x, self.start + k)
+            out, saved.direct = direct_engine.forward(self.spec, self.params[k:], x, self.start + k, self.gemm)
             if self.is_last:
                 self._count_correct(out, y)
                 out = direct_engine.loss(self.spec, saved.direct, out, loss_target(self.spec, out, y), denom)
@@ -143,7 +149,7 @@ class Stage:
     def _head_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The recomputed layers' forward, saving nothing (called without a graph)."""
         if self.engine is Engine.DIRECT:
-            return direct_engine.forward(self.spec, self.params[: self.recomputed], x, self.start)[0]
+            return direct_engine.forward(self.spec, self.params[: self.recomputed], x, self.start, self.gemm)[0]
         return forward_layers(self.spec, self.params[: self.recomputed], x, self.start)
 
     @torch.no_grad()
@@ -156,7 +162,7 @@ class Stage:
         head = self.params[: self.recomputed]
         whole_last = self.is_last and self.recomputed == len(self.params)
         if self.engine is Engine.DIRECT:
-            o, saved.head = direct_engine.forward(self.spec, head, saved.kept, self.start)
+            o, saved.head = direct_engine.forward(self.spec, head, saved.kept, self.start, self.gemm)
             if whole_last:
                 direct_engine.loss(self.spec, saved.head, o, saved.target, saved.denom)
             return
@@ -193,7 +199,7 @@ class Stage:
         k = self.recomputed
         if saved.direct is not None:
             grad_in = direct_engine.backward(self.spec, self.params[k:], saved.direct, grad, self.start + k,
-                                             saved.store, need_input_grad)
+                                             saved.store, need_input_grad, self.gemm)
             saved.direct = None
             return grad_in
         saved.out.backward(grad)
@@ -205,7 +211,7 @@ class Stage:
     def _head_backward(self, saved: _Saved, grad: torch.Tensor | None) -> torch.Tensor | None:
         if self.engine is Engine.DIRECT:
             grad_in = direct_engine.backward(self.spec, self.params[: self.recomputed], saved.head, grad, self.start,
-                                             saved.store, not self.is_first)
+                                             saved.store, not self.is_first, self.gemm)
             saved.head = None
             return grad_in
         saved.head.backward(grad)

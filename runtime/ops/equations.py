@@ -10,18 +10,24 @@ from __future__ import annotations
 import torch
 
 from partition.spec import Activation, Loss
+from runtime.ops.gemm import Gemm, onednn_grad_input, onednn_linear
 
 
-def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """z = x W^T (+ b), as one fused GEMM with bias when x is a matrix."""
+def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   gemm: Gemm = Gemm.TORCH) -> torch.Tensor:
+    """z = x W^T (+ b), as one fused GEMM with bias when x is a matrix (by oneDNN when ``gemm`` says so)."""
+    if gemm is Gemm.ONEDNN and x.dim() == 2:
+        return onednn_linear(x, weight, bias)
     if bias is not None and x.dim() == 2:
         return torch.addmm(bias, x, weight.t())
     z = x.matmul(weight.t())
     return z + bias if bias is not None else z
 
 
-def linear_grad_input(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """dJ/dx = g W (the B half)."""
+def linear_grad_input(g: torch.Tensor, weight: torch.Tensor, gemm: Gemm = Gemm.TORCH) -> torch.Tensor:
+    """dJ/dx = g W (the B half; by oneDNN when ``gemm`` says so)."""
+    if gemm is Gemm.ONEDNN and g.dim() == 2:
+        return onednn_grad_input(g, weight)
     return g.matmul(weight)
 
 

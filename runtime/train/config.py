@@ -11,6 +11,7 @@ from partition.recompute import Recompute, per_stage
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.engine.stage import Engine
+from runtime.ops.gemm import Gemm, gemm_problem
 
 
 class OptimizerKind(Enum):
@@ -66,6 +67,7 @@ class TrainConfig:
     fuse_w: bool = True
     defer_w: bool = False
     engine: Engine = Engine.AUTOGRAD
+    gemm: Gemm = Gemm.TORCH  # the kernel of F and B (oneDNN: direct engine, float32, CPU)
     recompute: tuple[Recompute, ...] = ()  # none, one choice for every stage, or one per stage
     threads: int | None = None  # torch CPU threads; None: auto (runtime.threads)
     memory_cap: float | None = None  # bytes per device the auto schedule keeps within (activations: cap - static)
@@ -101,7 +103,11 @@ class TrainConfig:
         if self.overwrite and self.resume:
             raise ValueError("overwrite: replaces the checkpoint that --resume would continue; choose one")
         per_stage(self.recompute, self.stages)
-        parse_dtype(self.dtype)
+        devices = self.devices.split(",") if self.devices else [self.device]
+        problem = gemm_problem(self.gemm, devices, parse_dtype(self.dtype),
+                               self.engine is Engine.DIRECT)
+        if problem is not None:
+            raise ValueError(problem)
         if self.schedule is ScheduleKind.AUTO and (self.virtual != 1 or (self.memory_cap, self.max_inflight) == (None, None)):
             raise ValueError("schedule: auto needs --memory-cap and/or --max-inflight, and one stage per device")
 

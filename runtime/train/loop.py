@@ -101,7 +101,7 @@ def summarize(cfg: TrainConfig, proc: Process, history: list[dict], tally: Tally
     return {
         "config": {**asdict(cfg), "spec": {**asdict(cfg.spec), "activation": cfg.spec.activation.value,
                                             "loss": cfg.spec.loss.value}, "optimizer": cfg.optimizer.value,
-                   "schedule": cfg.schedule.value, "engine": cfg.engine.value},
+                   "schedule": cfg.schedule.value, "engine": cfg.engine.value, "gemm": cfg.gemm.value},
         "mode": "torchrun" if proc.distributed else "single-process",
         "reporter": proc.rank == 0,
         "rank": proc.rank,

@@ -54,8 +54,8 @@ def pipeline_config(cfg: TrainConfig, devices: tuple[str, ...]) -> PipelineConfi
                                 cfg.max_inflight, cfg.recompute, cfg.dtype, state)
     pcfg = PipelineConfig(spec=cfg.spec, ranges=ranges, schedule=cfg.schedule, microbatches=cfg.microbatches,
                           devices=devices, dtype=cfg.torch_dtype, seed=cfg.seed, virtual=cfg.virtual,
-                          fuse_w=cfg.fuse_w, defer_w=cfg.defer_w, engine=cfg.engine, clip_grad_norm=cfg.clip_grad_norm,
-                          recompute=cfg.recompute, ready=ready)
+                          fuse_w=cfg.fuse_w, defer_w=cfg.defer_w, engine=cfg.engine, gemm=cfg.gemm,
+                          clip_grad_norm=cfg.clip_grad_norm, recompute=cfg.recompute, ready=ready)
     pcfg.build_schedule()
     return pcfg
 

@@ -1,7 +1,7 @@
 """Profiler: measured F, B and W seconds per layer on a device (warm-up, CUDA events on GPU, medians), as JSON.
 
-Each layer is timed with the runtime's own kernels (``runtime.ops.equations`` and the deferred weight gradient of
-``runtime.ops.wgrad``), on random data:
+Each layer is timed with the runtime's own kernels (``runtime.ops.equations``, on the run's GEMM kernel,
+``runtime.ops.gemm``, and the deferred weight gradient of ``runtime.ops.wgrad``), on random data:
 
 * F: z = x W^T + b (one addmm), then h = phi(z) when an activation follows;
 * B: g = dJ/dh * phi'(h) when an activation follows (threshold_backward for ReLU), then dJ/dx = g W (not on
@@ -30,6 +30,7 @@ from partition.cost import as_dtype
 from partition.spec import MLPSpec
 from partition.timing import StageCost
 from runtime.ops.equations import activation_backward, activation_forward, linear_forward, linear_grad_input
+from runtime.ops.gemm import Gemm
 from runtime.ops.wgrad import DeferredGrad
 from runtime.output import write_json
 
@@ -129,6 +130,7 @@ def profile_layers(
     warmup: int = 3,
     seed: int = 0,
     cold_cache_bytes: int | None = None,
+    gemm: Gemm = Gemm.TORCH,
 ) -> Profile:
     """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring).
 
@@ -163,15 +165,15 @@ def profile_layers(
                 if p is not None:
                     p.grad = torch.zeros_like(p)
             act = spec.has_activation(layer)
-            h = activation_forward(kind, linear_forward(x, w, b)) if act else None
+            h = activation_forward(kind, linear_forward(x, w, b, gemm)) if act else None
 
             def forward(x=x, w=w, b=b, act=act) -> torch.Tensor:
-                z = linear_forward(x, w, b)
+                z = linear_forward(x, w, b, gemm)
                 return activation_forward(kind, z) if act else z
 
             def backward_input(g_h=g_h, h=h, w=w, first=layer == 0) -> torch.Tensor | None:
                 g = activation_backward(kind, g_h, h) if h is not None else g_h
-                return g if first else linear_grad_input(g, w)
+                return g if first else linear_grad_input(g, w, gemm)
 
             weight_grad = DeferredGrad(w, b, g_h, x)
             layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush)

@@ -176,3 +176,19 @@ def test_torchrun_world_size_mismatch_is_said_once_with_a_nonzero_exit():
     ours = [line for line in r.stderr.splitlines() if line.startswith("train.py")]
     assert r.returncode != 0
     assert ours == ["train.py [rank 0]: error: stages: 1 replica of 4 stages of 1f1b need 4 processes, torchrun started 2"]
+
+
+def test_the_onednn_kernel_is_refused_in_one_line_where_it_cannot_run():
+    one_line_error(script("train.py", "--gemm", "onednn"), "gemm: onednn needs the direct engine")
+    one_line_error(script("train.py", "--gemm", "onednn", "--engine", "direct", "--dtype", "float64"),
+                   "gemm: onednn computes in float32 only, not float64")
+    one_line_error(script("train.py", "--gemm", "onednn", "--engine", "direct", "--device", "cuda"),
+                   "gemm: onednn runs on the CPU only")
+
+
+def test_a_run_on_the_onednn_kernel_trains_and_predicts(tmp_path):
+    out = tmp_path / "r.json"
+    r = script("train.py", "--gemm", "onednn", "--engine", "direct", "--epochs", "1", "--samples", "256", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    data = __import__("json").loads(out.read_text())
+    assert data["config"]["gemm"] == "onednn" and data["predicted_step_time"] > 0 and data["measured_step_time"]["median"] > 0
