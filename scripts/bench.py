@@ -63,7 +63,8 @@ def _add_bench_flags(q: argparse.ArgumentParser, name: str) -> None:
     q.add_argument("--width", type=int, default=1024, help="model width (%(default)s)")
     q.add_argument("--microbatches", type=int, default=8, help="(%(default)s)")
     q.add_argument("--schedules", default=None,
-                   help="ours, comma-separated, e.g. 1f1b,zb-h1,1f1b+defer-w+direct (default: the benchmark's list)")
+                   help="ours, comma-separated, e.g. 1f1b,zb-h1,1f1b+defer-w+direct,zb-h1+defer-w+direct+onednn "
+                        "(suffixes in that order; default: the benchmark's list)")
     if name in HEADLINES:
         q.add_argument("--headline", default=HEADLINES[name],
                        help="the contender the targets judge, fixed before the run (%(default)s)")

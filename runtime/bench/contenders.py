@@ -50,6 +50,14 @@ class OurSchedule:
     direct: bool = False
     onednn: bool = False
 
+    def __post_init__(self) -> None:
+        if self.onednn and not self.direct:
+            raise ValueError(f"schedules: {ONEDNN} needs {DIRECT} (oneDNN's kernel has no autograd formula)")
+
+    def problem(self, device: str | torch.device, dtype: torch.dtype) -> str | None:
+        """Why this contender cannot run on ``device`` in ``dtype`` (one line), or None."""
+        return gemm_problem(Gemm.ONEDNN, [device], dtype, self.direct) if self.onednn else None
+
     @property
     def name(self) -> str:
         """``1f1b``, ``1f1b+defer-w``, ``1f1b+defer-w+direct`` or ``1f1b+defer-w+direct+onednn``."""
@@ -66,17 +74,15 @@ class OurSchedule:
             flags.append(base.endswith(suffix))
             base = base.removesuffix(suffix)
         onednn, direct, defer = flags
-        if onednn and not direct:
-            raise ValueError(f"schedules: {text!r}: {ONEDNN} needs {DIRECT} (oneDNN's kernel has no autograd formula)")
         try:
             kind = ScheduleKind(base)
             if kind not in ScheduleKind.fixed():
                 raise ValueError(base)
-            return cls(kind, defer, direct, onednn)
         except ValueError:
             names = ", ".join(k.value for k in ScheduleKind.fixed())
             raise ValueError(f"schedules: unknown {text!r}; choose from {names}, each optionally with "
                              f"{DEFER}, {DIRECT} and {DIRECT}{ONEDNN}, in that order") from None
+        return cls(kind, defer, direct, onednn)
 
 
 def parse_schedules(text: str | None, default: tuple[OurSchedule, ...]) -> tuple[OurSchedule, ...]:

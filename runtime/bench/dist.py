@@ -5,11 +5,13 @@ V-shaped schedules); gloo between CPU processes, NCCL between GPUs. Each timed s
 (runtime.bench.contenders: zero grads, forward/backward of every microbatch, SGD with lr = 0) plus the
 all-reduce of the step's loss that real training does, for every contender; it starts right after a barrier
 and its time is the slowest rank's, so samples/s = batch / that time. The ``full-batch`` contender runs the
-whole model on rank 0 in one piece (the others only join the loss all-reduce): the world size times its
-samples/s is the physical limit, what perfect pipelining of the same GEMMs at the same speed would reach.
-``full-batch:every-rank`` runs the same on every rank at once (each its own copy, no communication): the
-world size times its samples/s is the busy limit, the same with every core working (shared caches, memory
-bandwidth and clocks); the gap between the two limits is what the cores cost each other, not pipelining.
+whole model on rank 0 in one piece (the others only join the loss all-reduce), and ``full-batch:onednn`` the
+same on our direct engine with oneDNN's GEMM kernel when one of ours uses it: the world size times the faster
+one's samples/s is the physical limit, what perfect pipelining of the same GEMMs at the best speed either kernel
+reaches would give. ``full-batch:every-rank`` (and ``full-batch:onednn:every-rank``) run the same on every rank at
+once (each its own copy, no communication): the world size times the faster one's samples/s is the busy limit,
+the same with every core working (shared caches, memory bandwidth and clocks); the gap between the two limits is
+what the cores cost each other, not pipelining.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from runtime.bench.timing import Group, Measured, Variant
 from runtime.bench.world import join_world, loss_all_reduce, measure_world, share_checksums
 from runtime.comm import Backend, DistTransport, WorldInfo
 from runtime.engine.pipeline import Pipeline
+from runtime.ops.gemm import Gemm, gemm_problem
 from runtime.output import text_table
 from runtime.train.layout import resolve_ranges
 
@@ -95,6 +98,10 @@ def _ours(cfg: DistBenchConfig, spec: MLPSpec, params: Params, world: WorldInfo,
           device: torch.device, x: torch.Tensor, y: torch.Tensor, pipes: dict[str, Pipeline]) -> list[Variant]:
     out, rows = [], cfg.batch // cfg.microbatches
     for ours in cfg.schedules:
+        problem = ours.problem(device, cfg.dtype)  # the same on every rank: all of them skip it alike
+        if problem is not None:
+            out.append(Variant.failed(f"ours:{ours.name}", Group.OURS, ValueError(problem)))
+            continue
         per_rank = ours.kind.stages_per_rank(2)
         ranges = resolve_ranges(spec, world.world_size * per_rank, "uniform", rows)
         pcfg = pipeline_config(spec, ranges, ours, cfg.microbatches, str(device), cfg.dtype, cfg.seed, per_rank)
@@ -136,9 +143,12 @@ def _full_batch(spec: MLPSpec, params: Params, dtype: torch.dtype, world: WorldI
     kinds = ((FULL_BATCH, False, False), (FULL_BATCH_EVERY_RANK, True, False))
     if onednn_too:
         kinds += ((FULL_BATCH_ONEDNN, False, True), (FULL_BATCH_ONEDNN_EVERY_RANK, True, True))
+    problem = gemm_problem(Gemm.ONEDNN, [x.device], dtype, direct=True)
     for name, everyone, onednn in kinds:
         after = loss_all_reduce if world.rank == 0 else _no_loss
-        if world.rank != 0 and not everyone:
+        if onednn and problem is not None:  # on every rank alike, so that no rank waits for a step the others skip
+            out.append(Variant.failed(name, Group.BASELINE, ValueError(problem)))
+        elif world.rank != 0 and not everyone:
             out.append(Variant(name, lambda: loss_all_reduce(None), group=Group.BASELINE, grads=dict))
         elif onednn:
             variant = onednn_full_batch(spec, params, dtype, x.device, x, y, after, name)
@@ -235,8 +245,10 @@ def table_text(result: dict) -> str:
         split = result["breakdown"]
         text += "\n\n" + breakdown.breakdown_table(split)
         if "fraction_of_shape_limit" in split:
-            share = split["fraction_of_shape_limit"]
-            text += f"\nof the shape limit (the physical limit with GEMMs at these shapes): {share:.3f}"
+            ideal = sum(r["ideal"] for r in split["ranks"])
+            limit = ideal / (ideal + sum(r["shape"] for r in split["ranks"]))
+            text += (f"\nshape limit (the physical limit with the GEMMs at these shapes): {limit:.3f} of the physical limit;"
+                     f" {split['contender']} reaches {split['fraction_of_shape_limit']:.3f} of it")
     return text
 
 

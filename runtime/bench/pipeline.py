@@ -3,9 +3,11 @@
 Every contender runs the same training step of the same seeded model on the same batch (see
 runtime.bench.contenders: zero grads, forward + backward, SGD with lr = 0, all inside the timer). All stages live
 on one device, so stages run one after another: what differs is how the work is cut and ordered (fused
-weight-gradient GEMMs, per-action overhead), not overlap; the full-batch pass (m = 1, and its torch.compile)
-answers "how fast can this step go on one device". torch.distributed.pipelining contenders are the ``peers``
-(scripts/_peers.py), on a world of size 1; the looped ones hold the benchmark's stages, the V-shaped ones 2.
+weight-gradient GEMMs, per-action overhead), not overlap; the full-batch pass (m = 1, its torch.compile and,
+when one of ours uses oneDNN's GEMM kernel, the same pass on our engine with it) answers "how fast can this
+step go on one device": "vs full batch" is against the fastest of them that ran. torch.distributed.pipelining
+contenders are the ``peers`` (scripts/_peers.py), on a world of size 1; the looped ones hold the benchmark's
+stages, the V-shaped ones 2.
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ def build_variants(cfg: PipelineBenchConfig, spec: MLPSpec, params: Params, dtyp
     per_mb = scaled(reference_loss(spec), 1.0 / m)
     out = []
     for ours in cfg.schedules:
+        problem = ours.problem(device, dtype)
+        if problem is not None:
+            out.append(Variant.failed(f"ours:{ours.name}", Group.OURS, ValueError(problem)))
+            continue
         pcfg = pipeline_config(spec, ranges, ours, m, cfg.device, dtype, cfg.seed, cfg.virtual)
         out.append(ours_variant(ours.name, Pipeline(pcfg, sgd_frozen, LocalTransport(), init=params), x, y, cfg.batch))
     out += full_batch_variants(seq, reference_loss(spec), x, y, cfg.compile)

@@ -23,8 +23,7 @@ def passes(name: str, checks: Mapping[str, MathCheck]) -> bool:
 
 def best_of(measured: Mapping[str, Measured], group: Group, checks: Mapping[str, MathCheck]) -> Measured | None:
     """The fastest of ``group`` that ran and passed the equal-math check (None when there is none)."""
-    ok = [m for m in measured.values() if m.group is group and m.spread is not None and passes(m.name, checks)]
-    return min(ok, key=lambda m: m.spread.median, default=None)
+    return fastest(measured, [m.name for m in measured.values() if m.group is group], checks)
 
 
 def fastest(measured: Mapping[str, Measured], names: Sequence[str], checks: Mapping[str, MathCheck]) -> Measured | None:

@@ -99,6 +99,9 @@ def _cases(cfg: SimBenchConfig, spec: MLPSpec, where: _Where, layers: list, link
     with shared_init(spec, cfg.seed) as params:
         for ours in cfg.schedules:
             per = ours.kind.stages_per_rank(2)
+            if ours.onednn:
+                skipped[ours.name] = "the simulator bench profiles torch's GEMM kernel only"
+                continue
             if where.ranks * per > spec.num_layers:
                 skipped[ours.name] = f"needs {where.ranks * per} stages, the model has {spec.num_layers} layers"
                 continue

@@ -94,7 +94,7 @@ def _pipeline(result: dict) -> list[str]:
                 other = head.get(key) or f"no {key.replace('_', ' ')} (none ran)"
                 out.append(Target(f"{where}: headline {name} vs {other}", bound).line(_median(d), "speedup", d))
             full = head.get("speedup_vs_full_batch")
-            out.append(f"INFO    {where}: headline {name} vs the full batch in one pass: "
+            out.append(f"INFO    {where}: headline {name} vs the fastest full batch in one pass ({head.get('full_batch')}): "
                        f"{'-' if not full else format(full['median'], '.3f')}x (above 1: the pipeline is faster)")
         fastest = min((r for r in rows if r["group"] == "ours" and r["step_time"] and not _math_failed(r)),
                       key=lambda r: r["step_time"]["median"], default=None)
@@ -111,7 +111,7 @@ def _dist(result: dict) -> list[str]:
         d, limit = head.get("speedup_vs_best_peer"), head.get("fraction_of_limit")
         out.append(Target(f"dist: headline {name} vs the best torch schedule ({head.get('best_peer')}), samples/s",
                           DIST_VS_BEST_PEER).line(_median(d), "speedup", d))
-        out.append(Target(f"dist: headline {name} vs the physical limit (world size x the full batch's samples/s)",
+        out.append(Target(f"dist: headline {name} vs the physical limit (world size x {head.get('full_batch')}'s samples/s)",
                           DIST_OF_LIMIT).line(_median(limit), "fraction", limit))
         busy = head.get("fraction_of_busy_limit")
         if busy:

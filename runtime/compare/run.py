@@ -157,7 +157,7 @@ def train_candidate(
     mine = recent[-1] if replica == 0 else []  # replica 0's ranks stand for every replica
     last_step = [[r.rank, str(r.action) if r.fused == 1 else f"{r.action}x{r.fused}", r.action.op.is_comm, r.start, r.end]
                  for r in gather_records(mine, distributed)]  # the last step's actions on every rank of one replica
-    costs = costs_from_records([r for rs in recent for r in rs], cand.num_stages)  # medians of the latest steps
+    costs = costs_from_records([r for rs in recent for r in rs], cand.num_stages)  # from the latest steps
     if distributed:  # every rank timed only its own stages, and each stage runs once in every replica
         table = torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64)
         costs = [StageCost(*map(float, row)) for row in replica_mean(table, pipe.schedule.num_ranks)]

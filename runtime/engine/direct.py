@@ -3,7 +3,8 @@
 No autograd graph is built and no autograd engine runs: forward keeps exactly what the chapter's backward
 needs (each layer's input x, each activation's output h, and o, y on the last stage), and backward walks the
 layers in reverse, calling the same equations the autograd Functions' backward passes call
-(``runtime.ops.equations``). Same math, same order, so the result equals the autograd engine's; what it saves
+(``runtime.ops.equations``). Same math, same order, so the result equals the autograd engine's (bitwise, on
+torch's GEMM kernel; the direct engine alone may also use oneDNN's, ``runtime.ops.gemm``); what it saves
 is per-call overhead (graph nodes, the engine's device thread), which matters when a step has hundreds of
 pipeline actions.
 """

@@ -103,7 +103,7 @@ class TrainConfig:
         if self.overwrite and self.resume:
             raise ValueError("overwrite: replaces the checkpoint that --resume would continue; choose one")
         per_stage(self.recompute, self.stages)
-        devices = self.devices.split(",") if self.devices else [self.device]
+        devices = [d for d in self.devices.split(",") if d.strip()] if self.devices else [self.device]
         problem = gemm_problem(self.gemm, devices, parse_dtype(self.dtype),
                                self.engine is Engine.DIRECT)
         if problem is not None:

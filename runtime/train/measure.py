@@ -27,21 +27,23 @@ RECENT_STEPS = 32  # the latest steps whose action records give the measured per
 
 
 def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list[StageCost]:
-    """Seconds of F, B and W per stage from timed steps (a fused BW counts as B, W = 0): for each microbatch the
-    median over the steps, then the mean over the microbatches.
+    """Seconds of F, B and W per stage and microbatch from timed steps (a fused BW counts as B, W = 0): each
+    position's median over the steps, summed over the positions of a step, divided by the microbatches they ran.
 
-    A step pays every position of its schedule: the first forward after the optimizer step and a stage's first
-    backward after a run of other work take up to 2-3x the others (host and cache effects, on every step), so a
-    plain median over all actions drops them and a step's sum comes out short (13% for gpipe with 16 microbatches
-    of a width-256 model on the CPU); the median over steps keeps a rare slow step out.
+    A position is an action of the step's list (a W fused over k microbatches is one position of k). A step pays
+    every position: the first forward after the optimizer step and a stage's first backward after a run of other
+    work take up to 2-3x the others (host and cache effects, on every step), so a plain median over all actions
+    drops them and a step's sum comes out short (13% for gpipe with 16 microbatches of a width-256 model on the
+    CPU); the median over steps keeps a rare slow step out.
     """
     times: dict[tuple[int, str], dict[int, list[float]]] = {}
+    counts: dict[tuple[int, str], dict[int, int]] = {}
     for r in records:
         key = {Op.F: "f", Op.B: "b", Op.BW: "b", Op.W: "w"}.get(r.action.op)
         if key is not None:
-            at = times.setdefault((r.action.stage, key), {})
-            at.setdefault(r.action.microbatch, []).append((r.end - r.start) / r.fused)
-    cost = {k: statistics.fmean(statistics.median(v) for v in by_mb.values()) for k, by_mb in times.items()}
+            times.setdefault((r.action.stage, key), {}).setdefault(r.action.microbatch, []).append(r.end - r.start)
+            counts.setdefault((r.action.stage, key), {})[r.action.microbatch] = r.fused
+    cost = {k: sum(statistics.median(v) for v in at.values()) / sum(counts[k].values()) for k, at in times.items()}
     return [StageCost(cost.get((s, "f"), 0.0), cost.get((s, "b"), 0.0), cost.get((s, "w"), 0.0)) for s in range(num_stages)]
 
 
@@ -85,7 +87,8 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
     """Both predictions (made before the run), the measured step, the error and its largest contributors; the
     Gantt chart and Chrome trace of the traced step when ``cfg.gantt`` / ``cfg.trace`` ask for them.
 
-    ``recent``: this process's action records of the last timed steps (their medians are the measured action times).
+    ``recent``: this process's action records of the last timed steps (``costs_from_records`` turns them into the
+    measured action times).
     """
     n = pipe.cfg.num_stages
     costs = costs_from_records(recent, n)

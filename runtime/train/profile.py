@@ -3,7 +3,7 @@
 Each layer is timed with the runtime's own kernels (``runtime.ops.equations``, on the run's GEMM kernel,
 ``runtime.ops.gemm``, and the deferred weight gradient of ``runtime.ops.wgrad``), on random data:
 
-* F: z = x W^T + b (one addmm), then h = phi(z) when an activation follows;
+* F: z = x W^T + b (one addmm, or oneDNN's linear), then h = phi(z) when an activation follows;
 * B: g = dJ/dh * phi'(h) when an activation follows (threshold_backward for ReLU), then dJ/dx = g W (not on
   layer 0, whose input is data and needs no gradient);
 * W: dJ/dW += g^T x (addmm_ into the gradient), dJ/db += sum_rows g.

@@ -174,3 +174,35 @@ def test_pipeline_bench_on_cuda_with_nccl_world_of_one():
         assert r["error"] is None, (r["variant"], r["error"])
         assert r["math"]["ok"], (r["variant"], r["math"])
     assert res["peaks"]["bfloat16"] is None or "TFLOP/s" in res["peaks"]["bfloat16"]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dist_bench_with_the_onednn_kernel_and_its_full_batch(tmp_path, dtype):
+    """float32: the +onednn contender and both oneDNN full batches run and pass the math check, and the limit is the
+    faster full batch; float64 (where oneDNN cannot run): those rows fail with the reason on both ranks, the rest runs."""
+    out = tmp_path / "d.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "scripts" / "bench.py"),
+                          "dist", "--quick", "--schedules", "1f1b,zb-h1+defer-w+direct+onednn", "--peers", "1f1b",
+                          "--headline", "ours:1f1b", "--dtype", dtype, "--json", str(out)],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    onednn = ("ours:zb-h1+defer-w+direct+onednn", "full-batch:onednn", "full-batch:onednn:every-rank")
+    assert set(rows) == {"ours:1f1b", "full-batch", "full-batch:every-rank", "peer:1f1b", *onednn}
+    for name in ("ours:1f1b", "full-batch", "full-batch:every-rank", "peer:1f1b"):
+        assert rows[name]["error"] is None and rows[name]["math"]["ok"], (name, rows[name])
+    if dtype == "float64":
+        for name in onednn:
+            assert "onednn computes in float32 only, not float64" in rows[name]["error"], rows[name]
+        assert rows["ours:1f1b"]["full_batch"] == "full-batch"
+        return
+    for name in onednn:
+        assert rows[name]["error"] is None and rows[name]["math"]["ok"], (name, rows[name])
+    faster = min(("full-batch", "full-batch:onednn"), key=lambda n: rows[n]["step_time"]["median"])
+    busier = min(("full-batch:every-rank", "full-batch:onednn:every-rank"), key=lambda n: rows[n]["step_time"]["median"])
+    head = rows["ours:1f1b"]
+    assert head["full_batch"] == faster and head["full_batch_every_rank"] == busier
+    # every-rank rows did a whole batch on each of the 2 ranks
+    assert rows[busier]["samples_per_second"] == pytest.approx(2 * 32 / rows[busier]["step_time"]["median"])

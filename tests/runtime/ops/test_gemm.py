@@ -3,12 +3,14 @@
 import pytest
 import torch
 
+from partition.recompute import NO_RECOMPUTE, RECOMPUTE_ALL, Recompute
 from partition.schedule.actions import ScheduleKind
 from partition.spec import MLPSpec
 from runtime.bench.contenders import FULL_BATCH_ONEDNN, OurSchedule, onednn_full_batch
 from runtime.comm import LocalTransport
 from runtime.engine.pipeline import Pipeline, PipelineConfig
 from runtime.engine.stage import Engine
+from runtime.ops import equations
 from runtime.ops.equations import linear_forward, linear_grad_input
 from runtime.ops.gemm import Gemm, gemm_problem
 from runtime.ops.model import PipeModel
@@ -57,8 +59,9 @@ def test_bench_names_parse_and_order():
         OurSchedule.parse("1f1b+onednn+direct")
 
 
-def train(spec, ranges, kind, m, dtype, engine, gemm, steps=3):
-    cfg = PipelineConfig(spec, ranges, kind, m, ("cpu",) * len(ranges), dtype, 5, defer_w=True, engine=engine, gemm=gemm)
+def train(spec, ranges, kind, m, dtype, engine, gemm, steps=3, recompute=()):
+    cfg = PipelineConfig(spec, ranges, kind, m, ("cpu",) * len(ranges), dtype, 5, defer_w=True, engine=engine, gemm=gemm,
+                         recompute=recompute)
     pipe = Pipeline(cfg, lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), LocalTransport())
     g = torch.Generator().manual_seed(11)
     losses = []
@@ -103,3 +106,23 @@ def test_the_onednn_full_batch_baseline_computes_the_reference_gradients():
     failed = onednn_full_batch(spec, params, F64, torch.device("cpu"), x.double(), y)
     with pytest.raises(RuntimeError, match="could not build: ValueError: gemm: onednn computes in float32 only"):
         failed.step()
+
+
+@needs_onednn
+@pytest.mark.parametrize("recompute,extra_f", [(NO_RECOMPUTE, 0), (RECOMPUTE_ALL, 4), (Recompute.parse("first:1"), 2)])
+def test_every_forward_and_input_gradient_product_goes_to_onednn(monkeypatch, recompute, extra_f):
+    """One step, 4 layers in 2 stages, 4 microbatches: 4 F products a microbatch (plus the recomputed ones) and 3 B
+    products (layer 0's input needs no gradient), every one of them through oneDNN's kernel."""
+    calls = {"f": 0, "b": 0}
+
+    def counted(key, fn):
+        def wrapper(*args):
+            calls[key] += 1
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(equations, "onednn_linear", counted("f", equations.onednn_linear))
+    monkeypatch.setattr(equations, "onednn_grad_input", counted("b", equations.onednn_grad_input))
+    spec = MLPSpec((12, 40, 24, 32, 5), "relu", True, 0.0)
+    train(spec, ((0, 2), (2, 4)), ScheduleKind.ZB_H1, 4, F32, Engine.DIRECT, Gemm.ONEDNN, steps=1, recompute=(recompute,))
+    assert calls == {"f": 4 * (4 + extra_f), "b": 4 * 3}

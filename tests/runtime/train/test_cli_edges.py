@@ -192,3 +192,9 @@ def test_a_run_on_the_onednn_kernel_trains_and_predicts(tmp_path):
     assert r.returncode == 0, r.stderr
     data = __import__("json").loads(out.read_text())
     assert data["config"]["gemm"] == "onednn" and data["predicted_step_time"] > 0 and data["measured_step_time"]["median"] > 0
+    from runtime.engine.stage import Engine
+    from runtime.ops.gemm import Gemm
+    from runtime.train.process import pipeline_config
+
+    cfg = TrainConfig(engine=Engine.DIRECT, gemm=Gemm.ONEDNN)
+    assert pipeline_config(cfg, ("cpu",) * cfg.stages).gemm is Gemm.ONEDNN

@@ -42,9 +42,9 @@ def test_stage_costs_keep_every_position_of_the_step_and_drop_a_rare_slow_step()
         slow = 100.0 if step == 3 else 1.0  # one step where everything took 100x: the median over steps drops it
         steps += [rec(0, Op.F, 0, 3.0 * slow), rec(0, Op.F, 1, 1.0 * slow), rec(0, Op.F, 2, 1.0 * slow),
                   rec(0, Op.F, 3, 1.0 * slow), rec(1, Op.BW, 0, 2.0), rec(1, Op.BW, 1, 4.0),
-                  rec(1, Op.W, 0, 6.0, fused=2)]
+                  rec(1, Op.W, 0, 2.0), rec(1, Op.W, 1, 10.0, fused=3)]
     costs = measure.costs_from_records(steps, 2)
     # stage 0 F: the first microbatch takes 3 every step, the others 1: (3 + 1 + 1 + 1) / 4 (a median over all: 1)
     assert costs[0].f == 1.5 and costs[0].b == 0.0 and costs[0].w == 0.0
-    # stage 1: a fused BW counts as B; a W fused over 2 microbatches counts 6 / 2 each
+    # stage 1: a fused BW counts as B; W ran 1 microbatch alone (2) and 3 fused (10): 12 / 4 a microbatch
     assert (costs[1].f, costs[1].b, costs[1].w) == (0.0, 3.0, 3.0)
