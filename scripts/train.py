@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--devices", default=None, help="one device per stage, e.g. cuda:0,cuda:0,cuda:1,cuda:1")
     g.add_argument("--no-fuse-w", dest="fuse_w", action="store_false", help="run deferred weight gradients one by one")
     g.add_argument("--defer-w", action="store_true",
-                   help="run every weight gradient at the end of the step, one fused GEMM per layer (more memory)")
+                   help="run the weight gradients at the end of the step, one fused GEMM per layer (more memory); "
+                        "a wait between the last backward steps holds one microbatch's instead")
     g.add_argument("--engine", default="autograd", choices=[e.value for e in Engine],
                    help="autograd: the hand-derived Functions driven by autograd's engine; direct: the same "
                         "equations called without building a graph (less overhead per action)")

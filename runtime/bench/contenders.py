@@ -41,7 +41,8 @@ Grads = dict[tuple[int, str], torch.Tensor]
 
 @dataclass(frozen=True)
 class OurSchedule:
-    """One of our contenders: a schedule kind, optionally with every W deferred to the end of the step,
+    """One of our contenders: a schedule kind, optionally with the W deferred to the end of the step (the drain's
+    waits holding one each, ``partition.schedule.transforms``),
     optionally on the direct engine (the same equations without autograd's engine), and there optionally with
     oneDNN's GEMM kernel for F and B (``runtime.ops.gemm``)."""
 

@@ -97,12 +97,31 @@ def test_defer_all_w_moves_every_weight_gradient_to_the_end():
     from partition.schedule.transforms import defer_all_w
     from partition.schedule.validate import validate
 
-    sched = defer_all_w(generate(ScheduleKind.ONE_F_ONE_B, 3, 4))
+    sched = defer_all_w(generate(ScheduleKind.ONE_F_ONE_B, 3, 4), fill_drain=False)
     validate(sched)
     for acts in sched.actions.values():
         ops = [a.op.name for a in acts]
         assert "BW" not in ops and ops.count("W") == 4 and ops.count("B") == 4
         assert ops[-4:] == ["W"] * 4
+
+
+def test_filling_the_drain_moves_one_w_into_the_wait_the_unit_simulation_shows():
+    """2 ranks, 4 microbatches, unit costs (worked by hand): with every W at the end rank 0 runs B3 in [9, 10] and
+    its four W until 14 while rank 1 ends at 13; rank 0 waits in [8, 9] for B3's gradient, so W0 goes there and
+    the step ends at 13. GPipe's backward steps never wait, so it keeps every W at the end."""
+    from partition.schedule.generators import generate
+    from partition.schedule.simulate import simulate
+    from partition.schedule.transforms import defer_all_w
+    from partition.timing import StageCost
+
+    unit = [StageCost(1.0, 1.0, 1.0)] * 2
+    plain = defer_all_w(generate(ScheduleKind.ZB_H1, 2, 4), fill_drain=False)
+    filled = defer_all_w(generate(ScheduleKind.ZB_H1, 2, 4))
+    assert " ".join(map(str, filled.actions[0])) == "0F0 0F1 0B0 0F2 0B1 0F3 0B2 0W0 0B3 0W1 0W2 0W3"
+    assert filled.actions[1] == plain.actions[1]
+    assert simulate(plain, unit).makespan == 14.0 and simulate(filled, unit).makespan == 13.0
+    gpipe = generate(ScheduleKind.GPIPE, 2, 4)
+    assert defer_all_w(gpipe).actions == defer_all_w(gpipe, fill_drain=False).actions
 
 
 def test_unfused_weight_gradients_are_bitwise_equal_to_one_stage_accumulation():
