@@ -45,7 +45,9 @@ class LinkModel:
 
     ``rendezvous``: a transfer starts only once the receiver has posted its receive, as gloo's and NCCL's
     point-to-point do (measured here: a 4 MiB gloo message sent 5 ms before its receive still takes its full
-    2.9 ms after the receive), so a message sent to a busy rank does not travel while that rank computes.
+    2.9 ms after the receive). The runtime posts each rank's receives one ahead (the next when it takes one), so a
+    message travels while its receiver computes unless it left before the receiver took the message before it
+    (``partition.schedule.replay``).
     """
 
     latency: float = 0.0

@@ -39,6 +39,9 @@ class Transport(Protocol):
     def ready(self, msg: Message) -> bool:
         """Whether the receive named by ``msg`` can be taken now without waiting on this process."""
 
+    def prepost(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        """Post the receive ``msg`` names ahead of the action that takes it, so that its transfer can run meanwhile."""
+
     def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The tensor sent to ``msg`` (``shape`` and ``dtype`` come from the plan)."""
 
@@ -61,6 +64,9 @@ class LocalTransport:
     def ready(self, msg: Message) -> bool:
         """Whether the receive named by ``msg`` can complete now."""
         return msg.key in self._box
+
+    def prepost(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        """Nothing to post: a send is already in the mailbox."""
 
     def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Take the tensor sent to ``msg.key``."""

@@ -7,9 +7,9 @@ never congest). Without send/recv actions a tensor is sent when its producer end
 receives between two compute actions fire together, as ``batch_isend_irecv`` does: the sends leave when the rank
 reaches the group, then the rank waits for each receive's arrival (a compute action needs its RECV done first).
 With ``rendezvous`` (gloo and NCCL point-to-point), a transfer starts only once the receiver is ready for it as well
-(its receive posted: the rank has reached the action that needs it), so a message sent while the receiver is busy
-arrives ``tl`` after the receiver gets to it, not after the send; the receives of one group are then posted one
-after another (each waits for the one before, as the runtime's blocking receives do), not together.
+(its receive posted), and the runtime posts a rank's receives one ahead: the first at the start of the step, each
+next one when the rank has taken the one before. So a message sent before its receive is posted arrives ``tl``
+after the posting, not after the send, and the receives of one rank are posted one after another, not together.
 Activations of (stage, microbatch) are held from its F until its BW, or until its W when B and W are split.
 Linear time: a rank advances until an input is missing and is woken by that input's arrival only.
 """
@@ -94,6 +94,7 @@ class _Replayer:
         self.busy = [0.0] * p
         self.clock, self.cpred, self.ptr = [0.0] * p, [-1] * p, [0] * p
         self.gstart = [0.0] * p  # when the rank reached its current group of sends/receives
+        self.posted = [0.0] * p  # with rendezvous: when the rank's next receive is posted (it took the one before)
         self.waiting: dict[int, int] = {}  # idx (input) or SM + idx (gradient) -> the rank waiting for its arrival
         self.timeline: list[list[TimedAction]] = [[] for _ in range(p)]
         self.transfers: list[TimedAction] = []
@@ -131,7 +132,7 @@ class _Replayer:
                 break
             avail, dep, cost = ready
             if self.rendezvous and not self.has_comms:
-                avail, dep = self._rendezvous(op, idx, s, t, cp, avail, dep)
+                avail, dep = self._rendezvous(r, op, idx, s, t, cp, avail, dep)
             if avail > t:
                 t, cp = avail, dep
             start, t = t, t + cost
@@ -168,7 +169,7 @@ class _Replayer:
             return None
         source = self.src_f[idx] if op == RECV_F else self.src_b[idx]
         if self.rendezvous:
-            arrival, source = self._rendezvous(F if op == RECV_F else BW, idx, idx // self.M, t, cp, arrival, source)
+            arrival, source = self._rendezvous(r, F if op == RECV_F else BW, idx, idx // self.M, t, cp, arrival, source)
         if op == RECV_F:
             self.in_f[idx] = arrival
         else:
@@ -177,9 +178,11 @@ class _Replayer:
             return arrival, source
         return t, cp
 
-    def _rendezvous(self, op: int, idx: int, s: int, t: float, cp: int, avail: float, dep: int) -> tuple[float, int]:
-        """The input of a compute action ``op`` on (stage s, microbatch) when its transfer can start only once this
-        rank (free at ``t``) is ready for it: ``avail`` unless the rank came later than the send; records the flight."""
+    def _rendezvous(self, r: int, op: int, idx: int, s: int, t: float, cp: int, avail: float,
+                    dep: int) -> tuple[float, int]:
+        """The input of a compute action ``op`` on (stage s, microbatch) of rank ``r`` (free at ``t``) when its transfer
+        can start only once the receive is posted (module doc): ``avail`` unless it was posted after the send; records
+        the flight and posts the rank's next receive when this one is taken."""
         M = self.M
         if op == F:
             if s == 0 or not self.enc.cross[s - 1]:
@@ -192,10 +195,11 @@ class _Replayer:
         if fly <= 0:
             return avail, dep
         arrived = self.arr_f[idx] if send is Op.SEND_F else self.arr_b[idx]  # send + fly: the transfer alone
-        start = max(arrived - fly, t)
+        start = max(arrived - fly, self.posted[r])
         if self.record:
             self.transfers.append(TimedAction(self.enc.placement[sender], Action(sender, send, idx % M), start,
                                               start + fly))
+        self.posted[r] = max(t, start + fly)  # taken then; the next receive is posted at once
         return (start + fly, cp) if start + fly > avail else (avail, dep)
 
     def _inputs(self, r: int, op: int, idx: int, s: int) -> tuple[float, int, float] | None:

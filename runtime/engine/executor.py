@@ -67,6 +67,14 @@ class Executor:
                     raise ValueError(f"executor: rank {r} runs {a} but this process holds no stage {a.stage}")
                 if a.op in (Op.W, Op.BW):
                     self._last_grad[(r, a.stage)] = i
+        self._next_recv: dict[tuple[int, int], Action] = {}  # (rank, index of a receive) -> the rank's next receive
+        self._first_recv: dict[int, Action] = {}
+        for r in self.ranks:
+            recvs = [(i, a) for i, a in enumerate(self.schedule.actions[r]) if a.op in RECEIVES]
+            if recvs:
+                self._first_recv[r] = recvs[0][1]
+            for (i, _), (_, b) in zip(recvs, recvs[1:]):
+                self._next_recv[(r, i)] = b
         self._inbox: dict[tuple[Op, int, int], torch.Tensor] = {}
         self._outbox: dict[tuple[Op, int, int], torch.Tensor] = {}
 
@@ -96,6 +104,8 @@ class Executor:
         self._inputs, self._targets, self._denom, self._rows = inputs, targets, denom, rows
         self._sync = sync_timing
         result = StepResult(loss=None)
+        for a in self._first_recv.values():  # each rank's receives are posted one ahead (runtime.comm)
+            self.transport.prepost(*self._receive_spec(a))
         ptr = dict.fromkeys(self.ranks, 0)
         lists = {r: self.schedule.actions[r] for r in self.ranks}
         while any(ptr[r] < len(lists[r]) for r in self.ranks):
@@ -129,6 +139,8 @@ class Executor:
         if self._sync and self.stages[a.stage].device.type == "cuda":
             torch.cuda.synchronize(self.stages[a.stage].device)
         result.records.append(ActionRecord(rank, a, start, time.perf_counter(), count))
+        if (rank, i) in self._next_recv:
+            self.transport.prepost(*self._receive_spec(self._next_recv[(rank, i)]))
         if self.on_grads_ready is not None and i <= self._last_grad.get((rank, a.stage), -1) < i + count:
             self.on_grads_ready(self.stages[a.stage])
         return count
@@ -158,12 +170,16 @@ class Executor:
             dst_dev = self.stages[dst].device if dst in self.stages else stage.device
             self.transport.send(self._message(op, dst, mb, self._rank_of(dst)), tensor, dst_dev)
         elif a.op in RECEIVES:
-            width = stage.input_width if a.op is Op.RECV_F else stage.output_width
-            dtype = stage.params[0][0].dtype
-            msg = self._recv_message(a)
-            self._inbox[msg.key] = self.transport.recv(msg, (self._rows, width), dtype, stage.device)
+            msg, shape, dtype, device = self._receive_spec(a)
+            self._inbox[msg.key] = self.transport.recv(msg, shape, dtype, device)
         else:  # pragma: no cover - every Op is handled above
             raise ValueError(f"executor: unknown action {a}")
+
+    def _receive_spec(self, a: Action) -> tuple[Message, tuple[int, int], torch.dtype, torch.device]:
+        """The message a receive action takes, with its buffer's shape, dtype and device (from the plan)."""
+        stage = self.stages[a.stage]
+        width = stage.input_width if a.op is Op.RECV_F else stage.output_width
+        return self._recv_message(a), (self._rows, width), stage.params[0][0].dtype, stage.device
 
     def _hand_on(self, op: Op, src: int, dst: int, mb: int, tensor: torch.Tensor) -> None:
         """Pass ``tensor`` to stage ``dst``: in-process when it lives on the same rank, else via a SEND action."""

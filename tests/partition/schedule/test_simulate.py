@@ -94,28 +94,29 @@ def test_link_time_on_a_hand_computed_timeline():
     assert r.critical_path == (Action(0, Op.F, 0), Action(1, Op.F, 0), Action(1, Op.BW, 0), Action(0, Op.BW, 0))
 
 
-def test_rendezvous_link_starts_a_transfer_only_when_the_receiver_is_ready():
-    """1F1B, 2 ranks, 2 microbatches, F = 1, BW = 2, every message 0.5 s, worked out by hand.
+def test_rendezvous_link_starts_a_transfer_only_when_its_receive_is_posted_one_ahead():
+    """Every message 2 s, F = 1, BW = 1, 2 ranks, 2 microbatches, worked out by hand.
 
-    Free-flying messages: 1F1 finds its input there (sent at 2, arrived 2.5) when rank 1 is free at 4.5.
-    Rendezvous (gloo): that transfer starts only at 4.5, so 1F1 runs [5, 6], 1BW1 [6, 8], and the last gradient,
-    sent at 8 while rank 0 has been ready since 7, reaches it at 8.5: 0BW1 [8.5, 10.5].
+    A rank posts its first receive at the start and each next one when it takes the one before. GPipe: rank 1
+    takes F0 at 3 (sent at 1), so F1's receive is posted only then although F1 left at 2: it lands at 5 (free
+    flight: 4), 1F1 runs [5, 6], 1BW1 [6, 7], 1BW0 [7, 8]. Rank 0 takes B1 at 9 (sent at 7); B0, sent at 8, is
+    posted at 9 and lands at 11: 0BW0 [11, 12], where free-flying messages end the step at 10. In 1F1B each
+    receive is posted before its message leaves, so the rendezvous changes nothing there.
     """
-    cost, sizes = StageCost(1.0, 2.0, 0.0), [1.0, 0.0]
-    schedule = generate(ScheduleKind.ONE_F_ONE_B, 2, 2)
-    free = simulate(schedule, [cost] * 2, LinkModel(latency=0.5), sizes)
-    assert [(str(t.action), t.start, t.end) for t in free.timeline] == [
-        ("0F0", 0, 1), ("0F1", 1, 2), ("0BW0", 5, 7), ("0BW1", 8, 10),
-        ("1F0", 1.5, 2.5), ("1BW0", 2.5, 4.5), ("1F1", 4.5, 5.5), ("1BW1", 5.5, 7.5)]
-    link = LinkModel(latency=0.5, rendezvous=True)
-    for sched in (schedule, insert_comms(schedule)):  # with or without explicit send/recv actions
+    cost, sizes = StageCost(1.0, 1.0, 0.0), [1.0, 0.0]
+    gpipe, one = generate(ScheduleKind.GPIPE, 2, 2), generate(ScheduleKind.ONE_F_ONE_B, 2, 2)
+    assert simulate(gpipe, [cost] * 2, LinkModel(latency=2.0), sizes).makespan == 10.0
+    link = LinkModel(latency=2.0, rendezvous=True)
+    for sched in (gpipe, insert_comms(gpipe)):  # with or without explicit send/recv actions
         r = simulate(sched, [cost] * 2, link, sizes)
         assert [(str(t.action), t.start, t.end) for t in r.timeline if not t.action.op.is_comm] == [
-            ("0F0", 0, 1), ("0F1", 1, 2), ("0BW0", 5, 7), ("0BW1", 8.5, 10.5),
-            ("1F0", 1.5, 2.5), ("1BW0", 2.5, 4.5), ("1F1", 5, 6), ("1BW1", 6, 8)]
-        assert r.makespan == 10.5
+            ("0F0", 0, 1), ("0F1", 1, 2), ("0BW1", 9, 10), ("0BW0", 11, 12),
+            ("1F0", 3, 4), ("1F1", 5, 6), ("1BW1", 6, 7), ("1BW0", 7, 8)]
+        assert r.makespan == 12.0
         assert sorted((t.rank, str(t.action), t.start, t.end) for t in r.transfers) == [
-            (0, "0SEND_F0", 1, 1.5), (0, "0SEND_F1", 4.5, 5.0), (1, "1SEND_B0", 4.5, 5.0), (1, "1SEND_B1", 8, 8.5)]
+            (0, "0SEND_F0", 1, 3), (0, "0SEND_F1", 3, 5), (1, "1SEND_B0", 9, 11), (1, "1SEND_B1", 7, 9)]
+        free_1f1b = simulate(one, [cost] * 2, LinkModel(latency=2.0), sizes)
+        assert simulate(one, [cost] * 2, link, sizes).timeline == free_1f1b.timeline
     assert "from the receive on" in link.describe() and "receive" not in LinkModel(0.5).describe()
 
 

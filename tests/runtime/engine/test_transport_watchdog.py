@@ -15,7 +15,7 @@ from runtime.ops.clip import clip_grad_norm
 @pytest.mark.parametrize("cls", [LocalTransport, DistTransport])
 def test_both_transports_implement_the_protocol_with_its_signatures(cls):
     members = [n for n, v in vars(Transport).items() if inspect.isfunction(v) and not n.startswith("_")]
-    assert sorted(members) == ["flush", "ready", "recv", "send"]
+    assert sorted(members) == ["flush", "prepost", "ready", "recv", "send"]
     for name in members:
         assert inspect.signature(getattr(cls, name)) == inspect.signature(getattr(Transport, name)), name
 
