@@ -44,11 +44,13 @@ class DistTransport:
     """Point-to-point over torch.distributed: isend/irecv with tags, every wait bounded by ``timeout``.
 
     Under gloo, CUDA tensors are staged through host memory (gloo cannot send device memory).
-    Tensor shapes come from the partition plan, so receives need no shape handshake. The executor posts each receive
-    one ahead (``prepost``, when the rank has taken the receive before it): a point-to-point transfer starts only once
-    its receive is posted, and posted only at the action that needs it, a message sent while its receiver computes
-    waited for it (an interleaved step on 2 CPU processes: 242-244 ms posted at the action, 204-215 ms one ahead).
-    Under gloo a send yields the
+    Tensor shapes come from the partition plan, so receives need no shape handshake. Under gloo the executor posts
+    each receive one ahead (``prepost``: the first at the start of a step, the next when the rank has taken the one
+    before). A point-to-point transfer starts only once its receive is posted; posted at the action that needs it, a
+    message sent while its receiver computed waited for it (an interleaved step on 2 CPU processes: 242-244 ms
+    posted at the action, 204-215 ms one ahead). Under NCCL a receive is posted at its action: NCCL runs the sends
+    and receives between two ranks in the order they were posted, so a receive posted ahead of a send of the same
+    rank would hold that send back and deadlock the pair. Under gloo a send yields the
     CPU once posted: the transfer runs on gloo's own thread, and on a rank whose one core goes straight on to a
     long GEMM it otherwise waited for that GEMM to end (an interleaved step on 2 CPU processes: 223-239 ms
     without, 211-224 ms with; the message sent after a rank's first forward reached the next rank 2 ms late).
@@ -83,8 +85,18 @@ class DistTransport:
         return True
 
     def prepost(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-        """Post the receive for ``msg`` into a fresh buffer now; :meth:`recv` waits for it later."""
-        if msg.key not in self._posted:
+        """Under gloo, post the receive for ``msg`` into a fresh buffer now (:meth:`recv` waits for it later); under
+        NCCL nothing (see the class doc)."""
+        if self.backend is Backend.GLOO:
+            self._post_receive(msg, shape, dtype, device)
+
+    def _post_receive(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        posted = self._posted.get(msg.key)
+        if posted is not None:
+            if (tuple(posted[1].shape), posted[1].dtype) != (tuple(shape), dtype):
+                raise RuntimeError(f"transport: {describe(msg.key)} was posted ahead for {tuple(posted[1].shape)} "
+                                   f"{posted[1].dtype}, taken as {tuple(shape)} {dtype}")
+        else:
             staged = self.backend is Backend.GLOO and device.type != "cpu"
             buf = torch.empty(shape, dtype=dtype, device="cpu" if staged else device)
             work = self._post(lambda: dist.irecv(buf, self.peers[msg.peer], tag=msg.tag), msg, "receiving")
@@ -92,16 +104,20 @@ class DistTransport:
 
     def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The tensor for ``msg`` from ``msg.peer`` (posted now unless :meth:`prepost` did), on ``device``."""
-        self.prepost(msg, shape, dtype, device)
+        self._post_receive(msg, shape, dtype, device)
         work, buf = self._posted.pop(msg.key)
         self._wait(work, msg, "receiving")
         return buf.to(device) if buf.device != device else buf
 
     def flush(self) -> None:
-        """Wait for every posted send (end of a step)."""
+        """Wait for every posted send (end of a step); a receive posted ahead and never taken is an error (it would
+        take the next message of its tag)."""
         sends, self._sends = self._sends, []
         for work, _tensor, msg in sends:
             self._wait(work, msg, "sending")
+        if self._posted:
+            left, self._posted = sorted(map(describe, self._posted)), {}
+            raise RuntimeError(f"transport: receives posted ahead but never taken: {left[:4]}")
 
     def _wait(self, work: dist.Work, msg: Message, what: str) -> None:
         def finish() -> None:

@@ -31,7 +31,8 @@ class Message:
 
 
 class Transport(Protocol):
-    """What the executor needs to move a tensor between ranks: post a send, test or take a receive, flush."""
+    """What the executor needs to move a tensor between ranks: post a send, post a receive ahead, test or take a
+    receive, flush."""
 
     def send(self, msg: Message, tensor: torch.Tensor, dst_device: torch.device) -> None:
         """Hand ``tensor`` to the receive ``msg`` names (may return before it arrives)."""
@@ -66,7 +67,7 @@ class LocalTransport:
         return msg.key in self._box
 
     def prepost(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-        """Nothing to post: a send is already in the mailbox."""
+        """Nothing to post: the mailbox takes a send whenever it comes."""
 
     def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Take the tensor sent to ``msg.key``."""

@@ -7,9 +7,12 @@ never congest). Without send/recv actions a tensor is sent when its producer end
 receives between two compute actions fire together, as ``batch_isend_irecv`` does: the sends leave when the rank
 reaches the group, then the rank waits for each receive's arrival (a compute action needs its RECV done first).
 With ``rendezvous`` (gloo and NCCL point-to-point), a transfer starts only once the receiver is ready for it as well
-(its receive posted), and the runtime posts a rank's receives one ahead: the first at the start of the step, each
-next one when the rank has taken the one before. So a message sent before its receive is posted arrives ``tl``
-after the posting, not after the send, and the receives of one rank are posted one after another, not together.
+(its receive posted), and the runtime posts a rank's receives one ahead under gloo: the first at the start of the
+step, each next one when the rank has taken the one before. So a message sent before its receive is posted arrives
+``tl`` after the posting, not after the send, and the receives of one rank are posted one after another. Without
+explicit send/recv actions the receives are posted in the order the compute actions need them; with them, in the
+order of the RECV actions (``insert_comms`` moves some earlier for interleaved and V schedules), as the runtime
+does. (Under NCCL the runtime posts each receive at its action, which this model does not distinguish.)
 Activations of (stage, microbatch) are held from its F until its BW, or until its W when B and W are split.
 Linear time: a rank advances until an input is missing and is woken by that input's arrival only.
 """
@@ -66,7 +69,7 @@ def replay(
     """Replay the encoded lists with per-stage costs ``cf``, ``cb``, ``cw`` and boundary transfer times ``tl``.
 
     ``actions`` are the schedule's lists (the timeline holds those objects); ``record=False`` skips the timeline;
-    ``rendezvous``: a transfer starts when both sender and receiver are there (see the module docstring).
+    ``rendezvous``: a transfer starts when it is sent and its receive is posted, one ahead (see the module docstring).
     """
     return _Replayer(enc, actions, cf, cb, cw, tl, record, rendezvous).run()
 
@@ -95,6 +98,7 @@ class _Replayer:
         self.clock, self.cpred, self.ptr = [0.0] * p, [-1] * p, [0] * p
         self.gstart = [0.0] * p  # when the rank reached its current group of sends/receives
         self.posted = [0.0] * p  # with rendezvous: when the rank's next receive is posted (it took the one before)
+        self.posted_by = [-1] * p  # the action whose end set that time (-1: the start of the step)
         self.waiting: dict[int, int] = {}  # idx (input) or SM + idx (gradient) -> the rank waiting for its arrival
         self.timeline: list[list[TimedAction]] = [[] for _ in range(p)]
         self.transfers: list[TimedAction] = []
@@ -193,14 +197,22 @@ class _Replayer:
         else:
             return avail, dep
         if fly <= 0:
+            self._take(r, t, cp, avail, dep)
             return avail, dep
         arrived = self.arr_f[idx] if send is Op.SEND_F else self.arr_b[idx]  # send + fly: the transfer alone
         start = max(arrived - fly, self.posted[r])
         if self.record:
             self.transfers.append(TimedAction(self.enc.placement[sender], Action(sender, send, idx % M), start,
                                               start + fly))
-        self.posted[r] = max(t, start + fly)  # taken then; the next receive is posted at once
-        return (start + fly, cp) if start + fly > avail else (avail, dep)
+        # held back by its posting: what posted this receive (the take of the one before) delayed it
+        got, by = (start + fly, self.posted_by[r]) if start + fly > avail else (avail, dep)
+        self._take(r, t, cp, got, by)
+        return got, by
+
+    def _take(self, r: int, t: float, cp: int, got: float, by: int) -> None:
+        """Rank ``r`` (free at ``t`` after ``cp``) takes a receive whose tensor is there at ``got`` (delivered by
+        ``by``) and posts its next receive then."""
+        self.posted[r], self.posted_by[r] = (t, cp) if t >= got else (got, by)
 
     def _inputs(self, r: int, op: int, idx: int, s: int) -> tuple[float, int, float] | None:
         """When a compute action's inputs are there, which action delivered the last, and its cost; None if missing."""

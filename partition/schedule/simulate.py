@@ -4,9 +4,9 @@ The model is ``partition.schedule.replay``'s: ranks run their lists in order, co
 between ranks take ``link.time(activation_bytes[s])`` and overlap compute, and the sends and receives between
 two compute actions fire together; so a schedule simulates the same with or without the actions
 ``insert_comms`` adds, except where a receive had to move earlier to keep blocking communication deadlock-free.
-With a rendezvous link (``LinkModel.rendezvous``: gloo, NCCL point-to-point) a transfer starts only when its
-receiver is ready for it too, and a group's receives are posted one after another, as blocking receives are; the
-explicit actions can then differ a little from the lists without them (a receive moved earlier posts earlier).
+With a rendezvous link (``LinkModel.rendezvous``: gloo, NCCL point-to-point) a transfer starts only once its
+receive is posted, and each rank posts its receives one ahead, as the runtime does under gloo; the explicit actions
+can then differ a little from the lists without them (a receive moved earlier is posted earlier).
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ def test_filling_the_drain_moves_one_w_into_the_wait_the_unit_simulation_shows()
     from partition.schedule.generators import generate
     from partition.schedule.simulate import simulate
     from partition.schedule.transforms import defer_all_w
+    from partition.schedule.validate import validate
     from partition.timing import StageCost
 
     unit = [StageCost(1.0, 1.0, 1.0)] * 2
@@ -122,6 +123,15 @@ def test_filling_the_drain_moves_one_w_into_the_wait_the_unit_simulation_shows()
     assert simulate(plain, unit).makespan == 14.0 and simulate(filled, unit).makespan == 13.0
     gpipe = generate(ScheduleKind.GPIPE, 2, 4)
     assert defer_all_w(gpipe).actions == defer_all_w(gpipe, fill_drain=False).actions
+    # 1F1B on 4 ranks, 8 microbatches: rank r's drain has 3 - r waits between its last backward steps; one W in
+    # each brings the step from 30 units to 27 (the last rank's 3 of fill + 8 F + 8 B + 8 W)
+    four = generate(ScheduleKind.ONE_F_ONE_B, 4, 8)
+    unit4 = [StageCost(1.0, 1.0, 1.0)] * 4
+    filled4 = defer_all_w(four)
+    validate(filled4)
+    assert simulate(defer_all_w(four, fill_drain=False), unit4).makespan == 30.0 and simulate(filled4, unit4).makespan == 27.0
+    last_b = {r: max(i for i, a in enumerate(acts) if a.op.name == "B") for r, acts in filled4.actions.items()}
+    assert [sum(a.op.name == "W" for a in acts[: last_b[r]]) for r, acts in sorted(filled4.actions.items())] == [3, 2, 1, 0]
 
 
 def test_unfused_weight_gradients_are_bitwise_equal_to_one_stage_accumulation():
