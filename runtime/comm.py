@@ -43,19 +43,16 @@ class Dim(Enum):
 class DistTransport:
     """Point-to-point over torch.distributed: isend/irecv with tags, every wait bounded by ``timeout``.
 
-    Under gloo, CUDA tensors are staged through host memory (gloo cannot send device memory).
-    Tensor shapes come from the partition plan, so receives need no shape handshake. Under gloo the executor posts
-    each receive one ahead (``prepost``: the first at the start of a step, the next when the rank has taken the one
-    before). A point-to-point transfer starts only once its receive is posted; posted at the action that needs it, a
-    message sent while its receiver computed waited for it (an interleaved step on 2 CPU processes: 242-244 ms
-    posted at the action, 204-215 ms one ahead). Under NCCL a receive is posted at its action: NCCL runs the sends
-    and receives between two ranks in the order they were posted, so a receive posted ahead of a send of the same
-    rank would hold that send back and deadlock the pair. Under gloo a send yields the
-    CPU once posted: the transfer runs on gloo's own thread, and on a rank whose one core goes straight on to a
-    long GEMM it otherwise waited for that GEMM to end (an interleaved step on 2 CPU processes: 223-239 ms
-    without, 211-224 ms with; the message sent after a rank's first forward reached the next rank 2 ms late).
-    A message's peer is a pipeline rank; ``peers`` maps it to the global rank (one pipeline replica of a data-parallel grid), and
-    ``name_failure`` (the watchdog) turns a failed wait into an error that names the rank that is gone.
+    Under gloo, CUDA tensors are staged through host memory (gloo cannot send device memory). Shapes come from the
+    plan (no handshake). A transfer starts only once its receive is posted, so under gloo the executor posts each
+    receive one ahead (``prepost``: the first at the start of a step, the next when the rank takes the one before;
+    an interleaved step on 2 CPU processes: 242-244 ms posted at the action, 204-215 ms one ahead). Under NCCL a
+    receive is posted at its action: NCCL runs a pair's sends and receives in posting order, so a receive posted
+    ahead of a send of the same rank would deadlock the pair. Under gloo a send yields the CPU once posted: gloo's
+    thread moves the data, and on a rank whose one core goes straight on to a long GEMM it waited for that GEMM
+    (an interleaved step: 223-239 ms without, 211-224 ms with). A message's peer is a pipeline rank; ``peers`` maps
+    it to the global rank (one replica of a data-parallel grid); ``name_failure`` (the watchdog) turns a failed wait
+    into an error that names the rank that is gone.
     """
 
     def __init__(self, backend: Backend, timeout: float, peers: Sequence[int] | None = None,
@@ -91,16 +88,13 @@ class DistTransport:
             self._post_receive(msg, shape, dtype, device)
 
     def _post_receive(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-        posted = self._posted.get(msg.key)
-        if posted is not None:
-            if (tuple(posted[1].shape), posted[1].dtype) != (tuple(shape), dtype):
-                raise RuntimeError(f"transport: {describe(msg.key)} was posted ahead for {tuple(posted[1].shape)} "
-                                   f"{posted[1].dtype}, taken as {tuple(shape)} {dtype}")
-        else:
-            staged = self.backend is Backend.GLOO and device.type != "cpu"
-            buf = torch.empty(shape, dtype=dtype, device="cpu" if staged else device)
-            work = self._post(lambda: dist.irecv(buf, self.peers[msg.peer], tag=msg.tag), msg, "receiving")
-            self._posted[msg.key] = (work, buf)
+        if msg.key in self._posted:
+            buf = self._posted[msg.key][1]
+            if (tuple(buf.shape), buf.dtype) != (tuple(shape), dtype):
+                raise RuntimeError(f"transport: {describe(msg.key)} was posted ahead as {tuple(buf.shape)} {buf.dtype}")
+            return
+        buf = torch.empty(shape, dtype=dtype, device="cpu" if self.backend is Backend.GLOO else device)
+        self._posted[msg.key] = (self._post(lambda: dist.irecv(buf, self.peers[msg.peer], tag=msg.tag), msg, "receiving"), buf)
 
     def recv(self, msg: Message, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The tensor for ``msg`` from ``msg.peer`` (posted now unless :meth:`prepost` did), on ``device``."""
