@@ -12,6 +12,7 @@ from partition.recompute import NO_RECOMPUTE, Recompute
 from partition.spec import MLPSpec
 from runtime.engine import direct as direct_engine
 from runtime.ops.equations import loss_forward
+from runtime.ops.finite import FiniteCheck
 from runtime.ops.functions import l2_term, loss
 from runtime.ops.gemm import Gemm, gemm_problem
 from runtime.ops.model import forward_layers, loss_target, loss_term
@@ -89,6 +90,7 @@ class Stage:
         self._saved: dict[int, _Saved] = {}
         self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self._all_finite = FiniteCheck()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """This stage's weights and biases, in layer order."""
@@ -142,7 +144,7 @@ class Stage:
                 out = loss_term(self.spec, out, y, denom)
             saved.out = out
         with torch.no_grad():
-            self.finite &= torch.isfinite(out).all()
+            self.finite &= self._all_finite(out)
         self._saved[mb] = saved
         return out.detach()
 

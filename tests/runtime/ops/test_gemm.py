@@ -126,3 +126,4 @@ def test_every_forward_and_input_gradient_product_goes_to_onednn(monkeypatch, re
     spec = MLPSpec((12, 40, 24, 32, 5), "relu", True, 0.0)
     train(spec, ((0, 2), (2, 4)), ScheduleKind.ZB_H1, 4, F32, Engine.DIRECT, Gemm.ONEDNN, steps=1, recompute=(recompute,))
     assert calls == {"f": 4 * (4 + extra_f), "b": 4 * 3}
+
