@@ -189,10 +189,10 @@ class _Replayer:
         the flight and posts the rank's next receive when this one is taken."""
         M = self.M
         if op == F:
-            if s == 0 or not self.enc.cross[s - 1]:
+            if s == 0 or not self.cross[s - 1]:
                 return avail, dep
             fly, sender, send = self.tl[s - 1], s - 1, Op.SEND_F
-        elif op != W and s < self.S - 1 and self.enc.cross[s]:
+        elif op != W and s < self.S - 1 and self.cross[s]:
             fly, sender, send = self.tl[s], s + 1, Op.SEND_B
         else:
             return avail, dep

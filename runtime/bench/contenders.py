@@ -55,9 +55,11 @@ class OurSchedule:
         if self.onednn and not self.direct:
             raise ValueError(f"schedules: {ONEDNN} needs {DIRECT} (oneDNN's kernel has no autograd formula)")
 
-    def problem(self, device: str | torch.device, dtype: torch.dtype) -> str | None:
-        """Why this contender cannot run on ``device`` in ``dtype`` (one line), or None."""
-        return gemm_problem(Gemm.ONEDNN, [device], dtype, self.direct) if self.onednn else None
+    def unavailable(self, device: str | torch.device, dtype: torch.dtype) -> Variant | None:
+        """This contender as a failed row saying why, where it cannot run on ``device`` in ``dtype`` (None: it can);
+        the same on every rank, so all of them skip it alike."""
+        problem = gemm_problem(Gemm.ONEDNN, [device], dtype, self.direct) if self.onednn else None
+        return None if problem is None else Variant.failed(f"ours:{self.name}", Group.OURS, ValueError(problem))
 
     @property
     def name(self) -> str:

@@ -98,9 +98,8 @@ def _ours(cfg: DistBenchConfig, spec: MLPSpec, params: Params, world: WorldInfo,
           device: torch.device, x: torch.Tensor, y: torch.Tensor, pipes: dict[str, Pipeline]) -> list[Variant]:
     out, rows = [], cfg.batch // cfg.microbatches
     for ours in cfg.schedules:
-        problem = ours.problem(device, cfg.dtype)  # the same on every rank: all of them skip it alike
-        if problem is not None:
-            out.append(Variant.failed(f"ours:{ours.name}", Group.OURS, ValueError(problem)))
+        if (failed := ours.unavailable(device, cfg.dtype)) is not None:
+            out.append(failed)
             continue
         per_rank = ours.kind.stages_per_rank(2)
         ranges = resolve_ranges(spec, world.world_size * per_rank, "uniform", rows)

@@ -108,9 +108,8 @@ def build_variants(cfg: PipelineBenchConfig, spec: MLPSpec, params: Params, dtyp
     per_mb = scaled(reference_loss(spec), 1.0 / m)
     out = []
     for ours in cfg.schedules:
-        problem = ours.problem(device, dtype)
-        if problem is not None:
-            out.append(Variant.failed(f"ours:{ours.name}", Group.OURS, ValueError(problem)))
+        if (failed := ours.unavailable(device, dtype)) is not None:
+            out.append(failed)
             continue
         pcfg = pipeline_config(spec, ranges, ours, m, cfg.device, dtype, cfg.seed, cfg.virtual)
         out.append(ours_variant(ours.name, Pipeline(pcfg, sgd_frozen, LocalTransport(), init=params), x, y, cfg.batch))

@@ -67,12 +67,10 @@ class Executor:
                     raise ValueError(f"executor: rank {r} runs {a} but this process holds no stage {a.stage}")
                 if a.op in (Op.W, Op.BW):
                     self._last_grad[(r, a.stage)] = i
-        self._next_recv: dict[tuple[int, int], Action] = {}  # (rank, index of a receive) -> the rank's next receive
-        self._first_recv: dict[int, Action] = {}
+        # (rank, index of a receive, or -1 for the start of the step) -> the rank's next receive, posted then
+        self._next_recv: dict[tuple[int, int], Action] = {}
         for r in self.ranks:
-            recvs = [(i, a) for i, a in enumerate(self.schedule.actions[r]) if a.op in RECEIVES]
-            if recvs:
-                self._first_recv[r] = recvs[0][1]
+            recvs = [(-1, None)] + [(i, a) for i, a in enumerate(self.schedule.actions[r]) if a.op in RECEIVES]
             for (i, _), (_, b) in zip(recvs, recvs[1:]):
                 self._next_recv[(r, i)] = b
         self._inbox: dict[tuple[Op, int, int], torch.Tensor] = {}
@@ -104,8 +102,9 @@ class Executor:
         self._inputs, self._targets, self._denom, self._rows = inputs, targets, denom, rows
         self._sync = sync_timing
         result = StepResult(loss=None)
-        for a in self._first_recv.values():  # each rank's receives are posted one ahead (runtime.comm)
-            self.transport.prepost(*self._receive_spec(a))
+        for r in self.ranks:  # each rank's receives are posted one ahead (runtime.comm), the first one now
+            if (r, -1) in self._next_recv:
+                self.transport.prepost(*self._receive_spec(self._next_recv[(r, -1)]))
         ptr = dict.fromkeys(self.ranks, 0)
         lists = {r: self.schedule.actions[r] for r in self.ranks}
         while any(ptr[r] < len(lists[r]) for r in self.ranks):
