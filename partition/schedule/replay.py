@@ -9,10 +9,10 @@ reaches the group, then the rank waits for each receive's arrival (a compute act
 With ``rendezvous`` (gloo and NCCL point-to-point), a transfer starts only once the receiver is ready for it as well
 (its receive posted), and the runtime posts a rank's receives one ahead under gloo: the first at the start of the
 step, each next one when the rank has taken the one before. So a message sent before its receive is posted arrives
-``tl`` after the posting, not after the send, and the receives of one rank are posted one after another. Without
-explicit send/recv actions the receives are posted in the order the compute actions need them; with them, in the
+``tl`` after the posting, not after the send, and the receives of one rank are posted one after another, in the
 order of the RECV actions (``insert_comms`` moves some earlier for interleaved and V schedules), as the runtime
-does. (Under NCCL the runtime posts each receive at its action, which this model does not distinguish.)
+does; so a rendezvous replay needs the send/recv actions. (Under NCCL the runtime posts each receive at its action,
+which this model does not distinguish.)
 Activations of (stage, microbatch) are held from its F until its BW, or until its W when B and W are split.
 Linear time: a rank advances until an input is missing and is woken by that input's arrival only.
 """
@@ -69,8 +69,11 @@ def replay(
     """Replay the encoded lists with per-stage costs ``cf``, ``cb``, ``cw`` and boundary transfer times ``tl``.
 
     ``actions`` are the schedule's lists (the timeline holds those objects); ``record=False`` skips the timeline;
-    ``rendezvous``: a transfer starts when it is sent and its receive is posted, one ahead (see the module docstring).
+    ``rendezvous``: a transfer starts when it is sent and its receive is posted, one ahead (see the module docstring);
+    it needs the lists' send/recv actions where stages on different ranks meet (ValueError without them).
     """
+    if rendezvous and not enc.has_comms and any(enc.cross):
+        raise ValueError("replay: a rendezvous link needs the send/recv actions (partition.schedule.comms.insert_comms)")
     return _Replayer(enc, actions, cf, cb, cw, tl, record, rendezvous).run()
 
 
@@ -135,8 +138,6 @@ class _Replayer:
             if ready is None:
                 break
             avail, dep, cost = ready
-            if self.rendezvous and not self.has_comms:
-                avail, dep = self._rendezvous(r, op, idx, s, t, cp, avail, dep)
             if avail > t:
                 t, cp = avail, dep
             start, t = t, t + cost

@@ -5,8 +5,8 @@ between ranks take ``link.time(activation_bytes[s])`` and overlap compute, and t
 two compute actions fire together; so a schedule simulates the same with or without the actions
 ``insert_comms`` adds, except where a receive had to move earlier to keep blocking communication deadlock-free.
 With a rendezvous link (``LinkModel.rendezvous``: gloo, NCCL point-to-point) a transfer starts only once its
-receive is posted, and each rank posts its receives one ahead, as the runtime does under gloo; the explicit actions
-can then differ a little from the lists without them (a receive moved earlier is posted earlier).
+receive is posted, and each rank posts its receives one ahead, as the runtime does under gloo, in the order of the
+receives ``insert_comms`` places (the executor's lists): so a schedule without them is simulated with them added.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from partition.schedule.actions import Action, Schedule, ScheduleError, paused_gc
+from partition.schedule.comms import insert_comms
 from partition.schedule.encoding import encode
 from partition.schedule.replay import TimedAction, replay
 from partition.schedule.trace import TraceEvent
@@ -73,6 +74,9 @@ def simulate(
     Raises ValueError on mismatched inputs and ScheduleError when the schedule cannot run to its end.
     """
     enc = encode(schedule)
+    if link.rendezvous and not enc.has_comms:  # receives are posted in the executor's order (module docstring)
+        schedule = insert_comms(schedule)
+        enc = encode(schedule)
     cf, cb, cw, tl = _stage_arrays(enc.num_stages, enc.cross, costs, link, activation_bytes)
     run = replay(enc, schedule.actions, cf, cb, cw, tl, rendezvous=link.rendezvous)
     if not run.finished(enc):

@@ -84,7 +84,7 @@ def measure_link(pipe: Pipeline, rows: int, concurrent: bool, timeout: float) ->
 
 
 def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torch.Tensor, y: torch.Tensor, batch: int,
-                       concurrent: bool, timeout: float = 60.0, steps: int = 8, profile_repeats: int = 10,
+                       concurrent: bool, timeout: float = 60.0, steps: int = 16, profile_repeats: int = 10,
                        layers: Sequence[StageCost] | None = None) -> tuple[CostModel, list]:
     """The cost model of ``pipe``'s step on this hardware, measured now (every rank calls this under torchrun).
 

@@ -42,7 +42,7 @@ from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.progress import ProgressBar
 
 AUTO_CAP = 0.95  # "auto": this share of what one device needs for the full batch B, so that B alone does not fit
-QUICK = MappingProxyType({"epochs": 30, "profile_repeats": 10, "calibration_steps": 6})
+QUICK = MappingProxyType({"epochs": 30, "profile_repeats": 10, "calibration_steps": 16})
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class CompareConfig:
     recompute: tuple[RecomputePolicy, ...] = (RecomputePolicy.NONE, RecomputePolicy.FIT)  # per pipeline, see plan
     virtual: int = 2
     profile_repeats: int = 20
-    calibration_steps: int = 8
+    calibration_steps: int = 16
     timeout: float = 60.0
     out: str | None = "out/compare"
     progress: bool = True

@@ -12,7 +12,9 @@ import pytest
 
 from partition.schedule.actions import Action, Op, ScheduleError, ScheduleKind
 from partition.schedule.comms import insert_comms
+from partition.schedule.encoding import encode
 from partition.schedule.generators import generate
+from partition.schedule.replay import replay
 from partition.schedule.simulate import simulate
 from partition.schedule.trace import TraceEvent, drawn_ops, op_of, write_chrome_trace, write_gantt_png
 from partition.timing import LinkModel, StageCost
@@ -219,3 +221,17 @@ def test_cli_bad_arguments_exit_2_with_one_line(args):
     out = _cli(*args)
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_rendezvous_posts_receives_in_the_executors_order():
+    """Interleaved 1F1B: insert_comms moves some receives earlier than the compute that needs them, and the runtime
+    posts them in that order; a rendezvous simulation of the bare lists is the one of the lists the executor runs,
+    which here ends later than posting in the order of need would (the replay refuses the bare lists)."""
+    sched = generate(ScheduleKind.INTERLEAVED_1F1B, 2, 4, 2)
+    cost, link, sizes = [StageCost(1.0, 2.0, 0.0)] * 4, LinkModel(latency=0.2, rendezvous=True), [1.0] * 4
+    bare, run_lists = simulate(sched, cost, link, sizes), simulate(insert_comms(sched), cost, link, sizes)
+    assert bare.timeline == run_lists.timeline and bare.transfers == run_lists.transfers
+    assert bare.makespan == run_lists.makespan > simulate(sched, cost, LinkModel(latency=0.2), sizes).makespan
+    enc = encode(sched)
+    with pytest.raises(ValueError, match="send/recv actions"):
+        replay(enc, sched.actions, [1.0] * 4, [2.0] * 4, [0.0] * 4, [0.2] * 4, rendezvous=True)
