@@ -13,7 +13,6 @@ from runtime.calibrate import link as links
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.overhead import (
     action_overheads,
-    all_reduce_seconds,
     parameter_seconds,
     skeleton_pipeline,
     slowest,
@@ -96,19 +95,22 @@ def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torc
     layers = tuple(layers) if layers is not None else profiled_layers(pipe, rows, profile_repeats, concurrent)
     link, what, points = measure_link(pipe, rows, concurrent, timeout)
     skel = skeleton_pipeline(pipe, fresh_transport(pipe, timeout), make_optimizer)
-    over, step_extra = action_overheads(skel, x, y, batch, steps, concurrent, link)
+    over, skel_step = action_overheads(skel, x, y, batch, steps, concurrent, link)
     l2 = pipe.cfg.spec.l2
     real = [p for st in pipe.stages.values() for p in st.parameters()]
     tiny = [p for st in skel.stages.values() for p in st.parameters()]
     optimizer = max(0.0, parameter_seconds(real, make_optimizer, l2) - parameter_seconds(tiny, make_optimizer, l2))
     if concurrent:
         optimizer = slowest(optimizer)
-        reduce = Term(all_reduce_seconds(pipe.cfg.num_stages), Origin.MEASURED, "finite-check all-reduce per step")
+        reduce = Term(skel_step.closing, Origin.MEASURED, "the step's closing all-reduce (loss, finite flags), timed in "
+                      "the skeleton's steps on the rank that reached it last")
     else:
-        reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce")
+        reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce (its closing checks are in the step overhead)")
+    rest = max(0.0, skel_step.extra - skel_step.optimizer - reduce.seconds)
     grads = stage_gradient_bytes(pipe.cfg.spec, pipe.cfg.ranges, as_dtype(str(pipe.cfg.dtype).removeprefix("torch.")))
     model = CostModel(layers, origin, over, Origin.MEASURED,
-                      Term(step_extra, Origin.MEASURED, "skeleton step beyond its actions"),
-                      Term(optimizer, Origin.MEASURED, "optimizer step on the real parameters beyond the skeleton's"),
+                      Term(rest, Origin.MEASURED, "skeleton step beyond its actions, its optimizer and its closing all-reduce"),
+                      Term(skel_step.optimizer + optimizer, Origin.MEASURED, "the optimizer steps as the skeleton's steps "
+                           "ran them, plus the real parameters' extra work timed alone"),
                       reduce, link, Origin.MEASURED, what, replicas(pipe), tuple(grads))
     return model, points

@@ -5,10 +5,12 @@ A step of a pipeline is predicted from these terms (see ``runtime.calibrate.fore
 * ``layers``: F, B and W seconds of every layer for one microbatch, from the profiler (cold caches on the CPU);
 * ``action_overhead``: per stage, what an F, B or W action costs beyond its arithmetic (Python, the engine, the
   executor, the loss on the last stage), measured on a skeleton of the run (hidden widths 1, same shape);
-* ``step_overhead``: per step, what the skeleton's step costs beyond its actions (executor loop, posting messages,
-  zeroing gradients, the regulariser and optimizer on the skeleton's parameters);
-* ``optimizer``: the optimizer step (and l2 term) on the real parameters, beyond the same on the skeleton's;
-* ``loss_all_reduce``: the per-step all-reduce that checks every stage's outputs were finite (under torchrun);
+* ``step_overhead``: per step, what the skeleton's step costs beyond its actions, its optimizer steps and its closing
+  all-reduce (executor loop, posting messages, zeroing gradients, the regulariser, the closing checks in one process);
+* ``optimizer``: the optimizer steps (and l2 term) as the skeleton's steps run them, plus what the real parameters
+  add (timed alone, beyond the same on the skeleton's);
+* ``loss_all_reduce``: the all-reduce that closes every step under torchrun (loss, correct count, every stage's
+  finite flag), timed inside the skeleton's steps on the rank that reached it last;
 * ``link``: latency + bytes / bandwidth of one transfer between ranks, fitted from ping-pongs on the transport the
   run uses;
 * ``gradient_all_reduce``: with ``replicas`` D > 1 (PP x DP), each stage's ring all-reduce of its

@@ -2,13 +2,14 @@
 
 Each measured per-action time (stage s, op) replaces its predicted value alone, and the step is predicted again:
 the change is that term's contribution (for stages run in turn, m x the difference; with overlapping ranks, only
-what reaches the critical path). What the step still takes beyond the prediction made from every measured action
-time lies outside the actions: transfers, waits and host time between actions.
+what reaches the critical path). The step's closing terms measured in the run (its optimizer steps, its closing
+all-reduce) contribute their difference from the prediction as they are, once per step. What the step still
+takes beyond the prediction made from all of these lies outside the actions: transfers, waits and host time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from partition.schedule.actions import Op, Schedule
@@ -25,8 +26,12 @@ def _as_recorded(c: StageCost, split: bool) -> StageCost:
 
 
 def explain(forecast: Forecast, schedule: Schedule, model: CostModel, activation_bytes: Sequence[float] | None,
-            concurrent: bool, measured_costs: Sequence[StageCost], measured_step: float, top: int = 4) -> dict:
-    """The prediction error and its largest contributors, JSON-ready; ``text`` holds the short printed block."""
+            concurrent: bool, measured_costs: Sequence[StageCost], measured_step: float, top: int = 4,
+            measured_terms: Mapping[str, float] | None = None) -> dict:
+    """The prediction error and its largest contributors, JSON-ready; ``text`` holds the short printed block.
+
+    ``measured_terms``: per-step terms measured in the run, by the names of ``forecast.terms`` ("optimizer",
+    "loss all-reduce")."""
     split = schedule.splits_backward
     predicted = [_as_recorded(c, split) for c in forecast.stage_costs]
     measured = list(measured_costs)
@@ -46,8 +51,14 @@ def explain(forecast: Forecast, schedule: Schedule, model: CostModel, activation
             per = counts[Op.F] if field == "f" else counts[Op.W] if field == "w" else counts[Op.B] + counts[Op.BW]
             rows.append({"term": f"stage {s} {label}", "predicted": pv, "measured": mv, "per_step": per,
                          "effect": effect})
+    closing = 0.0
+    for name, value in (measured_terms or {}).items():
+        predicted_value = forecast.terms[name]
+        rows.append({"term": name, "predicted": predicted_value, "measured": value, "per_step": 1,
+                     "effect": value - predicted_value})
+        closing += value - predicted_value
     body, sim = step_body(schedule, measured, model.link, activation_bytes, concurrent)
-    from_measured = body + model.gradient_all_reduce(schedule, sim, concurrent) + model.per_step
+    from_measured = body + model.gradient_all_reduce(schedule, sim, concurrent) + model.per_step + closing
     rows.append({"term": OUTSIDE, "predicted": None, "measured": None, "per_step": 1,
                  "effect": measured_step - from_measured})
     rows.sort(key=lambda r: -abs(r["effect"]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,7 +19,7 @@ from partition.schedule.actions import Op
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
-from runtime.comm import all_reduce_sum, gather_rows
+from runtime.comm import gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
 from runtime.train.measure import costs_from_records, replica_mean
@@ -39,14 +39,25 @@ def skeleton_pipeline(pipe: Pipeline, transport: object, make_optimizer: Optimiz
     return Pipeline(replace(pipe.cfg, spec=skeleton_spec(pipe.cfg.spec)), make_optimizer, transport, pipe.ranks)
 
 
+@dataclass(frozen=True)
+class SkeletonStep:
+    """What a skeleton step costs beyond its actions: ``extra`` in all, of which ``closing`` (the closing
+    all-reduce, as the rank that reaches it last pays it) and ``optimizer`` (its optimizer steps, slowest rank)."""
+
+    extra: float
+    closing: float
+    optimizer: float
+
+
 def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, batch: int,
-                     steps: int, concurrent: bool, link: LinkModel) -> tuple[tuple[StageCost, ...], float]:
-    """(per-stage action overheads, step overhead) from ``steps`` timed steps of the skeleton (after two untimed).
+                     steps: int, concurrent: bool, link: LinkModel) -> tuple[tuple[StageCost, ...], SkeletonStep]:
+    """(per-stage action overheads, the step beyond them) from ``steps`` timed steps of the skeleton (after two
+    untimed).
 
     Under torchrun (``concurrent``) every rank takes part; the figures are shared, the step overhead taken from
     the slowest rank.
     """
-    records, times, outside = [], [], []
+    records, times, outside, closing, optimizer = [], [], [], [], []
     picked = torch.arange(batch)
     for i in range(steps + 2):
         t0 = time.perf_counter()
@@ -56,6 +67,8 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
             times.append(time.perf_counter() - t0)
             records += out.records
             outside.append(times[-1] - sum(r.end - r.start for r in out.records if r.action.op in COMPUTE))
+            closing.append(out.closing)
+            optimizer.append(out.optimizer)
     cfg = skel.cfg
     rows = batch // cfg.microbatches
     dev = next(iter(skel.stages.values())).device
@@ -80,7 +93,9 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
         extra = max(0.0, step - body)
     else:
         extra = max(0.0, statistics.median(outside))
-    return tuple(StageCost(*map(float, row)) for row in over), extra
+    # the closing all-reduce ends the step when the last rank reaches it: the others' wait for it is in the body
+    phases = SkeletonStep(extra, -slowest(-statistics.median(closing)), slowest(statistics.median(optimizer)))
+    return tuple(StageCost(*map(float, row)) for row in over), phases
 
 
 def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerFactory, l2: float,
@@ -109,19 +124,6 @@ def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerF
         if i >= 3:
             times.append(time.perf_counter() - t0)
     return statistics.median(times) if times else 0.0
-
-
-def all_reduce_seconds(num_stages: int, repeats: int = 20, reduce: Callable[[torch.Tensor], torch.Tensor] = all_reduce_sum
-                       ) -> float:
-    """Median seconds of the per-step all-reduce of ``num_stages`` flags (the slowest rank's, shared)."""
-    flags = torch.zeros(num_stages, dtype=torch.float64)
-    times = []
-    for i in range(repeats + 3):
-        t0 = time.perf_counter()
-        reduce(flags)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return slowest(statistics.median(times))
 
 
 def slowest(seconds: float) -> float:

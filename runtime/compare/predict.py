@@ -113,8 +113,8 @@ def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, 
     pipe = build(ctx, skeleton_spec(spec), replace(cand, lr=1e-9))
     idx = replica_rows(order[: cand.minibatch], *replica_of(pipe))
     xs, ys = step_inputs(pipe, x[idx], y[idx])
-    over, extra = action_overheads(pipe, xs, ys, idx.shape[0], steps, ctx.spans_processes(cand), link)
-    return Calibration(over, extra)
+    over, skel_step = action_overheads(pipe, xs, ys, idx.shape[0], steps, ctx.spans_processes(cand), link)
+    return Calibration(over, skel_step.extra)
 
 
 def parameter_work(spec: MLPSpec, ctx: RunContext, repeats: int = 20) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -133,13 +134,16 @@ class StepOutput:
     """A step's loss sum over microbatches (J's data term L), correct predictions and timings (this process).
 
     With collectives that span ranks, loss and correct are the whole grid's, on every rank; ``grad_norm`` is
-    the global gradient norm before clipping (when clipping).
+    the global gradient norm before clipping (when clipping). ``closing`` and ``optimizer``: seconds of the step's
+    closing checks (the all-reduce of loss, correct count and finite flags) and of its optimizer steps.
     """
 
     loss: float | None
     correct: int | None
     records: list[ActionRecord]
     grad_norm: float | None = None
+    closing: float = 0.0
+    optimizer: float = 0.0
 
 
 class Pipeline:
@@ -211,14 +215,20 @@ class Pipeline:
         self.collectives.wait_grads()
         for st in self.stages.values():
             st.add_regularizer()
+        t0 = time.perf_counter()
         loss, correct = self._metrics(result.loss, step_index)
+        closing = time.perf_counter() - t0
         norm = None
         if self.cfg.clip_grad_norm is not None:
             grads = [p.grad for st in self.stages.values() for p in st.parameters() if p.grad is not None]
             norm = clip_grad_norm(grads, self.cfg.clip_grad_norm, self.collectives.sum_pipeline)
+        t0 = time.perf_counter()
         for opt in self.optimizers.values():
             opt.step()
-        return StepOutput(loss, correct, result.records, norm)
+        if sync_timing:
+            for dev in {st.device for st in self.stages.values() if st.device.type == "cuda"}:
+                torch.cuda.synchronize(dev)
+        return StepOutput(loss, correct, result.records, norm, closing, time.perf_counter() - t0)
 
     def _metrics(self, loss: torch.Tensor | None, step_index: int) -> tuple[float | None, int | None]:
         """Loss and correct predictions (the grid's, when the collectives span ranks); NonFiniteLoss first."""

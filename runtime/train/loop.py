@@ -47,6 +47,8 @@ class Tally:
 
     step: int
     step_times: list[float] = field(default_factory=list)
+    closing: list[float] = field(default_factory=list)  # per step: its closing all-reduce (StepOutput.closing)
+    optimizer: list[float] = field(default_factory=list)  # per step: its optimizer steps
     records: list[ActionRecord] = field(default_factory=list)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))  # the last steps' action records
     slow: SlowSteps | None = None  # warns once when steps run far over the prediction
@@ -67,6 +69,8 @@ def run_epoch(cfg: TrainConfig, proc: Process, data: Dataset, epoch: int, tally:
         out = proc.pipe.step(data.x_train[idx], data.y_train[idx], idx.shape[0], tally.step, traced,
                              denom=float(cfg.batch_size))
         tally.step_times.append(time.perf_counter() - t0)
+        tally.closing.append(out.closing)
+        tally.optimizer.append(out.optimizer)
         if tally.slow is not None:
             tally.slow.observe(tally.step_times[-1], tally.step)
         tally.recent.append(out.records)
@@ -96,7 +100,8 @@ def summarize(cfg: TrainConfig, proc: Process, history: list[dict], tally: Tally
     """The results of the run (identical losses and accuracies on every rank)."""
     pipe = proc.pipe
     recent = [r for rs in tally.recent for r in rs]
-    figures = step_figures(pipe, tally.records, recent, tally.step_times, cfg, proc.distributed, prediction)
+    figures = step_figures(pipe, tally.records, recent, tally.step_times, cfg, proc.distributed, prediction,
+                           (tally.closing, tally.optimizer))
     grid = proc.grid
     return {
         "config": {**asdict(cfg), "spec": {**asdict(cfg.spec), "activation": cfg.spec.activation.value,

@@ -83,12 +83,13 @@ def measured_peaks(pipe: Pipeline, distributed: bool) -> dict[int, int] | None:
 
 
 def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequence[ActionRecord],
-                 step_times: Sequence[float], cfg: TrainConfig, distributed: bool, prediction: RunPrediction) -> dict:
+                 step_times: Sequence[float], cfg: TrainConfig, distributed: bool, prediction: RunPrediction,
+                 closing_terms: tuple[Sequence[float], Sequence[float]] = ((), ())) -> dict:
     """Both predictions (made before the run), the measured step, the error and its largest contributors; the
     Gantt chart and Chrome trace of the traced step when ``cfg.gantt`` / ``cfg.trace`` ask for them.
 
     ``recent``: this process's action records of the last timed steps (``costs_from_records`` turns them into the
-    measured action times).
+    measured action times); ``closing_terms``: each step's closing all-reduce and optimizer seconds (StepOutput).
     """
     n = pipe.cfg.num_stages
     costs = costs_from_records(recent, n)
@@ -98,7 +99,8 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
     measured = spread_json(list(step_times[1:]) or list(step_times))
     unit = simulate(pipe.schedule, [StageCost(1.0, 1.0, 1.0)] * n)
     explained = explain(prediction.here, pipe.schedule, prediction.model, prediction.activation_bytes,
-                        prediction.concurrent, costs, measured["median"] or 0.0)
+                        prediction.concurrent, costs, measured["median"] or 0.0,
+                        measured_terms=closing_medians(*closing_terms, distributed))
     figures = {
         "timeline_chart": format_timeline(unit.timeline, pipe.schedule.num_ranks, unit=TimeUnit.COST),
         **prediction.to_json(),
@@ -118,3 +120,16 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
             write_timelines(cfg.gantt, cfg.trace, measured_events(rows), prediction.here,
                             dict(enumerate(prediction.peak_memory)), peaks, title)
     return figures
+
+
+def closing_medians(closing: Sequence[float], optimizer: Sequence[float], distributed: bool) -> dict[str, float]:
+    """The step's closing terms measured in the run, by their names in the forecast: the optimizer steps (slowest
+    rank) and, under torchrun, the closing all-reduce as the rank that reached it last paid it (the others' wait
+    for that rank is in the step's body). Empty without timed steps."""
+    if len(optimizer) < 2:
+        return {}
+    opt, close = statistics.median(optimizer[1:]), statistics.median(closing[1:])
+    if not distributed:
+        return {"optimizer": opt}
+    top = torch.cat(gather_rows(torch.tensor([[opt, -close]], dtype=torch.float64))).max(0).values
+    return {"optimizer": float(top[0]), "loss all-reduce": -float(top[1])}

@@ -108,6 +108,28 @@ def test_the_error_is_put_where_the_measurement_differs():
     assert "stage 1 BW: measured 3 ms vs 2 predicted, x4 per step: +4 ms" in out["text"]
 
 
+def test_the_closing_terms_measured_in_the_run_take_their_share_of_the_error():
+    """The 1F1B step above (24.5 ms predicted, now with a 1 ms optimizer and a 0.25 ms closing all-reduce: 25.75 ms).
+
+    Measured: every action as predicted, the optimizer 2.5 ms, the all-reduce 0.25 ms, the step 29 ms. The
+    optimizer explains 1.5 ms (once per step), the all-reduce nothing; 29 - 25.75 - 1.5 = 1.75 ms lies outside.
+    """
+    ms = 1e-3
+    model = CostModel((StageCost(ms, ms, ms),) * 2, step_overhead=Term(0.5 * ms, Origin.GIVEN),
+                      optimizer=Term(ms, Origin.GIVEN), loss_all_reduce=Term(0.25 * ms, Origin.GIVEN))
+    sched = generate(ScheduleKind.ONE_F_ONE_B, 2, 4)
+    fc = this_run(sched, model, [(0, 1), (1, 2)], None, concurrent=False)
+    assert fc.step_time == pytest.approx(25.75 * ms)
+    measured = [StageCost(ms, 2 * ms, 0.0)] * 2
+    out = explain(fc, sched, model, None, False, measured, 29 * ms,
+                  measured_terms={"optimizer": 2.5 * ms, "loss all-reduce": 0.25 * ms})
+    rows = {r["term"]: r for r in out["contributors"]}
+    assert [r["term"] for r in out["contributors"][:2]] == [OUTSIDE, "optimizer"]
+    assert rows[OUTSIDE]["effect"] == pytest.approx(1.75 * ms) and rows["optimizer"]["effect"] == pytest.approx(1.5 * ms)
+    assert out["predicted_from_measured_actions"] == pytest.approx(27.25 * ms)
+    assert "optimizer: measured 2.5 ms vs 1 predicted, x1 per step: +1.5 ms" in out["text"]
+
+
 def test_replicas_add_each_stages_ring_all_reduce_after_its_last_gradient():
     """The 1F1B step above (11 s; stage 0's last BW ends at 11, stage 1's at 8), now one of D = 2 replicas.
 

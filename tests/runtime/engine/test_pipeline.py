@@ -1,5 +1,7 @@
 """Exact equivalence: pipeline training equals single-device gradient accumulation (float64, plain autograd)."""
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -188,3 +190,26 @@ def test_microbatches_must_divide_batch():
     x, y = batches(spec, 4, 1)[0]
     with pytest.raises(ValueError, match="microbatches"):
         pipe.step(x, y, 4)
+
+
+def test_a_step_times_its_closing_checks_and_its_optimizer_steps():
+    """StepOutput.optimizer covers every stage's optimizer step (each timed from inside here) and closing the
+    all-reduce of the metrics; both lie within the step, after its actions."""
+    spec = MLPSpec((6, 5, 4, 3))
+    inside = []
+
+    class Timed(torch.optim.SGD):
+        def step(self, closure=None):
+            t0 = time.perf_counter()
+            out = super().step(closure)
+            inside.append(time.perf_counter() - t0)
+            return out
+
+    cfg = PipelineConfig(spec, ((0, 1), (1, 2), (2, 3)), ScheduleKind.ONE_F_ONE_B, 2, ("cpu",) * 3, F64)
+    pipe = Pipeline(cfg, lambda ps: Timed(ps, lr=LR), LocalTransport())
+    (x, y), = batches(spec, 4, 1)
+    t0 = time.perf_counter()
+    out = pipe.step(x, y, 4)
+    wall = time.perf_counter() - t0
+    assert len(inside) == 3 and out.optimizer >= sum(inside) > 0 and out.closing > 0
+    assert max(r.end for r in out.records) + out.closing + out.optimizer <= t0 + wall

@@ -48,3 +48,13 @@ def test_stage_costs_keep_every_position_of_the_step_and_drop_a_rare_slow_step()
     assert costs[0].f == 1.5 and costs[0].b == 0.0 and costs[0].w == 0.0
     # stage 1: a fused BW counts as B; W ran 1 microbatch alone (2) and 3 fused (10): 12 / 4 a microbatch
     assert (costs[1].f, costs[1].b, costs[1].w) == (0.0, 3.0, 3.0)
+
+
+def test_closing_medians_leave_out_the_first_step_and_name_the_forecast_terms(monkeypatch):
+    assert measure.closing_medians([9.0, 1.0, 2.0, 3.0], [8.0, 4.0, 6.0, 5.0], distributed=False) == {"optimizer": 5.0}
+    assert measure.closing_medians([1.0], [1.0], distributed=False) == {}
+    # two ranks: the other measured an optimizer of 7 and an all-reduce of 0.5 (it reached the all-reduce last)
+    other = torch.tensor([[7.0, -0.5]], dtype=torch.float64)
+    monkeypatch.setattr(measure, "gather_rows", lambda rows: [rows, other])
+    assert measure.closing_medians([9.0, 1.0, 2.0, 3.0], [8.0, 4.0, 6.0, 5.0], distributed=True) == \
+        {"optimizer": 7.0, "loss all-reduce": 0.5}
