@@ -13,6 +13,8 @@ from runtime.calibrate import link as links
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.overhead import (
     action_overheads,
+    closing_seconds,
+    in_turns,
     parameter_seconds,
     skeleton_pipeline,
     slowest,
@@ -99,14 +101,20 @@ def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torc
     l2 = pipe.cfg.spec.l2
     real = [p for st in pipe.stages.values() for p in st.parameters()]
     tiny = [p for st in skel.stages.values() for p in st.parameters()]
-    optimizer = max(0.0, parameter_seconds(real, make_optimizer, l2) - parameter_seconds(tiny, make_optimizer, l2))
+    def optimizer_work() -> float:
+        return max(0.0, parameter_seconds(real, make_optimizer, l2) - parameter_seconds(tiny, make_optimizer, l2))
+
     if concurrent:
-        optimizer = slowest(optimizer)
-        reduce = Term(skel_step.closing, Origin.MEASURED, "the step's closing all-reduce (loss, finite flags), timed in "
-                      "the skeleton's steps on the rank that reached it last")
+        t = pipe.executor.transport
+        rank, ranks = (t.rank if isinstance(t, DistTransport) else 0), world_size()
+        optimizer = slowest(in_turns(rank, ranks, optimizer_work))
+        reduce = Term(closing_seconds(rank, ranks, pipe.cfg.num_stages), Origin.MEASURED,
+                      "the step's closing all-reduce (loss, finite flags) as the rank that reaches it last pays it")
+        rest = max(0.0, skel_step.extra - skel_step.optimizer - skel_step.closing)
     else:
+        optimizer = optimizer_work()
         reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce (its closing checks are in the step overhead)")
-    rest = max(0.0, skel_step.extra - skel_step.optimizer - reduce.seconds)
+        rest = max(0.0, skel_step.extra - skel_step.optimizer)
     grads = stage_gradient_bytes(pipe.cfg.spec, pipe.cfg.ranges, as_dtype(str(pipe.cfg.dtype).removeprefix("torch.")))
     model = CostModel(layers, origin, over, Origin.MEASURED,
                       Term(rest, Origin.MEASURED, "skeleton step beyond its actions, its optimizer and its closing all-reduce"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -19,7 +19,7 @@ from partition.schedule.actions import Op
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
-from runtime.comm import gather_rows
+from runtime.comm import all_reduce_sum, barrier, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
 from runtime.train.measure import costs_from_records, replica_mean
@@ -93,8 +93,9 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
         extra = max(0.0, step - body)
     else:
         extra = max(0.0, statistics.median(outside))
-    # the closing all-reduce ends the step when the last rank reaches it: the others' wait for it is in the body
-    phases = SkeletonStep(extra, -slowest(-statistics.median(closing)), slowest(statistics.median(optimizer)))
+    phases = SkeletonStep(extra, statistics.median(closing), statistics.median(optimizer))
+    if concurrent:  # the closing all-reduce ends the step when the last rank reaches it: the others' wait is in the body
+        phases = SkeletonStep(extra, -slowest(-phases.closing), slowest(phases.optimizer))
     return tuple(StageCost(*map(float, row)) for row in over), phases
 
 
@@ -124,6 +125,40 @@ def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerF
         if i >= 3:
             times.append(time.perf_counter() - t0)
     return statistics.median(times) if times else 0.0
+
+
+def closing_seconds(rank: int, ranks: int, num_stages: int, repeats: int = 10, late_by: float = 0.002) -> float:
+    """Median seconds of a step's closing all-reduce (``num_stages`` flags) as the rank that reaches it last pays it:
+    the others already wait in it (their threads asleep), that rank arrives from ``late_by`` seconds of busy CPU, as
+    from a step's last action. Each rank takes its turn at arriving last; the median over every turn, on all ranks.
+    (Back to back, with every thread awake, the same all-reduce takes a fraction of it on this CPU.)"""
+    flags = torch.zeros(num_stages, dtype=torch.float64)
+    mine = []
+    for turn in range(ranks):
+        for i in range(repeats + 1):
+            barrier()
+            t0 = time.perf_counter()
+            if rank == turn:
+                while time.perf_counter() < t0 + late_by:
+                    pass
+                t0 = time.perf_counter()
+            all_reduce_sum(flags)
+            if rank == turn and i:
+                mine.append(time.perf_counter() - t0)
+    every = torch.cat([part.reshape(-1) for part in gather_rows(torch.tensor([mine], dtype=torch.float64))])
+    return float(every.median())
+
+
+def in_turns(rank: int, ranks: int, measure: Callable[[], float]) -> float:
+    """``measure()`` on one rank at a time while the others wait at a barrier (so that no two ranks' timings share
+    the memory bus, as a cache flush beside a timed optimizer would); this rank's value."""
+    value = 0.0
+    for turn in range(ranks):
+        barrier()
+        if rank == turn:
+            value = measure()
+    barrier()
+    return value
 
 
 def slowest(seconds: float) -> float:
