@@ -12,6 +12,7 @@ from partition.schedule.actions import ScheduleKind
 from partition.schedule.generators import generate
 from partition.spec import MLPSpec
 from partition.timing import LinkPreset, StageCost
+from runtime.calibrate import overhead
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.forecast import this_run
 from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
@@ -74,3 +75,17 @@ def test_the_partition_cli_takes_a_named_link():
                            "--microbatch", "8", "--link", "pcie"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "link: 10 us + bytes / 25 GB/s" in proc.stdout
+
+
+def test_in_turns_measures_on_this_ranks_turn_only(monkeypatch):
+    """Rank 1 of 3: three turns, each opened by a barrier, then a closing one; it measures once, in turn 1."""
+
+    log = []
+    monkeypatch.setattr(overhead, "barrier", lambda: log.append("barrier"))
+
+    def measure() -> float:
+        log.append("measure")
+        return 2.5
+
+    assert overhead.in_turns(1, 3, measure) == 2.5
+    assert log == ["barrier", "barrier", "measure", "barrier", "barrier"]
