@@ -14,13 +14,12 @@ from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.overhead import (
     action_overheads,
     closing_seconds,
-    in_turns,
     parameter_seconds,
     skeleton_pipeline,
     slowest,
     world_size,
 )
-from runtime.comm import DistTransport, LocalTransport, all_reduce_sum
+from runtime.comm import DistTransport, LocalTransport, all_reduce_sum, barrier
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.train.data_parallel import GridCollectives
 from runtime.train.profile import profile_layers
@@ -101,24 +100,23 @@ def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torc
     l2 = pipe.cfg.spec.l2
     real = [p for st in pipe.stages.values() for p in st.parameters()]
     tiny = [p for st in skel.stages.values() for p in st.parameters()]
-    def optimizer_work() -> float:
-        return max(0.0, parameter_seconds(real, make_optimizer, l2) - parameter_seconds(tiny, make_optimizer, l2))
-
+    together = barrier if concurrent else (lambda: None)  # the ranks' optimizers run at once at a step's end
+    optimizer = max(0.0, parameter_seconds(real, make_optimizer, l2, together=together)
+                    - parameter_seconds(tiny, make_optimizer, l2, together=together))
     if concurrent:
         t = pipe.executor.transport
         rank, ranks = (t.rank if isinstance(t, DistTransport) else 0), world_size()
-        optimizer = slowest(in_turns(rank, ranks, optimizer_work))
+        optimizer = slowest(optimizer)
         reduce = Term(closing_seconds(rank, ranks, pipe.cfg.num_stages), Origin.MEASURED,
                       "the step's closing all-reduce (loss, finite flags) as the rank that reaches it last pays it")
         rest = max(0.0, skel_step.extra - skel_step.optimizer - skel_step.closing)
     else:
-        optimizer = optimizer_work()
         reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce (its closing checks are in the step overhead)")
         rest = max(0.0, skel_step.extra - skel_step.optimizer)
     grads = stage_gradient_bytes(pipe.cfg.spec, pipe.cfg.ranges, as_dtype(str(pipe.cfg.dtype).removeprefix("torch.")))
     model = CostModel(layers, origin, over, Origin.MEASURED,
                       Term(rest, Origin.MEASURED, "skeleton step beyond its actions, its optimizer and its closing all-reduce"),
                       Term(skel_step.optimizer + optimizer, Origin.MEASURED, "the optimizer steps as the skeleton's steps "
-                           "ran them, plus the real parameters' extra work timed alone"),
+                           "ran them, plus the real parameters' extra work (cold caches; every rank at once under torchrun)"),
                       reduce, link, Origin.MEASURED, what, replicas(pipe), tuple(grads))
     return model, points

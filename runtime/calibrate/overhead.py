@@ -100,10 +100,12 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
 
 
 def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerFactory, l2: float,
-                      repeats: int = 20) -> float:
+                      repeats: int = 20, together: Callable[[], None] = lambda: None) -> float:
     """Median seconds of one optimizer step (and the l2 term with its gradient when ``l2`` > 0) over copies of
     ``params`` whose gradients are ones; on the CPU with the caches overwritten before each (as the profile times
-    layers: in a step, the backward has filled them with other tensors since the parameters' last use)."""
+    layers: in a step, the backward has filled them with other tensors since the parameters' last use).
+    ``together`` is called between the overwrite and each timed step: a barrier makes every rank's timed steps
+    start at once, as the ranks' optimizers do at the end of a step, and none overlap another rank's overwrite."""
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     for p in copies:
         p.grad = torch.ones_like(p)
@@ -116,6 +118,7 @@ def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerF
     for i in range(repeats + 3):
         if flush is not None:
             flush.add_(1)
+        together()
         t0 = time.perf_counter()
         if l2 and weights:
             l2_term(l2, weights).backward()
@@ -147,18 +150,6 @@ def closing_seconds(rank: int, ranks: int, num_stages: int, repeats: int = 10, l
                 mine.append(time.perf_counter() - t0)
     every = torch.cat([part.reshape(-1) for part in gather_rows(torch.tensor([mine], dtype=torch.float64))])
     return float(every.median())
-
-
-def in_turns(rank: int, ranks: int, measure: Callable[[], float]) -> float:
-    """``measure()`` on one rank at a time while the others wait at a barrier (so that no two ranks' timings share
-    the memory bus, as a cache flush beside a timed optimizer would); this rank's value."""
-    value = 0.0
-    for turn in range(ranks):
-        barrier()
-        if rank == turn:
-            value = measure()
-    barrier()
-    return value
 
 
 def slowest(seconds: float) -> float:

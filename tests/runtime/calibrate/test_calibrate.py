@@ -7,15 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from partition.schedule.actions import ScheduleKind
 from partition.schedule.generators import generate
 from partition.spec import MLPSpec
 from partition.timing import LinkPreset, StageCost
-from runtime.calibrate import overhead
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.forecast import this_run
 from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
+from runtime.calibrate.overhead import parameter_seconds
 from runtime.calibrate.run import k_device_link
 from runtime.train.config import TrainConfig
 from runtime.train.trainer import train
@@ -77,15 +78,17 @@ def test_the_partition_cli_takes_a_named_link():
     assert "link: 10 us + bytes / 25 GB/s" in proc.stdout
 
 
-def test_in_turns_measures_on_this_ranks_turn_only(monkeypatch):
-    """Rank 1 of 3: three turns, each opened by a barrier, then a closing one; it measures once, in turn 1."""
+def test_parameter_seconds_meets_the_other_ranks_before_every_timed_step():
+    """``together`` runs before each of the 3 untimed and ``repeats`` timed optimizer steps (a barrier under torchrun,
+    so that every rank's timed steps start at once)."""
+    met, params = [], [torch.zeros(3, 2), torch.zeros(3)]
+    steps = []
 
-    log = []
-    monkeypatch.setattr(overhead, "barrier", lambda: log.append("barrier"))
+    def make(ps):
+        opt = torch.optim.SGD(ps, lr=0.5)
+        original = opt.step
+        opt.step = lambda: (steps.append(len(met)), original())[1]
+        return opt
 
-    def measure() -> float:
-        log.append("measure")
-        return 2.5
-
-    assert overhead.in_turns(1, 3, measure) == 2.5
-    assert log == ["barrier", "barrier", "measure", "barrier", "barrier"]
+    assert parameter_seconds(params, make, 0.0, repeats=4, together=lambda: met.append(1)) >= 0.0
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # each step after its own meeting
