@@ -185,9 +185,9 @@ class _Replayer:
 
     def _rendezvous(self, r: int, op: int, idx: int, s: int, t: float, cp: int, avail: float,
                     dep: int) -> tuple[float, int]:
-        """The input of a compute action ``op`` on (stage s, microbatch) of rank ``r`` (free at ``t``) when its transfer
-        can start only once the receive is posted (module doc): ``avail`` unless it was posted after the send; records
-        the flight and posts the rank's next receive when this one is taken."""
+        """A receive feeding ``op`` (F or BW) on (stage s, microbatch), taken by rank ``r`` (free at ``t``), when its
+        transfer can start only once the receive is posted (module doc): ``avail`` unless it was posted after the
+        send; records the flight and posts the rank's next receive when this one is taken."""
         M = self.M
         if op == F:
             if s == 0 or not self.cross[s - 1]:
@@ -287,7 +287,7 @@ class _Replayer:
                   t: float, fly: float, code: int, key: int) -> None:
         """Without send/recv actions, an output leaves as soon as it is made and arrives ``fly`` later."""
         arrivals[at], sources[at] = t + fly, code
-        if self.record and fly > 0 and not self.rendezvous:  # a rendezvous is recorded where it is received
+        if self.record and fly > 0:  # (a rendezvous replay has send/recv actions: it never gets here)
             self.transfers.append(TimedAction(r, Action(s, op, idx - s * self.M), t, t + fly))
         self._wake(key)
 

@@ -13,7 +13,7 @@ from runtime.calibrate import link as links
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.overhead import (
     action_overheads,
-    closing_seconds,
+    closing_terms,
     parameter_seconds,
     skeleton_pipeline,
     slowest,
@@ -103,16 +103,13 @@ def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torc
     together = barrier if concurrent else (lambda: None)  # the ranks' optimizers run at once at a step's end
     optimizer = max(0.0, parameter_seconds(real, make_optimizer, l2, together=together)
                     - parameter_seconds(tiny, make_optimizer, l2, together=together))
+    rest, closing = closing_terms(skel, skel_step, concurrent)
     if concurrent:
-        t = pipe.executor.transport
-        rank, ranks = (t.rank if isinstance(t, DistTransport) else 0), world_size()
         optimizer = slowest(optimizer)
-        reduce = Term(closing_seconds(rank, ranks, pipe.cfg.num_stages), Origin.MEASURED,
+        reduce = Term(closing, Origin.MEASURED,
                       "the step's closing all-reduce (loss, finite flags) as the rank that reaches it last pays it")
-        rest = max(0.0, skel_step.extra - skel_step.optimizer - skel_step.closing)
     else:
         reduce = Term(0.0, Origin.DEFAULT, "one process: no all-reduce (its closing checks are in the step overhead)")
-        rest = max(0.0, skel_step.extra - skel_step.optimizer)
     grads = stage_gradient_bytes(pipe.cfg.spec, pipe.cfg.ranges, as_dtype(str(pipe.cfg.dtype).removeprefix("torch.")))
     model = CostModel(layers, origin, over, Origin.MEASURED,
                       Term(rest, Origin.MEASURED, "skeleton step beyond its actions, its optimizer and its closing all-reduce"),

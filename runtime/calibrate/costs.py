@@ -8,9 +8,10 @@ A step of a pipeline is predicted from these terms (see ``runtime.calibrate.fore
 * ``step_overhead``: per step, what the skeleton's step costs beyond its actions, its optimizer steps and its closing
   all-reduce (executor loop, posting messages, zeroing gradients, the regulariser, the closing checks in one process);
 * ``optimizer``: the optimizer steps (and l2 term) as the skeleton's steps run them, plus what the real parameters
-  add (timed alone, beyond the same on the skeleton's);
+  add (timed with cold caches beyond the same on the skeleton's; under torchrun every rank at once, as at a step's
+  end);
 * ``loss_all_reduce``: the all-reduce that closes every step under torchrun (loss, correct count, every stage's
-  finite flag), timed inside the skeleton's steps on the rank that reached it last;
+  finite flag), timed apart as the rank that reaches it last pays it (``runtime.calibrate.overhead.closing_seconds``);
 * ``link``: latency + bytes / bandwidth of one transfer between ranks, fitted from ping-pongs on the transport the
   run uses;
 * ``gradient_all_reduce``: with ``replicas`` D > 1 (PP x DP), each stage's ring all-reduce of its

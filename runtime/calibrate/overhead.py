@@ -3,7 +3,8 @@
 The skeleton is the run's own pipeline (same stages, layer ranges, schedule, microbatches, engine, transport and
 optimizer) with every hidden width 1: its actions do next to no arithmetic, so what they take is what the runtime
 adds to every action. Its per-action times minus its own profile are the action overheads; its step time minus
-its actions (or, with overlapping ranks, minus the simulated skeleton step) is the step overhead.
+its actions (or, with overlapping ranks, minus the simulated skeleton step), its optimizer steps and, under
+torchrun, its closing all-reduce is the step overhead (``closing_terms``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from partition.schedule.actions import Op
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
-from runtime.comm import all_reduce_sum, barrier, gather_rows
+from runtime.comm import DistTransport, all_reduce_sum, barrier, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
 from runtime.train.measure import costs_from_records, replica_mean
@@ -150,6 +151,17 @@ def closing_seconds(rank: int, ranks: int, num_stages: int, repeats: int = 10, l
                 mine.append(time.perf_counter() - t0)
     every = torch.cat([part.reshape(-1) for part in gather_rows(torch.tensor([mine], dtype=torch.float64))])
     return float(every.median())
+
+
+def closing_terms(skel: Pipeline, skel_step: SkeletonStep, concurrent: bool) -> tuple[float, float]:
+    """(step overhead, closing all-reduce) of a run from its skeleton's steps, the rule ``train.py`` and ``compare.py``
+    share: the step overhead is the skeleton's step beyond its actions and its optimizer steps (and, under torchrun,
+    beyond its own closing all-reduce, which ``closing_seconds`` measures as a step pays it; every rank calls this)."""
+    if not concurrent:
+        return max(0.0, skel_step.extra - skel_step.optimizer), 0.0
+    t = skel.executor.transport
+    closing = closing_seconds(t.rank if isinstance(t, DistTransport) else 0, world_size(), skel.cfg.num_stages)
+    return max(0.0, skel_step.extra - skel_step.optimizer - skel_step.closing), closing
 
 
 def slowest(seconds: float) -> float:

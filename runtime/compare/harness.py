@@ -42,7 +42,7 @@ from runtime.train.datasets import Dataset, load_dataset
 from runtime.train.progress import ProgressBar
 
 AUTO_CAP = 0.95  # "auto": this share of what one device needs for the full batch B, so that B alone does not fit
-QUICK = MappingProxyType({"epochs": 30, "profile_repeats": 10, "calibration_steps": 16})
+QUICK = MappingProxyType({"epochs": 30, "profile_repeats": 10})
 
 
 @dataclass(frozen=True)

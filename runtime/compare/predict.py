@@ -51,8 +51,8 @@ from partition.timing import LinkModel, StageCost
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.explain import explain
 from runtime.calibrate.forecast import emulated_timeline, this_run
-from runtime.calibrate.overhead import action_overheads, parameter_seconds, skeleton_spec
-from runtime.comm import all_reduce_sum
+from runtime.calibrate.overhead import action_overheads, closing_terms, parameter_seconds, skeleton_spec
+from runtime.comm import all_reduce_sum, barrier
 from runtime.compare.run import RunContext, build, replica_of, replica_rows, step_inputs
 from runtime.compare.types import Candidate
 from runtime.ops.model import init_parameters
@@ -106,7 +106,7 @@ class Calibration:
 
 
 def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
-              steps: int = 8, link: LinkModel = FREE_LINK) -> Calibration:
+              steps: int = 16, link: LinkModel = FREE_LINK) -> Calibration:
     """Time ``steps`` steps (after two untimed ones) of the skeleton of ``spec`` shaped like ``cand`` on the rows
     ``order`` starts with (``runtime.calibrate.overhead.action_overheads``; ``link`` between processes). A replica of
     a dp x pp grid under torchrun takes its own B/D of those rows."""
@@ -114,7 +114,8 @@ def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, 
     idx = replica_rows(order[: cand.minibatch], *replica_of(pipe))
     xs, ys = step_inputs(pipe, x[idx], y[idx])
     over, skel_step = action_overheads(pipe, xs, ys, idx.shape[0], steps, ctx.spans_processes(cand), link)
-    return Calibration(over, skel_step.extra)
+    rest, closing = closing_terms(pipe, skel_step, ctx.spans_processes(cand))
+    return Calibration(over, rest + skel_step.optimizer + closing)
 
 
 def parameter_work(spec: MLPSpec, ctx: RunContext, repeats: int = 20) -> float:
@@ -124,7 +125,7 @@ def parameter_work(spec: MLPSpec, ctx: RunContext, repeats: int = 20) -> float:
     def seconds(model: MLPSpec) -> float:
         params = [t.to(ctx.device, ctx.torch_dtype) for w, b in init_parameters(model, ctx.seed) for t in (w, b)
                   if t is not None]
-        return parameter_seconds(params, make, model.l2, repeats)
+        return parameter_seconds(params, make, model.l2, repeats, together=barrier if ctx.distributed else lambda: None)
 
     return seconds(spec) - seconds(skeleton_spec(spec))
 

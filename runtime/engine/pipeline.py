@@ -135,7 +135,8 @@ class StepOutput:
 
     With collectives that span ranks, loss and correct are the whole grid's, on every rank; ``grad_norm`` is
     the global gradient norm before clipping (when clipping). ``closing`` and ``optimizer``: seconds of the step's
-    closing checks (the all-reduce of loss, correct count and finite flags) and of its optimizer steps.
+    closing checks (the all-reduce of loss, correct count and finite flags) and of its optimizer steps (on a GPU
+    only with ``sync_timing``; without it, of their launches).
     """
 
     loss: float | None
@@ -215,6 +216,9 @@ class Pipeline:
         self.collectives.wait_grads()
         for st in self.stages.values():
             st.add_regularizer()
+        gpus = {st.device for st in self.stages.values() if st.device.type == "cuda"}
+        for dev in gpus:  # the metrics wait for the device anyway: what it still runs is not the closing's
+            torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         loss, correct = self._metrics(result.loss, step_index)
         closing = time.perf_counter() - t0
@@ -225,9 +229,8 @@ class Pipeline:
         t0 = time.perf_counter()
         for opt in self.optimizers.values():
             opt.step()
-        if sync_timing:
-            for dev in {st.device for st in self.stages.values() if st.device.type == "cuda"}:
-                torch.cuda.synchronize(dev)
+        for dev in gpus if sync_timing else ():  # else on a GPU ``optimizer`` counts the launches only
+            torch.cuda.synchronize(dev)
         return StepOutput(loss, correct, result.records, norm, closing, time.perf_counter() - t0)
 
     def _metrics(self, loss: torch.Tensor | None, step_index: int) -> tuple[float | None, int | None]:

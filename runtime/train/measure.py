@@ -92,6 +92,7 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
     measured action times); ``closing_terms``: each step's closing all-reduce and optimizer seconds (StepOutput).
     """
     n = pipe.cfg.num_stages
+    gpu = any(st.device.type == "cuda" for st in pipe.stages.values())
     costs = costs_from_records(recent, n)
     if distributed:  # every rank measured only its own stages, and each stage runs in every replica
         table = replica_mean(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64), pipe.schedule.num_ranks)
@@ -100,7 +101,7 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
     unit = simulate(pipe.schedule, [StageCost(1.0, 1.0, 1.0)] * n)
     explained = explain(prediction.here, pipe.schedule, prediction.model, prediction.activation_bytes,
                         prediction.concurrent, costs, measured["median"] or 0.0,
-                        measured_terms=closing_medians(*closing_terms, distributed))
+                        measured_terms=closing_medians(*closing_terms, distributed, synced=not gpu))
     figures = {
         "timeline_chart": format_timeline(unit.timeline, pipe.schedule.num_ranks, unit=TimeUnit.COST),
         **prediction.to_json(),
@@ -122,14 +123,16 @@ def step_figures(pipe: Pipeline, traced: Sequence[ActionRecord], recent: Sequenc
     return figures
 
 
-def closing_medians(closing: Sequence[float], optimizer: Sequence[float], distributed: bool) -> dict[str, float]:
+def closing_medians(closing: Sequence[float], optimizer: Sequence[float], distributed: bool,
+                    synced: bool = True) -> dict[str, float]:
     """The step's closing terms measured in the run, by their names in the forecast: the optimizer steps (slowest
-    rank) and, under torchrun, the closing all-reduce as the rank that reached it last paid it (the others' wait
-    for that rank is in the step's body). Empty without timed steps."""
+    rank; only when ``synced``: a GPU's training steps time their launches) and, under torchrun, the closing
+    all-reduce as the rank that reached it last paid it (the others' wait for that rank is in the step's body).
+    Empty without timed steps; every rank calls this under torchrun."""
     if len(optimizer) < 2:
         return {}
     opt, close = statistics.median(optimizer[1:]), statistics.median(closing[1:])
-    if not distributed:
-        return {"optimizer": opt}
-    top = torch.cat(gather_rows(torch.tensor([[opt, -close]], dtype=torch.float64))).max(0).values
-    return {"optimizer": float(top[0]), "loss all-reduce": -float(top[1])}
+    if distributed:
+        top = torch.cat(gather_rows(torch.tensor([[opt, -close]], dtype=torch.float64))).max(0).values
+        opt, close = float(top[0]), -float(top[1])
+    return ({"optimizer": opt} if synced else {}) | ({"loss all-reduce": close} if distributed else {})

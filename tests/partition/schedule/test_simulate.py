@@ -225,8 +225,8 @@ def test_cli_bad_arguments_exit_2_with_one_line(args):
 
 def test_rendezvous_posts_receives_in_the_executors_order():
     """Interleaved 1F1B: insert_comms moves some receives earlier than the compute that needs them, and the runtime
-    posts them in that order; a rendezvous simulation of the bare lists is the one of the lists the executor runs,
-    which here ends later than posting in the order of need would (the replay refuses the bare lists)."""
+    posts them in that order; a rendezvous simulation of the bare lists is the one of the lists the executor runs
+    (and later than free-flying messages); the replay refuses the bare lists with a rendezvous link."""
     sched = generate(ScheduleKind.INTERLEAVED_1F1B, 2, 4, 2)
     cost, link, sizes = [StageCost(1.0, 2.0, 0.0)] * 4, LinkModel(latency=0.2, rendezvous=True), [1.0] * 4
     bare, run_lists = simulate(sched, cost, link, sizes), simulate(insert_comms(sched), cost, link, sizes)

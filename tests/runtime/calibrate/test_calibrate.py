@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from partition.schedule.actions import ScheduleKind
 from partition.schedule.generators import generate
 from partition.spec import MLPSpec
 from partition.timing import LinkPreset, StageCost
+from runtime.calibrate import overhead
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.forecast import this_run
 from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
@@ -92,3 +94,32 @@ def test_parameter_seconds_meets_the_other_ranks_before_every_timed_step():
 
     assert parameter_seconds(params, make, 0.0, repeats=4, together=lambda: met.append(1)) >= 0.0
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # each step after its own meeting
+
+
+def test_closing_seconds_times_only_this_ranks_late_turn_and_takes_the_median_of_all(monkeypatch):
+    """Rank 1 of 2, 3 repeats after one untimed: 8 all-reduces in all, 3 timed (its own turn); the other rank's
+    3 timings (10, 20, 30 s) come back from the gather; the median of the 6 is the lower middle, its slowest."""
+    calls, sent = [], []
+    monkeypatch.setattr(overhead, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(overhead, "all_reduce_sum", lambda flags: calls.append(tuple(flags.shape)))
+
+    def gather(rows):
+        sent.append(rows)
+        return [torch.tensor([[10.0, 20.0, 30.0]], dtype=torch.float64), rows]
+
+    monkeypatch.setattr(overhead, "gather_rows", gather)
+    value = overhead.closing_seconds(1, 2, 3, repeats=3, late_by=0.0)
+    assert calls.count((3,)) == 8 and calls.count("barrier") == 8
+    (mine,) = sent
+    assert mine.shape == (1, 3) and value == float(mine.max()) < 10.0
+
+
+def test_closing_terms_split_the_skeleton_step(monkeypatch):
+    """One process: 5 s beyond the actions, 2 of them optimizer: 3 s step overhead, no all-reduce. Under torchrun
+    the skeleton's own closing all-reduce (1 s) leaves too, and the one timed apart (0.7 s) is the term."""
+    skel = SimpleNamespace(executor=SimpleNamespace(transport=object()), cfg=SimpleNamespace(num_stages=2))
+    step = overhead.SkeletonStep(extra=5.0, closing=1.0, optimizer=2.0)
+    assert overhead.closing_terms(skel, step, concurrent=False) == (3.0, 0.0)
+    monkeypatch.setattr(overhead, "world_size", lambda: 2)
+    monkeypatch.setattr(overhead, "closing_seconds", lambda *args: 0.7 if args == (0, 2, 2) else -1.0)
+    assert overhead.closing_terms(skel, step, concurrent=True) == (2.0, 0.7)
