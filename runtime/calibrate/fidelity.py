@@ -4,7 +4,7 @@ The cases: the default ``train.py``; ``train.py`` under torchrun with 2 gloo ran
 (overhead-bound) and 1024 (compute-bound), batch 256 in 4 microbatches, for gpipe, 1f1b, zb-h1 and interleaved-1f1b;
 and every candidate ``compare.py --quick`` trains. Each case runs as its own process (as a user runs it), ``runs``
 times; a row reports the median absolute error and its range over the runs, and for train.py cases the term that
-contributed most to the error in the run with the median error.
+contributed most to the error in the run with the median error, and that run's predicted terms (in the JSON).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def run_case(case: Case, folder: Path, timeout: float) -> list[dict]:
         top = r["prediction_explained"]["contributors"][:1]
         return [{"name": case.name, "predicted": r["predicted_step_time"], "measured": r["measured_step_time"]["median"],
                  "error": r["prediction_error"], "term": _term(top[0]) if top else "-",
-                 "noise": relative_iqr(r["measured_step_time"])}]
+                 "noise": relative_iqr(r["measured_step_time"]), "terms": r.get("predicted_terms")}]
     r = json.loads((out / "compare.json").read_text())
     return [{"name": f"{case.name}: {e['id']}", "predicted": e["predicted"]["predicted_step_time"],
              "measured": e["measured"]["measured_step_time"]["median"], "error": e["errors"]["prediction_error"],
@@ -104,7 +104,8 @@ def fidelity(cases: Sequence[Case], runs: int = 3, timeout: float = 900.0,
         rows.append({"name": name, "runs": len(seen), "errors": [s["error"] for s in seen],
                      "median_abs_error": statistics.median(errors), "min_abs_error": min(errors),
                      "max_abs_error": max(errors), "predicted": middle["predicted"], "measured": middle["measured"],
-                     "largest_term": middle["term"], "within_target": statistics.median(errors) <= TARGET,
+                     "largest_term": middle["term"], "predicted_terms": middle.get("terms"),
+                     "within_target": statistics.median(errors) <= TARGET,
                      "noise": statistics.median(s.get("noise", 0.0) for s in seen),
                      "failed": failed.get(name, [])})
     return rows

@@ -20,13 +20,14 @@ def test_rows_report_the_median_absolute_error_its_range_and_the_median_runs_ter
 
     def fake(case, folder, timeout):
         e = next(errors)
-        return [{"name": case.name, "predicted": 1.0 + e, "measured": 1.0, "error": e, "term": f"term {e:+.2f}"}]
+        return [{"name": case.name, "predicted": 1.0 + e, "measured": 1.0, "error": e, "term": f"term {e:+.2f}",
+                 "terms": {"optimizer": e}}]
 
     monkeypatch.setattr(fid, "run_case", fake)
     (row,) = fid.fidelity([fid.Case("c", "train.py", ())], runs=3, log=lambda _: None)
     assert row["median_abs_error"] == pytest.approx(0.08) and row["min_abs_error"] == pytest.approx(0.05)
     assert row["max_abs_error"] == pytest.approx(0.30) and row["errors"] == [0.30, -0.05, 0.08]
-    assert row["largest_term"] == "term +0.08" and row["within_target"]
+    assert row["largest_term"] == "term +0.08" and row["within_target"] and row["predicted_terms"] == {"optimizer": 0.08}
     table = fid.fidelity_table([row, {**row, "name": "d", "median_abs_error": 0.2, "within_target": False}])
     assert table[2].endswith("| yes |") and table[3].endswith("| no: term +0.08 |")
 
