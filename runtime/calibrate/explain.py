@@ -51,14 +51,12 @@ def explain(forecast: Forecast, schedule: Schedule, model: CostModel, activation
             per = counts[Op.F] if field == "f" else counts[Op.W] if field == "w" else counts[Op.B] + counts[Op.BW]
             rows.append({"term": f"stage {s} {label}", "predicted": pv, "measured": mv, "per_step": per,
                          "effect": effect})
-    closing = 0.0
-    for name, value in (measured_terms or {}).items():
-        predicted_value = forecast.terms[name]
-        rows.append({"term": name, "predicted": predicted_value, "measured": value, "per_step": 1,
-                     "effect": value - predicted_value})
-        closing += value - predicted_value
+    per_step_terms = [{"term": name, "predicted": forecast.terms[name], "measured": value, "per_step": 1,
+                       "effect": value - forecast.terms[name]} for name, value in (measured_terms or {}).items()]
+    rows += per_step_terms
     body, sim = step_body(schedule, measured, model.link, activation_bytes, concurrent)
-    from_measured = body + model.gradient_all_reduce(schedule, sim, concurrent) + model.per_step + closing
+    from_measured = (body + model.gradient_all_reduce(schedule, sim, concurrent) + model.per_step
+                     + sum(r["effect"] for r in per_step_terms))
     rows.append({"term": OUTSIDE, "predicted": None, "measured": None, "per_step": 1,
                  "effect": measured_step - from_measured})
     rows.sort(key=lambda r: -abs(r["effect"]))

@@ -23,7 +23,7 @@ from partition.timing import LinkModel, StageCost
 from runtime.comm import DistTransport, all_reduce_sum, barrier, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
-from runtime.train.measure import costs_from_records, replica_mean
+from runtime.train.measure import costs_from_records, largest, replica_mean
 from runtime.train.profile import COLD_CACHE_BYTES, profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
@@ -90,13 +90,12 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
         widths = cfg.spec.widths
         nbytes = [rows * widths[b] * torch.finfo(cfg.dtype).bits / 8 for _, b in cfg.ranges]
         body = simulate(skel.schedule, skel_costs, link, nbytes).makespan
-        step = slowest(statistics.median(times))
-        extra = max(0.0, step - body)
+        # the closing all-reduce ends the step when the last rank reaches it: the others' wait for it is in the body
+        step, least_closing, slowest_optimizer = largest(
+            [statistics.median(times), -statistics.median(closing), statistics.median(optimizer)])
+        phases = SkeletonStep(max(0.0, step - body), -least_closing, slowest_optimizer)
     else:
-        extra = max(0.0, statistics.median(outside))
-    phases = SkeletonStep(extra, statistics.median(closing), statistics.median(optimizer))
-    if concurrent:  # the closing all-reduce ends the step when the last rank reaches it: the others' wait is in the body
-        phases = SkeletonStep(extra, -slowest(-phases.closing), slowest(phases.optimizer))
+        phases = SkeletonStep(max(0.0, statistics.median(outside)), statistics.median(closing), statistics.median(optimizer))
     return tuple(StageCost(*map(float, row)) for row in over), phases
 
 
@@ -166,7 +165,7 @@ def closing_terms(skel: Pipeline, skel_step: SkeletonStep, concurrent: bool) -> 
 
 def slowest(seconds: float) -> float:
     """The largest of every rank's ``seconds`` (``seconds`` itself without a process group)."""
-    return max(float(part.max()) for part in gather_rows(torch.tensor([[seconds]], dtype=torch.float64)))
+    return largest([seconds])[0]
 
 
 def world_size() -> int:

@@ -180,6 +180,7 @@ class Pipeline:
             ]
             self.stages[s] = Stage(cfg.spec, s, start, stop, params, dev, cfg.engine, recompute[s], cfg.gemm)
         self.optimizers = {s: make_optimizer(st.parameters()) for s, st in self.stages.items()}
+        self._gpus = {st.device for st in self.stages.values() if st.device.type == "cuda"}  # synced around closing
         self.collectives = collectives if collectives is not None else LocalCollectives()
         hook = self.collectives.grads_ready if self.collectives.spans_ranks else None
         self.executor = Executor(self.schedule, self.stages, transport, self.ranks, fuse_w=cfg.fuse_w,
@@ -216,8 +217,7 @@ class Pipeline:
         self.collectives.wait_grads()
         for st in self.stages.values():
             st.add_regularizer()
-        gpus = {st.device for st in self.stages.values() if st.device.type == "cuda"}
-        for dev in gpus:  # the metrics wait for the device anyway: what it still runs is not the closing's
+        for dev in self._gpus:  # the metrics wait for the device anyway: what it still runs is not the closing's
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         loss, correct = self._metrics(result.loss, step_index)
@@ -229,7 +229,7 @@ class Pipeline:
         t0 = time.perf_counter()
         for opt in self.optimizers.values():
             opt.step()
-        for dev in gpus if sync_timing else ():  # else on a GPU ``optimizer`` counts the launches only
+        for dev in self._gpus if sync_timing else ():  # else on a GPU ``optimizer`` counts the launches only
             torch.cuda.synchronize(dev)
         return StepOutput(loss, correct, result.records, norm, closing, time.perf_counter() - t0)
 

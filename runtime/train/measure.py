@@ -47,6 +47,12 @@ def costs_from_records(records: Sequence[ActionRecord], num_stages: int) -> list
     return [StageCost(cost.get((s, "f"), 0.0), cost.get((s, "b"), 0.0), cost.get((s, "w"), 0.0)) for s in range(num_stages)]
 
 
+def largest(values: Sequence[float]) -> list[float]:
+    """Each of ``values``, the largest any rank has (the values themselves without a process group; every rank
+    calls this)."""
+    return torch.cat(gather_rows(torch.tensor([list(values)], dtype=torch.float64))).max(0).values.tolist()
+
+
 def replica_mean(table: torch.Tensor, ranks_per_pipeline: int) -> torch.Tensor:
     """Per-stage figures each process measured for its own stages (zeros for the others), made known to all: the sum
     over every process divided by the number of pipeline replicas (a stage runs once in each), i.e. their mean."""
@@ -133,6 +139,6 @@ def closing_medians(closing: Sequence[float], optimizer: Sequence[float], distri
         return {}
     opt, close = statistics.median(optimizer[1:]), statistics.median(closing[1:])
     if distributed:
-        top = torch.cat(gather_rows(torch.tensor([[opt, -close]], dtype=torch.float64))).max(0).values
-        opt, close = float(top[0]), -float(top[1])
+        opt, least = largest([opt, -close])
+        close = -least
     return ({"optimizer": opt} if synced else {}) | ({"loss all-reduce": close} if distributed else {})
