@@ -96,7 +96,7 @@ def calibrate_pipeline(pipe: Pipeline, make_optimizer: OptimizerFactory, x: torc
     layers = tuple(layers) if layers is not None else profiled_layers(pipe, rows, profile_repeats, concurrent)
     link, what, points = measure_link(pipe, rows, concurrent, timeout)
     skel = skeleton_pipeline(pipe, fresh_transport(pipe, timeout), make_optimizer)
-    over, skel_step = action_overheads(skel, x, y, batch, steps, concurrent, link)
+    over, skel_step = action_overheads(skel, x, y, batch, steps, concurrent, link, pipe.cfg.spec.widths)
     l2 = pipe.cfg.spec.l2
     real = [p for st in pipe.stages.values() for p in st.parameters()]
     tiny = [p for st in skel.stages.values() for p in st.parameters()]

@@ -107,18 +107,32 @@ def fidelity(cases: Sequence[Case], runs: int = 3, timeout: float = 900.0,
                      "largest_term": middle["term"], "predicted_terms": middle.get("terms"),
                      "within_target": statistics.median(errors) <= TARGET,
                      "noise": statistics.median(s.get("noise", 0.0) for s in seen),
+                     "measured_runs": [s["measured"] for s in seen], "measured_drift": drift([s["measured"] for s in seen]),
                      "failed": failed.get(name, [])})
     return rows
 
 
+def drift(measured: Sequence[float]) -> float:
+    """How far apart the runs' measured medians of one case are: largest / smallest - 1 (what no prediction made
+    before a run can follow: the same code measured again)."""
+    return max(measured) / min(measured) - 1.0 if measured and min(measured) > 0 else 0.0
+
+
 def fidelity_table(rows: Sequence[dict]) -> list[str]:
-    """The rows as a Markdown table (errors over the runs; the term named where a row misses the target)."""
+    """The rows as a Markdown table (errors over the runs; the term named where a row misses the target). Results
+    saved before the runs' measured medians were kept have no "run to run" column, as they were printed."""
+    kept = any("measured_drift" in r for r in rows)
+
+    def moved(r: dict) -> list[str]:
+        return [f"{r['measured_drift']:.0%}" if "measured_drift" in r else "-"] if kept else []
+
     body = [[r["name"], f"{r['predicted'] * 1e3:.3g}", f"{r['measured'] * 1e3:.3g}", f"{r['median_abs_error']:.1%}",
-             f"{r['min_abs_error']:.1%}-{r['max_abs_error']:.1%}", r["runs"], f"{r['noise']:.0%}",
+             f"{r['min_abs_error']:.1%}-{r['max_abs_error']:.1%}", r["runs"], f"{r['noise']:.0%}", *moved(r),
              "yes" if r["within_target"] else f"no: {r['largest_term']}"] if r["runs"] else
-            [r["name"], "-", "-", "-", "-", 0, "-", f"failed: {r['failed'][-1][:80]}"] for r in rows]
+            [r["name"], "-", "-", "-", "-", 0, "-", *(["-"] if kept else []), f"failed: {r['failed'][-1][:80]}"]
+            for r in rows]
     return markdown_table(["case", "predicted ms", "measured ms", "median abs error", "range", "runs",
-                           "measured IQR / median",
+                           "measured IQR / median", *(["measured median, run to run"] if kept else []),
                            f"within {TARGET:.0%} (else the largest term)"], body)
 
 

@@ -4,11 +4,13 @@ The skeleton is the run's own pipeline (same stages, layer ranges, schedule, mic
 optimizer) with every hidden width 1: its actions do next to no arithmetic, so what they take is what the runtime
 adds to every action. Its per-action times minus its own profile are the action overheads; its step time minus
 its actions (or, with overlapping ranks, minus the simulated skeleton step), its optimizer steps and, under
-torchrun, its closing all-reduce is the step overhead (``closing_terms``).
+torchrun, its closing all-reduce is the step overhead (``closing_terms``). Under torchrun its messages carry the real
+model's bytes (``runtime.calibrate.padded``): their host cost is the skeleton's too.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +22,7 @@ from partition.schedule.actions import Op
 from partition.schedule.simulate import simulate
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
+from runtime.calibrate.padded import PaddedTransport
 from runtime.comm import DistTransport, all_reduce_sum, barrier, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
@@ -27,6 +30,8 @@ from runtime.train.measure import costs_from_records, largest, replica_mean
 from runtime.train.profile import COLD_CACHE_BYTES, profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
+WINDOW = 0.5  # seconds: the least the skeleton's untimed, then timed, steps fill under torchrun (``action_overheads``)
+MAX_STEPS = 200
 
 
 def skeleton_spec(spec: MLPSpec) -> MLPSpec:
@@ -51,25 +56,40 @@ class SkeletonStep:
 
 
 def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, batch: int,
-                     steps: int, concurrent: bool, link: LinkModel) -> tuple[tuple[StageCost, ...], SkeletonStep]:
+                     steps: int, concurrent: bool, link: LinkModel,
+                     widths: Sequence[int] | None = None) -> tuple[tuple[StageCost, ...], SkeletonStep]:
     """(per-stage action overheads, the step beyond them) from ``steps`` timed steps of the skeleton (after two
     untimed).
 
     Under torchrun (``concurrent``) every rank takes part; the figures are shared, the step overhead taken from
-    the slowest rank.
+    the slowest rank, and the untimed and the timed steps each fill at least ``WINDOW`` seconds (at most ``MAX_STEPS``
+    steps): there, spells of steps 1.5x slower than the rest come and go every few steps on this CPU, most of all in
+    the first second of a process, so 16 steps after 2 could land in one. ``widths``
+    (the real model's): messages between processes carry as many bytes as the real model's
+    (``runtime.calibrate.padded``), so the skeleton's steps pay their host cost too.
     """
+    transport = skel.executor.transport
+    padded = widths is not None and isinstance(transport, DistTransport)
+    if padded:
+        skel.executor.transport = PaddedTransport(transport, skel.cfg.ranges, widths)
     records, times, outside, closing, optimizer = [], [], [], [], []
     picked = torch.arange(batch)
-    for i in range(steps + 2):
+    i, warmup = 0, 2
+    while i < warmup + steps:
         t0 = time.perf_counter()
         xs, ys = (None if t is None else t[picked] for t in (x, y))  # gathering the rows, as a training step does
         out = skel.step(xs, ys, batch, i, sync_timing=True)
-        if i >= 2:
+        if i == 1 and concurrent:  # every rank runs the same number of steps
+            per_step = max(slowest(time.perf_counter() - t0), 1e-6)
+            warmup = max(warmup, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
+            steps = max(steps, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
             records += out.records
             outside.append(times[-1] - sum(r.end - r.start for r in out.records if r.action.op in COMPUTE))
             closing.append(out.closing)
             optimizer.append(out.optimizer)
+        i += 1
     cfg = skel.cfg
     rows = batch // cfg.microbatches
     dev = next(iter(skel.stages.values())).device
@@ -87,8 +107,8 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
         measured = replica_mean(torch.tensor([[c.f, c.b, c.w] for c in costs], dtype=torch.float64),
                                 skel.schedule.num_ranks)
         skel_costs = [StageCost(*map(float, row)) for row in measured]
-        widths = cfg.spec.widths
-        nbytes = [rows * widths[b] * torch.finfo(cfg.dtype).bits / 8 for _, b in cfg.ranges]
+        sent = widths if padded else cfg.spec.widths
+        nbytes = [rows * sent[b] * torch.finfo(cfg.dtype).bits / 8 for _, b in cfg.ranges]
         body = simulate(skel.schedule, skel_costs, link, nbytes).makespan
         # the closing all-reduce ends the step when the last rank reaches it: the others' wait for it is in the body
         step, least_closing, slowest_optimizer = largest(
@@ -130,7 +150,7 @@ def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerF
     return statistics.median(times) if times else 0.0
 
 
-def closing_seconds(rank: int, ranks: int, num_stages: int, repeats: int = 10, late_by: float = 0.002) -> float:
+def closing_seconds(rank: int, ranks: int, num_stages: int, repeats: int = 30, late_by: float = 0.002) -> float:
     """Median seconds of a step's closing all-reduce (``num_stages`` flags) as the rank that reaches it last pays it:
     the others already wait in it (their threads asleep), that rank arrives from ``late_by`` seconds of busy CPU, as
     from a step's last action. Each rank takes its turn at arriving last; the median over every turn, on all ranks.

@@ -15,7 +15,7 @@ A candidate runs m microbatches of n samples through stages s (layer ranges); ea
   (about 5-10% on CPU).
 
 Per step comes E: the skeleton step's remainder beyond its actions (loop, messages, optimizer calls; under torchrun,
-beyond its simulated step with the measured link), plus the optimizer's and the l2 term's work on the real parameter
+beyond its simulated step with the measured link, its messages padded to the real model's size), plus the optimizer's and the l2 term's work on the real parameter
 sizes (timed once, minus the same on the skeleton's).
 
 Which prediction is compared with which measurement: in one process every stage runs on this one device, one after
@@ -113,7 +113,7 @@ def calibrate(ctx: RunContext, spec: MLPSpec, cand: Candidate, x: torch.Tensor, 
     pipe = build(ctx, skeleton_spec(spec), replace(cand, lr=1e-9))
     idx = replica_rows(order[: cand.minibatch], *replica_of(pipe))
     xs, ys = step_inputs(pipe, x[idx], y[idx])
-    over, skel_step = action_overheads(pipe, xs, ys, idx.shape[0], steps, ctx.spans_processes(cand), link)
+    over, skel_step = action_overheads(pipe, xs, ys, idx.shape[0], steps, ctx.spans_processes(cand), link, spec.widths)
     rest, closing = closing_terms(pipe, skel_step, ctx.spans_processes(cand))
     return Calibration(over, rest + skel_step.optimizer + closing)
 

@@ -44,3 +44,19 @@ def test_a_failing_case_is_a_row_that_says_why(monkeypatch):
     assert bad["runs"] == 0 and bad["failed"] == ["exit 1: ValueError: boom"] * 2
     assert next(r for r in rows if r["name"] == "good")["runs"] == 2
     assert any(line.endswith("| failed: exit 1: ValueError: boom |") for line in fid.fidelity_table(rows))
+
+
+def test_rows_say_how_far_the_measured_medians_moved_between_runs(monkeypatch):
+    measured = iter([0.010, 0.013, 0.011])  # one case measured three times: 10, 13 and 11 ms
+
+    def fake(case, folder, timeout):
+        m = next(measured)
+        return [{"name": case.name, "predicted": 0.010, "measured": m, "error": (0.010 - m) / m, "term": "-"}]
+
+    monkeypatch.setattr(fid, "run_case", fake)
+    (row,) = fid.fidelity([fid.Case("c", "train.py", ())], runs=3, log=lambda _: None)
+    assert row["measured_runs"] == [0.010, 0.013, 0.011] and row["measured_drift"] == pytest.approx(0.3)
+    head, _, line = fid.fidelity_table([row])
+    assert "| measured median, run to run |" in head and "| 30% |" in line
+    old = {k: v for k, v in row.items() if k not in ("measured_runs", "measured_drift")}
+    assert "run to run" not in fid.fidelity_table([old])[0]  # a result saved before keeps its printed columns
