@@ -38,11 +38,12 @@ def fresh_transport(pipe: Pipeline, timeout: float) -> object:
 
 
 def profiled_layers(pipe: Pipeline, rows: int, repeats: int, concurrent: bool) -> tuple[StageCost, ...]:
-    """The model's per-layer costs at ``rows`` samples on this process's device (the mean over ranks under torchrun)."""
+    """The model's per-layer costs at ``rows`` samples on this process's device (under torchrun: every rank's timed
+    calls at once, as in a step, and the mean over ranks)."""
     dev = next(iter(pipe.stages.values())).device
     dtype = str(pipe.cfg.dtype).removeprefix("torch.")
     layers = profile_layers(pipe.cfg.spec, rows, str(dev), dtype, repeats=repeats, seed=pipe.cfg.seed,
-                            gemm=pipe.cfg.gemm).layers
+                            gemm=pipe.cfg.gemm, together=barrier if concurrent else lambda: None).layers
     if not concurrent:
         return layers
     table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))

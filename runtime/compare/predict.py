@@ -15,8 +15,8 @@ A candidate runs m microbatches of n samples through stages s (layer ranges); ea
   (about 5-10% on CPU).
 
 Per step comes E: the skeleton step's remainder beyond its actions (loop, messages, optimizer calls; under torchrun,
-beyond its simulated step with the measured link, its messages padded to the real model's size), plus the optimizer's and the l2 term's work on the real parameter
-sizes (timed once, minus the same on the skeleton's).
+beyond its simulated step with the measured link, its messages padded to the real model's size), plus the optimizer's
+and the l2 term's work on the real parameter sizes (timed once, minus the same on the skeleton's).
 
 Which prediction is compared with which measurement: in one process every stage runs on this one device, one after
 another, so the compared prediction is sum_s m * (P_s + O_s) + E. Under torchrun (one process per device) it is the
@@ -76,7 +76,7 @@ class Profiler:
         if microbatch not in self._cache:
             begin = time.perf_counter()
             layers = profile_layers(self.spec, microbatch, self.ctx.device, self.ctx.dtype, self.repeats, self.warmup,
-                                    self.ctx.seed).layers
+                                    self.ctx.seed, together=barrier if self.ctx.distributed else lambda: None).layers
             if self.ctx.distributed:  # every rank must plan with the same numbers
                 table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))
                 ranks = float(all_reduce_sum(torch.ones(1, dtype=torch.float64))[0])

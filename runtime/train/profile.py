@@ -92,12 +92,12 @@ class Profile:
 
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int,
-                    flush: torch.Tensor | None = None) -> float:
+                    flush: torch.Tensor | None = None, together: Callable[[], None] = lambda: None) -> float:
     """Median wall time of ``fn`` (CUDA events on a GPU, perf_counter on the CPU) after ``warmup`` calls.
 
     With ``flush`` (a buffer larger than the last-level cache) the CPU caches are overwritten before each
     timed call, so the layer's weights come from memory, as they do in a pipeline whose other layers ran
-    in between.
+    in between. ``together`` is called right before each timed call (after the flush).
     """
     for _ in range(warmup):
         fn()
@@ -115,6 +115,7 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
         for _ in range(repeats):
             if flush is not None:
                 flush.add_(1)
+            together()
             begin = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - begin)
@@ -131,12 +132,16 @@ def profile_layers(
     seed: int = 0,
     cold_cache_bytes: int | None = None,
     gemm: Gemm = Gemm.TORCH,
+    together: Callable[[], None] = lambda: None,
 ) -> Profile:
     """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring).
 
     ``cold_cache_bytes`` > 0 (CPU only) overwrites that many bytes of cache before every timed call, as the rest of
     a pipelined step does between two uses of a layer; None (the default) flushes the step's working set
     (``working_set_bytes``, at most 64 MiB); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
+    ``together`` runs right before every timed call on the CPU: under torchrun a barrier, so that every rank's timed
+    calls run at once, sharing the caches and the memory bandwidth as the ranks of a pipelined step do (measured
+    here at width 1024: a layer's B + W 7-13% slower beside another process's GEMMs than alone).
     """
     if microbatch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"microbatch/repeats/warmup: expected >= 1, >= 1, >= 0, got {microbatch}, {repeats}, {warmup}")
@@ -176,7 +181,7 @@ def profile_layers(
                 return g if first else linear_grad_input(g, w, gemm)
 
             weight_grad = DeferredGrad(w, b, g_h, x)
-            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush)
+            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush, together)
                                       for fn in (forward, backward_input, weight_grad.run))))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Profile(device=str(dev), dtype=name, microbatch=microbatch, layers=tuple(layers),

@@ -100,6 +100,13 @@ def test_profile_measures_saves_and_loads(tmp_path):
         Profile.load(tmp_path / "missing.json")
 
 
+def test_profile_meets_the_other_ranks_before_every_timed_call():
+    """3 layers x (F, B, W) x 4 timed calls: 36 meetings (a barrier under torchrun), none for the warm-up calls."""
+    met = []
+    profile_layers(MLPSpec((8, 6, 6, 3)), microbatch=4, repeats=4, warmup=2, together=lambda: met.append(1))
+    assert len(met) == 36
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_profile_on_cuda_uses_events():
