@@ -27,7 +27,7 @@ from runtime.comm import DistTransport, all_reduce_sum, barrier, gather_rows
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.functions import l2_term
 from runtime.train.measure import costs_from_records, largest, replica_mean
-from runtime.train.profile import COLD_CACHE_BYTES, profile_layers
+from runtime.train.profile import flush_bytes, profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
 WINDOW = 0.5  # seconds: the least the skeleton's untimed, then timed, steps fill under torchrun (``action_overheads``)
@@ -132,7 +132,7 @@ def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerF
     opt = make_optimizer(copies)
     weights = [p for p in copies if p.dim() == 2]
     on_cpu = bool(copies) and copies[0].device.type == "cpu"
-    nbytes = min(COLD_CACHE_BYTES, 4 * sum(p.numel() * p.element_size() for p in copies))  # params, grads, state
+    nbytes = flush_bytes(4 * sum(p.numel() * p.element_size() for p in copies))  # params, grads, state
     flush = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32) if on_cpu else None
     times = []
     for i in range(repeats + 3):

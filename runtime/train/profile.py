@@ -9,9 +9,14 @@ Each layer is timed with the runtime's own kernels (``runtime.ops.equations``, o
 * W: dJ/dW += g^T x (addmm_ into the gradient), dJ/db += sum_rows g.
 
 By default the CPU caches are overwritten before every timed call with as many bytes as the whole step touches
-(weights, gradients, a microbatch's activations; at most 64 MiB): inside a pipeline the other layers and stages
-run in between, so a large layer's weights come from memory (timed hot, layers of width 1024 come out 8-26%
-faster than a pipelined step runs them), while a small model stays in cache either way. These are the pieces
+(weights, gradients, a microbatch's activations), at least 16 MiB and at most 64 MiB: inside a pipeline the other
+layers and stages run in between, so a large layer's weights come from memory (timed hot, layers of width 1024
+come out 8-26% faster than a pipelined step runs them). A small model does not stay in cache either: between two
+uses of a layer the rest of the step takes time, and in that time other work on the machine evicts it (on this
+2-core VM with a 32 MiB last-level cache, a busy wait of 1.5 ms that touches no memory slows the next call of a
+256-wide layer by 9%, one of 5 ms by 35%); inside a step such a layer runs as it does after a 16 MiB flush, not
+after one of its own 1.8 MiB (``compare.py --quick``'s predictions were 4-15% low with the smaller flush, -3% to
++6% with the floor). These are the pieces
 ``partition.cost`` counts FLOPs for, so a profile can replace FLOP-based times.
 """
 
@@ -35,16 +40,24 @@ from runtime.ops.wgrad import DeferredGrad
 from runtime.output import write_json
 
 COLD_CACHE_BYTES = 64 << 20  # the largest flush buffer: twice a 32 MiB last-level cache
+MIN_FLUSH_BYTES = 16 << 20  # the smallest default flush: what a step's other work evicts (module docstring)
 
 
 def working_set_bytes(spec: MLPSpec, microbatch: int, itemsize: int) -> int:
-    """Bytes a step touches between two uses of one layer: every layer's weights and their gradients, and one
-    microbatch's input, output and gradient of each layer (the default flush size, at most COLD_CACHE_BYTES)."""
+    """The default flush size: the bytes a step touches between two uses of one layer (every layer's weights and
+    their gradients, and one microbatch's input, output and gradient of each layer), at least MIN_FLUSH_BYTES and
+    at most COLD_CACHE_BYTES."""
     total = 0
     for layer in range(spec.num_layers):
         out_f, in_f = spec.layer_shape(layer)
         total += 2 * out_f * (in_f + 1) + microbatch * (in_f + 2 * out_f)
-    return min(total * itemsize, COLD_CACHE_BYTES)
+    return flush_bytes(total * itemsize)
+
+
+def flush_bytes(touched: int) -> int:
+    """How many bytes to overwrite the CPU caches with before timing work whose data a step last used
+    ``touched`` bytes ago: at least MIN_FLUSH_BYTES, at most COLD_CACHE_BYTES (see the module docstring)."""
+    return min(max(touched, MIN_FLUSH_BYTES), COLD_CACHE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,7 @@ def profile_layers(
 
     ``cold_cache_bytes`` > 0 (CPU only) overwrites that many bytes of cache before every timed call, as the rest of
     a pipelined step does between two uses of a layer; None (the default) flushes the step's working set
-    (``working_set_bytes``, at most 64 MiB); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
+    (``working_set_bytes``: 16-64 MiB); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
     ``together`` runs right before every timed call on the CPU: under torchrun a barrier, so that every rank's timed
     calls run at once, sharing the caches and the memory bandwidth as the ranks of a pipelined step do (measured
     here at width 1024: a layer's B + W 7-13% slower beside another process's GEMMs than alone).

@@ -6,7 +6,7 @@ import torch
 from partition.cost import DType, LayerCost, Optimizer, as_dtype, as_optimizer, flop_times, layer_costs
 from partition.spec import MLPSpec
 from partition.timing import StageCost
-from runtime.train.profile import Profile, profile_layers
+from runtime.train.profile import Profile, flush_bytes, profile_layers, working_set_bytes
 
 
 def test_relu_bias_cross_entropy_float32_adam_by_hand():
@@ -98,6 +98,17 @@ def test_profile_measures_saves_and_loads(tmp_path):
         Profile.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="cannot read"):
         Profile.load(tmp_path / "missing.json")
+
+
+def test_the_default_flush_is_the_steps_working_set_within_16_and_64_mib():
+    """A 64-256-256-256-10 model at 64 rows touches 1.8 MB a step (weights, gradients, one microbatch's tensors of
+    each layer: worked out below); 1024-wide layers at 256 rows 44 MiB; 2048-wide ones more than 64 MiB."""
+    small = 4 * sum(2 * o * (i + 1) + 64 * (i + 2 * o) for i, o in ((64, 256), (256, 256), (256, 256), (256, 10)))
+    assert small == 1_817_680 and working_set_bytes(MLPSpec((64, 256, 256, 256, 10)), 64, 4) == 16 << 20
+    big = 4 * 4 * (2 * 1024 * 1025 + 256 * 3 * 1024)
+    assert working_set_bytes(MLPSpec((1024,) * 5), 256, 4) == big == 46_170_112
+    assert working_set_bytes(MLPSpec((2048,) * 5), 256, 4) == 64 << 20
+    assert flush_bytes(0) == 16 << 20 and flush_bytes(20 << 20) == 20 << 20 and flush_bytes(1 << 30) == 64 << 20
 
 
 def test_profile_meets_the_other_ranks_before_every_timed_call():
