@@ -8,15 +8,16 @@ Each layer is timed with the runtime's own kernels (``runtime.ops.equations``, o
   layer 0, whose input is data and needs no gradient);
 * W: dJ/dW += g^T x (addmm_ into the gradient), dJ/db += sum_rows g.
 
-By default the CPU caches are overwritten before every timed call with as many bytes as the whole step touches
-(weights, gradients, a microbatch's activations), at least 16 MiB and at most 64 MiB: inside a pipeline the other
-layers and stages run in between, so a large layer's weights come from memory (timed hot, layers of width 1024
-come out 8-26% faster than a pipelined step runs them). A small model does not stay in cache either: between two
-uses of a layer the rest of the step takes time, and in that time other work on the machine evicts it (on this
-2-core VM with a 32 MiB last-level cache, a busy wait of 1.5 ms that touches no memory slows the next call of a
-256-wide layer by 9%, one of 5 ms by 35%); inside a step such a layer runs as it does after a 16 MiB flush, not
-after one of its own 1.8 MiB (``compare.py --quick``'s predictions were 4-15% low with the smaller flush, -3% to
-+6% with the floor). These are the pieces
+By default the CPU caches are overwritten before every timed call (``flush_bytes``) as the rest of a pipelined step
+overwrites them between two uses of a layer. A step touches its working set in between (weights, gradients, a
+microbatch's activations: ``working_set_bytes``); one that fits in a core's own cache (its L2) stays there, and is
+flushed with its own size. A larger one lives in the last-level cache, shared with everything else on the machine,
+which evicts it as time passes: on this 2-core VM (1 MiB L2 per core, 32 MiB shared L3) a busy wait of 1.5 ms that
+touches no memory slows the next call of a 256-wide layer by 9%, one of 5 ms by 35%, and inside a step the layers
+of a 1.8 MiB model ran as after a 16 MiB flush, not after one of 1.8 MiB. Such a working set is flushed with 8
+times its size (at most 64 MiB, which leaves a large model's weights to come from memory: timed hot, layers of
+width 1024 come out 8-26% faster than a pipelined step runs them). ``compare.py --quick``'s predictions were
+4-15% low with the working set's own size, -3% to +3% with 8 times it. These are the pieces
 ``partition.cost`` counts FLOPs for, so a profile can replace FLOP-based times.
 """
 
@@ -40,13 +41,13 @@ from runtime.ops.wgrad import DeferredGrad
 from runtime.output import write_json
 
 COLD_CACHE_BYTES = 64 << 20  # the largest flush buffer: twice a 32 MiB last-level cache
-MIN_FLUSH_BYTES = 16 << 20  # the smallest default flush: what a step's other work evicts (module docstring)
+SHARED_FACTOR = 8  # a working set beyond a core's own cache is flushed with this many times its size (module docstring)
+L2_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
 def working_set_bytes(spec: MLPSpec, microbatch: int, itemsize: int) -> int:
-    """The default flush size: the bytes a step touches between two uses of one layer (every layer's weights and
-    their gradients, and one microbatch's input, output and gradient of each layer), at least MIN_FLUSH_BYTES and
-    at most COLD_CACHE_BYTES."""
+    """The default flush size (``flush_bytes``) of the bytes a step touches between two uses of one layer: every
+    layer's weights and their gradients, and one microbatch's input, output and gradient of each layer."""
     total = 0
     for layer in range(spec.num_layers):
         out_f, in_f = spec.layer_shape(layer)
@@ -54,10 +55,25 @@ def working_set_bytes(spec: MLPSpec, microbatch: int, itemsize: int) -> int:
     return flush_bytes(total * itemsize)
 
 
-def flush_bytes(touched: int) -> int:
-    """How many bytes to overwrite the CPU caches with before timing work whose data a step last used
-    ``touched`` bytes ago: at least MIN_FLUSH_BYTES, at most COLD_CACHE_BYTES (see the module docstring)."""
-    return min(max(touched, MIN_FLUSH_BYTES), COLD_CACHE_BYTES)
+def flush_bytes(touched: int, private: int | None = None) -> int:
+    """How many bytes to overwrite the CPU caches with before timing work whose data a step last used ``touched``
+    bytes ago: ``touched`` when it fits in ``private`` (a core's own cache, default ``private_cache_bytes``), else
+    SHARED_FACTOR times it; at most COLD_CACHE_BYTES (see the module docstring)."""
+    private = private_cache_bytes() if private is None else private
+    return min(touched if touched <= private else SHARED_FACTOR * touched, COLD_CACHE_BYTES)
+
+
+def private_cache_bytes() -> int:
+    """The size of one core's own unified cache (its L2, from Linux's sysfs); 1 MiB where the system does not say."""
+    for index in sorted(L2_SYSFS.glob("index*")) if L2_SYSFS.is_dir() else ():
+        try:
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() == "Unified":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            continue
+    return 1 << 20
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,7 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
 
     With ``flush`` (a buffer larger than the last-level cache) the CPU caches are overwritten before each
     timed call, so the layer's weights come from memory, as they do in a pipeline whose other layers ran
-    in between. ``together`` is called right before each timed call (after the flush).
+    in between. ``together`` is called before each timed call's flush.
     """
     for _ in range(warmup):
         fn()
@@ -126,9 +142,9 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
             samples.append(start.elapsed_time(stop) / 1000.0)
     else:
         for _ in range(repeats):
+            together()
             if flush is not None:
                 flush.add_(1)
-            together()
             begin = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - begin)
@@ -151,9 +167,11 @@ def profile_layers(
 
     ``cold_cache_bytes`` > 0 (CPU only) overwrites that many bytes of cache before every timed call, as the rest of
     a pipelined step does between two uses of a layer; None (the default) flushes the step's working set
-    (``working_set_bytes``: 16-64 MiB); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
-    ``together`` runs right before every timed call on the CPU: under torchrun a barrier, so that every rank's timed
-    calls run at once, sharing the caches and the memory bandwidth as the ranks of a pipelined step do (measured
+    (``working_set_bytes``); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
+    ``together`` runs before every timed call's flush on the CPU when the flush is larger than a core's own cache:
+    under torchrun a barrier, so that every rank's timed calls run at once (where the ranks share what a call uses;
+    a working set in the core's own cache shares nothing, and there the wake from a barrier tripled a 64-wide
+    layer's time), sharing the caches and the memory bandwidth as the ranks of a pipelined step do (measured
     here at width 1024: a layer's B + W 7-13% slower beside another process's GEMMs than alone).
     """
     if microbatch < 1 or repeats < 1 or warmup < 0:
@@ -172,6 +190,7 @@ def profile_layers(
     if cold_cache_bytes is None:
         cold_cache_bytes = working_set_bytes(spec, microbatch, torch.finfo(torch_dtype).bits // 8)
     flush = torch.zeros(cold_cache_bytes // 4, dtype=torch.float32) if cold_cache_bytes > 0 and dev.type == "cpu" else None
+    meet = together if flush is not None and cold_cache_bytes > private_cache_bytes() else lambda: None
     layers = []
     with torch.no_grad():
         for layer in range(spec.num_layers):
@@ -194,7 +213,7 @@ def profile_layers(
                 return g if first else linear_grad_input(g, w, gemm)
 
             weight_grad = DeferredGrad(w, b, g_h, x)
-            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush, together)
+            layers.append(StageCost(*(_median_seconds(fn, dev, repeats, warmup, flush, meet)
                                       for fn in (forward, backward_input, weight_grad.run))))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Profile(device=str(dev), dtype=name, microbatch=microbatch, layers=tuple(layers),

@@ -6,6 +6,7 @@ import torch
 from partition.cost import DType, LayerCost, Optimizer, as_dtype, as_optimizer, flop_times, layer_costs
 from partition.spec import MLPSpec
 from partition.timing import StageCost
+from runtime.train import profile as profile_mod
 from runtime.train.profile import Profile, flush_bytes, profile_layers, working_set_bytes
 
 
@@ -100,22 +101,48 @@ def test_profile_measures_saves_and_loads(tmp_path):
         Profile.load(tmp_path / "missing.json")
 
 
-def test_the_default_flush_is_the_steps_working_set_within_16_and_64_mib():
-    """A 64-256-256-256-10 model at 64 rows touches 1.8 MB a step (weights, gradients, one microbatch's tensors of
-    each layer: worked out below); 1024-wide layers at 256 rows 44 MiB; 2048-wide ones more than 64 MiB."""
-    small = 4 * sum(2 * o * (i + 1) + 64 * (i + 2 * o) for i, o in ((64, 256), (256, 256), (256, 256), (256, 10)))
-    assert small == 1_817_680 and working_set_bytes(MLPSpec((64, 256, 256, 256, 10)), 64, 4) == 16 << 20
-    big = 4 * 4 * (2 * 1024 * 1025 + 256 * 3 * 1024)
-    assert working_set_bytes(MLPSpec((1024,) * 5), 256, 4) == big == 46_170_112
-    assert working_set_bytes(MLPSpec((2048,) * 5), 256, 4) == 64 << 20
-    assert flush_bytes(0) == 16 << 20 and flush_bytes(20 << 20) == 20 << 20 and flush_bytes(1 << 30) == 64 << 20
+def test_the_default_flush_is_the_working_set_or_8x_beyond_a_cores_own_cache(monkeypatch):
+    """With a 1 MiB L2: 64-64-64-64-64 at 64 rows touches 0.33 MB a step (weights, gradients, one microbatch's
+    tensors of each layer, worked out below): flushed as it is; 64-256-256-256-10 touches 1.8 MB: 8 times that;
+    1024-wide layers at 256 rows 44 MiB: capped at 64 MiB."""
+    monkeypatch.setattr(profile_mod, "private_cache_bytes", lambda: 1 << 20)
+
+    def touched(shapes, rows):
+        return 4 * sum(2 * o * (i + 1) + rows * (i + 2 * o) for i, o in shapes)
+
+    small = touched([(64, 64)] * 4, 64)
+    assert small == 329_728 and working_set_bytes(MLPSpec((64,) * 5), 64, 4) == small
+    mid = touched(((64, 256), (256, 256), (256, 256), (256, 10)), 64)
+    assert mid == 1_817_680 and working_set_bytes(MLPSpec((64, 256, 256, 256, 10)), 64, 4) == 8 * mid
+    assert touched([(1024, 1024)] * 4, 256) == 46_170_112 and working_set_bytes(MLPSpec((1024,) * 5), 256, 4) == 64 << 20
+    assert flush_bytes(1 << 20, private=1 << 20) == 1 << 20 and flush_bytes((1 << 20) + 1, private=1 << 20) == (8 << 20) + 8
+    assert flush_bytes(3 << 20, private=4 << 20) == 3 << 20
 
 
-def test_profile_meets_the_other_ranks_before_every_timed_call():
-    """3 layers x (F, B, W) x 4 timed calls: 36 meetings (a barrier under torchrun), none for the warm-up calls."""
+def test_a_cores_own_cache_is_read_from_sysfs(monkeypatch, tmp_path):
+    for name, level, kind, size in (("index0", "1", "Data", "32K"), ("index2", "2", "Unified", "2048K"),
+                                    ("index3", "3", "Unified", "32M")):
+        (tmp_path / name).mkdir()
+        for field, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name / field).write_text(value + "\n")
+    monkeypatch.setattr(profile_mod, "L2_SYSFS", tmp_path)
+    assert profile_mod.private_cache_bytes() == 2 << 20
+    monkeypatch.setattr(profile_mod, "L2_SYSFS", tmp_path / "missing")
+    assert profile_mod.private_cache_bytes() == 1 << 20  # the system does not say
+
+
+def test_profile_meets_the_other_ranks_before_every_timed_call_beyond_a_cores_own_cache(monkeypatch):
+    """A 2 MiB flush past a 1 MiB L2: 3 layers x (F, B, W) x 4 timed calls, 36 meetings (a barrier under torchrun),
+    none for the warm-up calls; a 64 KiB flush stays in the core's own cache: no meeting."""
+    monkeypatch.setattr(profile_mod, "private_cache_bytes", lambda: 1 << 20)
     met = []
-    profile_layers(MLPSpec((8, 6, 6, 3)), microbatch=4, repeats=4, warmup=2, together=lambda: met.append(1))
+    profile_layers(MLPSpec((8, 6, 6, 3)), microbatch=4, repeats=4, warmup=2, together=lambda: met.append(1),
+                   cold_cache_bytes=2 << 20)
     assert len(met) == 36
+    met.clear()
+    profile_layers(MLPSpec((8, 6, 6, 3)), microbatch=4, repeats=4, warmup=2, together=lambda: met.append(1),
+                   cold_cache_bytes=64 << 10)
+    assert met == []
 
 
 @pytest.mark.cuda
