@@ -83,7 +83,7 @@ def _add_bench_flags(q: argparse.ArgumentParser, name: str) -> None:
         q.add_argument("--ranks", type=int, default=4, help="pipeline ranks in one process (torchrun: the world)")
         q.add_argument("--cold-cache", type=float, default=None, metavar="MIB",
                        help="profile every layer with caches flushed by a buffer of this many MiB (CPU; 0: hot; "
-                            "default: the step's working set, 16-64 MiB, as train.py and compare.py profile)")
+                            "default: the step's working set, 8x beyond a core's L2, as train.py and compare.py profile)")
         q.add_argument("--fidelity", type=int, default=0, metavar="RUNS",
                        help="instead: the this-run prediction's error over train.py (one process and torchrun, 2 ranks) "
                             "and compare.py --quick, each run RUNS times (0: off)")

@@ -17,7 +17,7 @@ touches no memory slows the next call of a 256-wide layer by 9%, one of 5 ms by 
 of a 1.8 MiB model ran as after a 16 MiB flush, not after one of 1.8 MiB. Such a working set is flushed with 8
 times its size (at most 64 MiB, which leaves a large model's weights to come from memory: timed hot, layers of
 width 1024 come out 8-26% faster than a pipelined step runs them). ``compare.py --quick``'s predictions were
-4-15% low with the working set's own size, -3% to +3% with 8 times it. These are the pieces
+4-15% low with the working set's own size, within 6% with 8 times it (``BENCHMARKS.md`` section 7). These are the pieces
 ``partition.cost`` counts FLOPs for, so a profile can replace FLOP-based times.
 """
 
