@@ -8,6 +8,7 @@ import torch
 
 from partition.cost import as_dtype
 from partition.data_parallel import stage_gradient_bytes
+from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
 from runtime.calibrate import link as links
 from runtime.calibrate.costs import CostModel, Origin, Term
@@ -21,8 +22,9 @@ from runtime.calibrate.overhead import (
 )
 from runtime.comm import DistTransport, LocalTransport, all_reduce_sum, barrier
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
+from runtime.ops.gemm import Gemm
 from runtime.train.data_parallel import GridCollectives
-from runtime.train.profile import profile_layers
+from runtime.train.profile import private_cache_bytes, profile_layers, working_set_bytes
 
 
 def activation_bytes(pipe: Pipeline, rows: int) -> list[float]:
@@ -38,12 +40,22 @@ def fresh_transport(pipe: Pipeline, timeout: float) -> object:
 
 
 def profiled_layers(pipe: Pipeline, rows: int, repeats: int, concurrent: bool) -> tuple[StageCost, ...]:
-    """The model's per-layer costs at ``rows`` samples on this process's device (under torchrun: every rank's timed
-    calls at once, as in a step, and the mean over ranks)."""
+    """The model's per-layer costs at ``rows`` samples on this process's device (``profile_together``)."""
     dev = next(iter(pipe.stages.values())).device
     dtype = str(pipe.cfg.dtype).removeprefix("torch.")
-    layers = profile_layers(pipe.cfg.spec, rows, str(dev), dtype, repeats=repeats, seed=pipe.cfg.seed,
-                            gemm=pipe.cfg.gemm, together=barrier if concurrent else lambda: None).layers
+    return profile_together(pipe.cfg.spec, rows, str(dev), dtype, repeats, 3, pipe.cfg.seed, pipe.cfg.gemm, concurrent)
+
+
+def profile_together(spec: MLPSpec, rows: int, device: str, dtype: str, repeats: int, warmup: int, seed: int,
+                     gemm: Gemm, concurrent: bool) -> tuple[StageCost, ...]:
+    """Per-layer costs at ``rows`` samples on ``device`` (``runtime.train.profile``). Under torchrun (``concurrent``,
+    every rank calls this) the ranks' timed calls start together when the working set lies beyond a core's own cache
+    on any rank (all ranks agree, so all meet equally often), and every rank gets the mean over the ranks."""
+    itemsize = torch.finfo(getattr(torch, as_dtype(dtype).value)).bits // 8
+    shared = working_set_bytes(spec, rows, itemsize) > private_cache_bytes()
+    meet = barrier if concurrent and slowest(float(shared)) > 0 else (lambda: None)
+    layers = profile_layers(spec, rows, device, dtype, repeats=repeats, warmup=warmup, seed=seed, gemm=gemm,
+                            together=meet).layers
     if not concurrent:
         return layers
     table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))

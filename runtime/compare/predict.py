@@ -48,16 +48,17 @@ from partition.schedule.simulate import FREE_LINK, SimResult, simulate
 from partition.schedule.trace import TraceEvent
 from partition.spec import MLPSpec
 from partition.timing import LinkModel, StageCost
+from runtime.calibrate.build import profile_together
 from runtime.calibrate.costs import CostModel, Origin, Term
 from runtime.calibrate.explain import explain
 from runtime.calibrate.forecast import emulated_timeline, this_run
 from runtime.calibrate.overhead import action_overheads, closing_terms, parameter_seconds, skeleton_spec
-from runtime.comm import all_reduce_sum, barrier
+from runtime.comm import barrier
 from runtime.compare.run import RunContext, build, replica_of, replica_rows, step_inputs
 from runtime.compare.types import Candidate
+from runtime.ops.gemm import Gemm
 from runtime.ops.model import init_parameters
 from runtime.train.config import TrainConfig
-from runtime.train.profile import profile_layers
 from runtime.train.trainer import optimizer_factory
 
 AGREE = 1.2  # two calibrations within this ratio are averaged, else the smaller is kept
@@ -75,13 +76,9 @@ class Profiler:
         """Per-layer costs for one microbatch of ``microbatch`` samples (averaged over the ranks under torchrun)."""
         if microbatch not in self._cache:
             begin = time.perf_counter()
-            layers = profile_layers(self.spec, microbatch, self.ctx.device, self.ctx.dtype, self.repeats, self.warmup,
-                                    self.ctx.seed, together=barrier if self.ctx.distributed else lambda: None).layers
-            if self.ctx.distributed:  # every rank must plan with the same numbers
-                table = all_reduce_sum(torch.tensor([[c.f, c.b, c.w] for c in layers], dtype=torch.float64))
-                ranks = float(all_reduce_sum(torch.ones(1, dtype=torch.float64))[0])
-                layers = tuple(StageCost(*(float(v) / ranks for v in row)) for row in table)
-            self._cache[microbatch] = layers
+            # under torchrun every rank plans with the same numbers: the mean over the ranks
+            self._cache[microbatch] = profile_together(self.spec, microbatch, self.ctx.device, self.ctx.dtype, self.repeats,
+                                                       self.warmup, self.ctx.seed, Gemm.TORCH, self.ctx.distributed)
             self.seconds += time.perf_counter() - begin
         return self._cache[microbatch]
 

@@ -168,11 +168,11 @@ def profile_layers(
     ``cold_cache_bytes`` > 0 (CPU only) overwrites that many bytes of cache before every timed call, as the rest of
     a pipelined step does between two uses of a layer; None (the default) flushes the step's working set
     (``working_set_bytes``); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
-    ``together`` runs before every timed call's flush on the CPU when the flush is larger than a core's own cache:
-    under torchrun a barrier, so that every rank's timed calls run at once (where the ranks share what a call uses;
-    a working set in the core's own cache shares nothing, and there the wake from a barrier tripled a 64-wide
-    layer's time), sharing the caches and the memory bandwidth as the ranks of a pipelined step do (measured
-    here at width 1024: a layer's B + W 7-13% slower beside another process's GEMMs than alone).
+    ``together`` runs before every timed call's flush on the CPU (with a flush): under torchrun a barrier where the
+    working set lies beyond a core's own cache (``runtime.calibrate.build.profile_together``), so that every rank's
+    timed calls run at once, sharing the caches and the memory bandwidth as the ranks of a pipelined step do
+    (measured at width 1024: a layer's B + W 7-13% slower beside another process's GEMMs than alone; within the
+    core's own cache the ranks share nothing, and there the wake from a barrier tripled a 64-wide layer's time).
     """
     if microbatch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"microbatch/repeats/warmup: expected >= 1, >= 1, >= 0, got {microbatch}, {repeats}, {warmup}")
@@ -190,7 +190,7 @@ def profile_layers(
     if cold_cache_bytes is None:
         cold_cache_bytes = working_set_bytes(spec, microbatch, torch.finfo(torch_dtype).bits // 8)
     flush = torch.zeros(cold_cache_bytes // 4, dtype=torch.float32) if cold_cache_bytes > 0 and dev.type == "cpu" else None
-    meet = together if flush is not None and cold_cache_bytes > private_cache_bytes() else lambda: None
+    meet = together if flush is not None else lambda: None
     layers = []
     with torch.no_grad():
         for layer in range(spec.num_layers):

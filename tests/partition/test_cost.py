@@ -131,17 +131,16 @@ def test_a_cores_own_cache_is_read_from_sysfs(monkeypatch, tmp_path):
     assert profile_mod.private_cache_bytes() == 1 << 20  # the system does not say
 
 
-def test_profile_meets_the_other_ranks_before_every_timed_call_beyond_a_cores_own_cache(monkeypatch):
-    """A 2 MiB flush past a 1 MiB L2: 3 layers x (F, B, W) x 4 timed calls, 36 meetings (a barrier under torchrun),
-    none for the warm-up calls; a 64 KiB flush stays in the core's own cache: no meeting."""
-    monkeypatch.setattr(profile_mod, "private_cache_bytes", lambda: 1 << 20)
+def test_profile_meets_the_other_ranks_before_every_timed_call_it_flushes_for():
+    """3 layers x (F, B, W) x 4 timed calls: 36 meetings (a barrier under torchrun), none for the warm-up calls;
+    timed hot (no flush), none."""
     met = []
     profile_layers(MLPSpec((8, 6, 6, 3)), microbatch=4, repeats=4, warmup=2, together=lambda: met.append(1),
-                   cold_cache_bytes=2 << 20)
+                   cold_cache_bytes=64 << 10)
     assert len(met) == 36
     met.clear()
     profile_layers(MLPSpec((8, 6, 6, 3)), microbatch=4, repeats=4, warmup=2, together=lambda: met.append(1),
-                   cold_cache_bytes=64 << 10)
+                   cold_cache_bytes=0)
     assert met == []
 
 

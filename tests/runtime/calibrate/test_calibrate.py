@@ -20,6 +20,7 @@ from runtime.calibrate.forecast import this_run
 from runtime.calibrate.link import cached_link, conditions, ping_sizes, store
 from runtime.calibrate.overhead import parameter_seconds
 from runtime.calibrate.run import k_device_link
+from runtime.ops.gemm import Gemm
 from runtime.train.config import TrainConfig
 from runtime.train.trainer import train
 
@@ -123,3 +124,32 @@ def test_closing_terms_split_the_skeleton_step(monkeypatch):
     monkeypatch.setattr(overhead, "world_size", lambda: 2)
     monkeypatch.setattr(overhead, "closing_seconds", lambda *args: 0.7 if args == (0, 2, 2) else -1.0)
     assert overhead.closing_terms(skel, step, concurrent=True) == (2.0, 0.7)
+
+
+def test_ranks_profile_together_where_any_ranks_working_set_is_beyond_its_own_cache(monkeypatch):
+    """A 64-256-256-256-10 model at 64 rows touches 1.8 MB: beyond a 1 MiB L2 the ranks meet (the barrier), within
+    a 4 MiB one not, unless another rank's is beyond (the agreed largest); one process never meets. The profile's
+    numbers come back averaged over the ranks (here one)."""
+    from runtime.calibrate import build
+    from runtime.train import profile as profile_mod
+
+    seen = []
+
+    def fake_profile(spec, rows, device, dtype, **kw):
+        seen.append(kw["together"])
+        return SimpleNamespace(layers=tuple(StageCost(1.0, 2.0, 3.0) for _ in range(spec.num_layers)))
+
+    monkeypatch.setattr(build, "profile_layers", fake_profile)
+    spec = MLPSpec((64, 256, 256, 256, 10))
+
+    def together(l2, concurrent, others=0.0):
+        seen.clear()
+        monkeypatch.setattr(build, "private_cache_bytes", lambda: l2)
+        monkeypatch.setattr(profile_mod, "private_cache_bytes", lambda: l2)  # the flush it sizes
+        monkeypatch.setattr(build, "slowest", lambda mine: max(mine, others))
+        layers = build.profile_together(spec, 64, "cpu", "float32", 3, 1, 0, Gemm.TORCH, concurrent)
+        assert layers == (StageCost(1.0, 2.0, 3.0),) * 4
+        return seen[0] is build.barrier
+
+    assert together(1 << 20, True) and not together(4 << 20, True) and together(4 << 20, True, others=1.0)
+    assert not together(1 << 20, False)
