@@ -30,7 +30,7 @@ from runtime.train.measure import costs_from_records, largest, replica_mean
 from runtime.train.profile import flush_bytes, profile_layers
 
 COMPUTE = (Op.F, Op.B, Op.W, Op.BW)
-WINDOW = 0.5  # seconds: the least the skeleton's untimed, then timed, steps fill under torchrun (``action_overheads``)
+WINDOW = 0.5  # seconds the skeleton's untimed, then timed, steps are sized to fill under torchrun (``action_overheads``)
 MAX_STEPS = 200
 
 
@@ -62,34 +62,20 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     untimed).
 
     Under torchrun (``concurrent``) every rank takes part; the figures are shared, the step overhead taken from
-    the slowest rank, and the untimed and the timed steps each fill at least ``WINDOW`` seconds (at most ``MAX_STEPS``
-    steps): there, spells of steps 1.5x slower than the rest come and go every few steps on this CPU, most of all in
-    the first second of a process, so 16 steps after 2 could land in one. ``widths``
-    (the real model's): messages between processes carry as many bytes as the real model's
-    (``runtime.calibrate.padded``), so the skeleton's steps pay their host cost too.
+    the slowest rank, and the untimed and the timed steps each number about ``WINDOW`` seconds' worth (sized from the
+    second step's time on the slowest rank, at most ``MAX_STEPS`` steps): there, spells of steps 1.5x slower than the
+    rest come and go every few steps on this CPU, most of all in the first second of a process, so 16 steps after 2
+    could land in one. ``widths`` (the real model's): messages between processes carry as many bytes as the real
+    model's (``runtime.calibrate.padded``), so the skeleton's steps pay their host cost too.
     """
     transport = skel.executor.transport
     padded = widths is not None and isinstance(transport, DistTransport)
     if padded:
         skel.executor.transport = PaddedTransport(transport, skel.cfg.ranges, widths)
-    records, times, outside, closing, optimizer = [], [], [], [], []
-    picked = torch.arange(batch)
-    i, warmup = 0, 2
-    while i < warmup + steps:
-        t0 = time.perf_counter()
-        xs, ys = (None if t is None else t[picked] for t in (x, y))  # gathering the rows, as a training step does
-        out = skel.step(xs, ys, batch, i, sync_timing=True)
-        if i == 1 and concurrent:  # every rank runs the same number of steps
-            per_step = max(slowest(time.perf_counter() - t0), 1e-6)
-            warmup = max(warmup, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
-            steps = max(steps, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            records += out.records
-            outside.append(times[-1] - sum(r.end - r.start for r in out.records if r.action.op in COMPUTE))
-            closing.append(out.closing)
-            optimizer.append(out.optimizer)
-        i += 1
+    try:
+        records, times, outside, closing, optimizer = _timed_steps(skel, x, y, batch, steps, concurrent)
+    finally:  # the skeleton is used again (its closing all-reduce, by rank): with its own transport
+        skel.executor.transport = transport
     cfg = skel.cfg
     rows = batch // cfg.microbatches
     dev = next(iter(skel.stages.values())).device
@@ -117,6 +103,30 @@ def action_overheads(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | N
     else:
         phases = SkeletonStep(max(0.0, statistics.median(outside)), statistics.median(closing), statistics.median(optimizer))
     return tuple(StageCost(*map(float, row)) for row in over), phases
+
+
+def _timed_steps(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None, batch: int, steps: int,
+                 concurrent: bool) -> tuple[list, list, list, list, list]:
+    """The skeleton's step records and timings after its untimed steps (``action_overheads``' window rule)."""
+    records, times, outside, closing, optimizer = [], [], [], [], []
+    picked = torch.arange(batch)
+    i, warmup = 0, 2
+    while i < warmup + steps:
+        t0 = time.perf_counter()
+        xs, ys = (None if t is None else t[picked] for t in (x, y))  # gathering the rows, as a training step does
+        out = skel.step(xs, ys, batch, i, sync_timing=True)
+        if i == 1 and concurrent:  # every rank runs the same number of steps
+            per_step = max(slowest(time.perf_counter() - t0), 1e-6)
+            warmup = max(warmup, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
+            steps = max(steps, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            records += out.records
+            outside.append(times[-1] - sum(r.end - r.start for r in out.records if r.action.op in COMPUTE))
+            closing.append(out.closing)
+            optimizer.append(out.optimizer)
+        i += 1
+    return records, times, outside, closing, optimizer
 
 
 def parameter_seconds(params: Sequence[torch.Tensor], make_optimizer: OptimizerFactory, l2: float,

@@ -35,6 +35,8 @@ class PaddedTransport:
         return self._widths[start if op is Op.F else stop]
 
     def _shape(self, msg: Message, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 2:
+            raise ValueError(f"padded transport: expected a (rows, features) tensor for {msg.key}, got shape {shape}")
         return (shape[0], max(shape[1], self.real_width(msg)))
 
     def send(self, msg: Message, tensor: torch.Tensor, dst_device: torch.device) -> None:

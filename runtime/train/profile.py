@@ -46,13 +46,13 @@ L2_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
 def working_set_bytes(spec: MLPSpec, microbatch: int, itemsize: int) -> int:
-    """The default flush size (``flush_bytes``) of the bytes a step touches between two uses of one layer: every
-    layer's weights and their gradients, and one microbatch's input, output and gradient of each layer."""
+    """The bytes a step touches between two uses of one layer: every layer's weights and their gradients, and one
+    microbatch's input, output and gradient of each layer (``flush_bytes`` of it is the default flush)."""
     total = 0
     for layer in range(spec.num_layers):
         out_f, in_f = spec.layer_shape(layer)
         total += 2 * out_f * (in_f + 1) + microbatch * (in_f + 2 * out_f)
-    return flush_bytes(total * itemsize)
+    return total * itemsize
 
 
 def flush_bytes(touched: int, private: int | None = None) -> int:
@@ -124,9 +124,8 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
                     flush: torch.Tensor | None = None, together: Callable[[], None] = lambda: None) -> float:
     """Median wall time of ``fn`` (CUDA events on a GPU, perf_counter on the CPU) after ``warmup`` calls.
 
-    With ``flush`` (a buffer larger than the last-level cache) the CPU caches are overwritten before each
-    timed call, so the layer's weights come from memory, as they do in a pipeline whose other layers ran
-    in between. ``together`` is called before each timed call's flush.
+    With ``flush`` (``flush_bytes``) the CPU caches are overwritten before each timed call, as a pipeline's other
+    work overwrites them between two uses of a layer. ``together`` is called before each timed call's flush.
     """
     for _ in range(warmup):
         fn()
@@ -166,8 +165,9 @@ def profile_layers(
     """Measure F, B and W seconds of every layer of ``spec`` for one microbatch (see module docstring).
 
     ``cold_cache_bytes`` > 0 (CPU only) overwrites that many bytes of cache before every timed call, as the rest of
-    a pipelined step does between two uses of a layer; None (the default) flushes the step's working set
-    (``working_set_bytes``); 0 keeps the layer's tensors hot across repeats (a layer alone in a loop).
+    a pipelined step does between two uses of a layer; None (the default) flushes ``flush_bytes`` of the step's
+    working set (``working_set_bytes``: itself within a core's own cache, 8 times it beyond); 0 keeps the layer's
+    tensors hot across repeats (a layer alone in a loop).
     ``together`` runs before every timed call's flush on the CPU (with a flush): under torchrun a barrier where the
     working set lies beyond a core's own cache (``runtime.calibrate.build.profile_together``), so that every rank's
     timed calls run at once, sharing the caches and the memory bandwidth as the ranks of a pipelined step do
@@ -188,7 +188,7 @@ def profile_layers(
 
     kind = spec.activation
     if cold_cache_bytes is None:
-        cold_cache_bytes = working_set_bytes(spec, microbatch, torch.finfo(torch_dtype).bits // 8)
+        cold_cache_bytes = flush_bytes(working_set_bytes(spec, microbatch, torch.finfo(torch_dtype).bits // 8))
     flush = torch.zeros(cold_cache_bytes // 4, dtype=torch.float32) if cold_cache_bytes > 0 and dev.type == "cpu" else None
     meet = together if flush is not None else lambda: None
     layers = []

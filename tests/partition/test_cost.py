@@ -111,10 +111,12 @@ def test_the_default_flush_is_the_working_set_or_8x_beyond_a_cores_own_cache(mon
         return 4 * sum(2 * o * (i + 1) + rows * (i + 2 * o) for i, o in shapes)
 
     small = touched([(64, 64)] * 4, 64)
-    assert small == 329_728 and working_set_bytes(MLPSpec((64,) * 5), 64, 4) == small
+    assert small == 329_728 and working_set_bytes(MLPSpec((64,) * 5), 64, 4) == small and flush_bytes(small) == small
     mid = touched(((64, 256), (256, 256), (256, 256), (256, 10)), 64)
-    assert mid == 1_817_680 and working_set_bytes(MLPSpec((64, 256, 256, 256, 10)), 64, 4) == 8 * mid
-    assert touched([(1024, 1024)] * 4, 256) == 46_170_112 and working_set_bytes(MLPSpec((1024,) * 5), 256, 4) == 64 << 20
+    assert mid == 1_817_680 and working_set_bytes(MLPSpec((64, 256, 256, 256, 10)), 64, 4) == mid
+    assert flush_bytes(mid) == 8 * mid
+    big = working_set_bytes(MLPSpec((1024,) * 5), 256, 4)
+    assert big == touched([(1024, 1024)] * 4, 256) == 46_170_112 and flush_bytes(big) == 64 << 20
     assert flush_bytes(1 << 20, private=1 << 20) == 1 << 20 and flush_bytes((1 << 20) + 1, private=1 << 20) == (8 << 20) + 8
     assert flush_bytes(3 << 20, private=4 << 20) == 3 << 20
 

@@ -1,5 +1,6 @@
 """The skeleton's messages at the real model's size: widened on the way out, the skeleton's columns on the way in."""
 
+import pytest
 import torch
 
 from partition.schedule.actions import Op, ScheduleKind
@@ -19,10 +20,11 @@ class Recorder:
     """A transport that keeps what it was handed."""
 
     def __init__(self):
-        self.sent, self.posted, self.asked = [], [], []
+        self.sent, self.posted, self.asked, self.buffers = [], [], [], []
 
     def send(self, msg, tensor, dst_device):
         self.sent.append((msg, tensor.clone()))
+        self.buffers.append(tensor.data_ptr())
 
     def ready(self, msg):
         return True
@@ -63,15 +65,22 @@ def test_a_buffer_is_kept_per_message_and_refilled():
     t.send(msg, torch.ones(2, 1), torch.device("cpu"))
     t.send(msg, torch.full((2, 1), 4.0), torch.device("cpu"))
     assert [w[:, 0].tolist() for _, w in inner.sent] == [[1.0, 1.0], [4.0, 4.0]]
+    assert inner.buffers[0] == inner.buffers[1]  # the same buffer, refilled
+    t.send(Message((Op.F, 1, 1), 8, 0), torch.ones(2, 1), torch.device("cpu"))
+    assert inner.buffers[2] != inner.buffers[0]  # another message has its own
+    with pytest.raises(ValueError, match="rows, features"):
+        t.send(msg, torch.ones(2), torch.device("cpu"))
 
 
 class FakeDist(LocalTransport):
     """Stands in for the transport between processes (so the skeleton's messages get padded), in one process."""
 
-    widths: list = []
+    def __init__(self):
+        super().__init__()
+        self.widths = []
 
     def send(self, msg, tensor, dst_device):
-        FakeDist.widths.append(tensor.shape[1])
+        self.widths.append(tensor.shape[1])
         super().send(msg, tensor, dst_device)
 
 
@@ -82,23 +91,22 @@ def _skeleton():
     return pipe, overhead.skeleton_pipeline(pipe, FakeDist(), optimizer_factory(cfg))
 
 
-def test_the_skeleton_between_processes_sends_the_real_models_bytes(monkeypatch):
+def test_the_skeleton_between_processes_sends_the_real_models_bytes_then_gets_its_transport_back(monkeypatch):
     monkeypatch.setattr(overhead, "DistTransport", FakeDist)
-    FakeDist.widths = []
     pipe, skel = _skeleton()
+    fake = skel.executor.transport
     x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
-    over, step = overhead.action_overheads(skel, x, y, 8, 3, False, LinkModel(), pipe.cfg.spec.widths)
-    assert isinstance(skel.executor.transport, PaddedTransport) and skel.cfg.spec.widths == (6, 1, 1, 4)
-    assert FakeDist.widths and set(FakeDist.widths) == {12}  # the boundary after layer 1 is 12 wide in the real model
-    assert len(over) == 2 and step.extra >= 0.0
+    over, _ = overhead.action_overheads(skel, x, y, 8, 3, False, LinkModel(), pipe.cfg.spec.widths)
+    assert skel.cfg.spec.widths == (6, 1, 1, 4) and len(over) == 2
+    assert fake.widths and set(fake.widths) == {12}  # the boundary after layer 1 is 12 wide in the real model
+    assert skel.executor.transport is fake  # its closing all-reduce is timed next, by the transport's rank
 
 
-def test_the_skeleton_in_one_process_keeps_its_own_messages(monkeypatch):
-    FakeDist.widths = []
+def test_the_skeleton_in_one_process_keeps_its_own_messages():
     pipe, skel = _skeleton()  # overhead.DistTransport is the real one: a FakeDist is not padded
     overhead.action_overheads(skel, torch.randn(8, 6), torch.randint(0, 4, (8,)), 8, 3, False, LinkModel(),
                               pipe.cfg.spec.widths)
-    assert isinstance(skel.executor.transport, FakeDist) and set(FakeDist.widths) == {1}
+    assert set(skel.executor.transport.widths) == {1}
 
 
 def test_under_torchrun_the_untimed_and_the_timed_steps_each_fill_the_window(monkeypatch):
