@@ -24,7 +24,7 @@ from runtime.comm import DistTransport, LocalTransport, all_reduce_sum, barrier
 from runtime.engine.pipeline import OptimizerFactory, Pipeline
 from runtime.ops.gemm import Gemm
 from runtime.train.data_parallel import GridCollectives
-from runtime.train.profile import private_cache_bytes, profile_layers, working_set_bytes
+from runtime.train.profile import beyond_own_cache, profile_layers, working_set_bytes
 
 
 def activation_bytes(pipe: Pipeline, rows: int) -> list[float]:
@@ -52,7 +52,7 @@ def profile_together(spec: MLPSpec, rows: int, device: str, dtype: str, repeats:
     every rank calls this) the ranks' timed calls start together when the working set lies beyond a core's own cache
     on any rank (all ranks agree, so all meet equally often), and every rank gets the mean over the ranks."""
     itemsize = torch.finfo(getattr(torch, as_dtype(dtype).value)).bits // 8
-    shared = working_set_bytes(spec, rows, itemsize) > private_cache_bytes()
+    shared = beyond_own_cache(working_set_bytes(spec, rows, itemsize))
     meet = barrier if concurrent and slowest(float(shared)) > 0 else (lambda: None)
     layers = profile_layers(spec, rows, device, dtype, repeats=repeats, warmup=warmup, seed=seed, gemm=gemm,
                             together=meet).layers

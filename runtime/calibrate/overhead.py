@@ -116,9 +116,8 @@ def _timed_steps(skel: Pipeline, x: torch.Tensor | None, y: torch.Tensor | None,
         xs, ys = (None if t is None else t[picked] for t in (x, y))  # gathering the rows, as a training step does
         out = skel.step(xs, ys, batch, i, sync_timing=True)
         if i == 1 and concurrent:  # every rank runs the same number of steps
-            per_step = max(slowest(time.perf_counter() - t0), 1e-6)
-            warmup = max(warmup, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
-            steps = max(steps, min(MAX_STEPS, math.ceil(WINDOW / per_step)))
+            window = min(MAX_STEPS, math.ceil(WINDOW / max(slowest(time.perf_counter() - t0), 1e-6)))
+            warmup, steps = max(warmup, window), max(steps, window)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             records += out.records

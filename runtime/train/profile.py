@@ -59,8 +59,13 @@ def flush_bytes(touched: int, private: int | None = None) -> int:
     """How many bytes to overwrite the CPU caches with before timing work whose data a step last used ``touched``
     bytes ago: ``touched`` when it fits in ``private`` (a core's own cache, default ``private_cache_bytes``), else
     SHARED_FACTOR times it; at most COLD_CACHE_BYTES (see the module docstring)."""
-    private = private_cache_bytes() if private is None else private
-    return min(touched if touched <= private else SHARED_FACTOR * touched, COLD_CACHE_BYTES)
+    return min(SHARED_FACTOR * touched if beyond_own_cache(touched, private) else touched, COLD_CACHE_BYTES)
+
+
+def beyond_own_cache(touched: int, private: int | None = None) -> bool:
+    """Whether ``touched`` bytes outgrow a core's own cache (``private``, default ``private_cache_bytes``): then they
+    live in the cache the whole machine shares (see the module docstring)."""
+    return touched > (private_cache_bytes() if private is None else private)
 
 
 def private_cache_bytes() -> int:

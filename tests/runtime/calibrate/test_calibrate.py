@@ -144,8 +144,7 @@ def test_ranks_profile_together_where_any_ranks_working_set_is_beyond_its_own_ca
 
     def together(l2, concurrent, others=0.0):
         seen.clear()
-        monkeypatch.setattr(build, "private_cache_bytes", lambda: l2)
-        monkeypatch.setattr(profile_mod, "private_cache_bytes", lambda: l2)  # the flush it sizes
+        monkeypatch.setattr(profile_mod, "private_cache_bytes", lambda: l2)  # what fits, and the flush it sizes
         monkeypatch.setattr(build, "slowest", lambda mine: max(mine, others))
         layers = build.profile_together(spec, 64, "cpu", "float32", 3, 1, 0, Gemm.TORCH, concurrent)
         assert layers == (StageCost(1.0, 2.0, 3.0),) * 4
